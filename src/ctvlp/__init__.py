@@ -1,0 +1,19 @@
+"""ctvlp: vision-language pre-training on 3D CT."""
+
+from ctvlp.errors import CtvlpError
+from ctvlp.io.volume import Volume
+
+__version__ = "0.1.0"
+
+
+def load_volume(path, **kwargs) -> Volume:
+    """Read NIfTI, a DICOM series folder, NRRD or MHA into a :class:`Volume` in HU.
+
+    See :func:`ctvlp.io.load.load_volume` for the options.
+    """
+    from ctvlp.io.load import load_volume as _load
+
+    return _load(path, **kwargs)
+
+
+__all__ = ["CtvlpError", "Volume", "load_volume", "__version__"]

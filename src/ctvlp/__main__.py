@@ -1,0 +1,3 @@
+from ctvlp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""The `ctvlp` command. Each subcommand lives in its own module ``ctvlp.cli.<name>`` with
+
+    def register(subparsers) -> argparse.ArgumentParser   # adds its parser, sets func=run
+    def run(args) -> int                                   # exit code
+
+Heavy imports (torch, pandas) happen inside ``run`` so that `ctvlp --help` stays instant.
+A :class:`ctvlp.errors.CtvlpError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ctvlp import __version__
+from ctvlp.errors import CtvlpError
+
+SUBCOMMANDS: tuple[str, ...] = ()
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctvlp", description="Vision-language pre-training on 3D CT.")
+    parser.add_argument("--version", action="version", version=f"ctvlp {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"ctvlp.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except CtvlpError as err:
+        print(f"ctvlp {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"ctvlp {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,28 @@
+"""Label vocabularies. CT-RATE's 18 abnormality columns are the default vocabulary."""
+
+from __future__ import annotations
+
+CTRATE_LABELS: tuple[str, ...] = (
+    "Medical material",
+    "Arterial wall calcification",
+    "Cardiomegaly",
+    "Pericardial effusion",
+    "Coronary artery wall calcification",
+    "Hiatal hernia",
+    "Lymphadenopathy",
+    "Emphysema",
+    "Atelectasis",
+    "Lung nodule",
+    "Lung opacity",
+    "Pulmonary fibrotic sequela",
+    "Pleural effusion",
+    "Mosaic attenuation pattern",
+    "Peribronchial thickening",
+    "Consolidation",
+    "Bronchiectasis",
+    "Interlobular septal thickening",
+)
+
+# fVLM and HLIP report 16 labels: CT-RATE's 18 without these two.
+CTRATE_16_DROPPED: tuple[str, ...] = ("Medical material", "Lymphadenopathy")
+CTRATE_LABELS_16: tuple[str, ...] = tuple(l for l in CTRATE_LABELS if l not in CTRATE_16_DROPPED)
