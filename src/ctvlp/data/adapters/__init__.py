@@ -6,11 +6,33 @@ what the dataset's metadata knows and the file does not (e.g. CT-RATE's rescale 
 
 from __future__ import annotations
 
+import math
+
 from ctvlp.io.volume import Volume
 
 
+def _number(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def load_row(row: dict) -> Volume:
-    """Read the volume of one manifest row in HU, with dataset-specific fixes applied."""
+    """Read the volume of one manifest row in HU, with dataset-specific fixes applied.
+
+    CT-RATE rows: the metadata's spacing replaces a header spacing that is clearly unset, and the
+    metadata's rescale pair is applied only when the data show raw stored values (see
+    :mod:`ctvlp.data.adapters.fixes`); the CT check runs after these fixes.
+    """
     from ctvlp import load_volume
 
-    return load_volume(row["path"])
+    if row.get("source") != "ct-rate":
+        return load_volume(row["path"])
+    from ctvlp.data.adapters.fixes import apply_spacing_hint, check_ct, to_hu
+
+    volume = load_volume(row["path"], require_ct=False)
+    volume = apply_spacing_hint(volume, row.get("spacing_hint") or None)
+    volume = to_hu(volume, _number(row.get("rescale_slope")), _number(row.get("rescale_intercept")))
+    check_ct(volume)
+    return volume
