@@ -48,7 +48,7 @@ VALID = ["valid_1_a_1", "valid_2_a_1"]
 
 def make_ctrate(root: Path, raw: bool = False) -> Path:
     """A CT-RATE tree. Faults: train_7 has no report, train_8's file is missing, train_9's metadata is
-    unparseable, train_2 is absent from the labels CSV."""
+    unparseable, train_2 is absent from the labels CSV. Lung nodule is positive except on valid_2."""
     data = root / "dataset"
     array = phantom_hu() + (1024 if raw else 0)
     for stem in TRAIN + VALID + ["train_7_a_1"]:
@@ -65,7 +65,8 @@ def make_ctrate(root: Path, raw: bool = False) -> Path:
             "Impressions_EN": ["Right lung nodule."] * len(vols)})
         labelled = [v for v in vols if not v.startswith("train_2_")]
         _csv(data / f"multi_abnormality_labels/{lab}_predicted_labels.csv", {
-            "VolumeName": labelled, **{name: [int(k == 9)] * len(labelled) for k, name in enumerate(CTRATE_LABELS)}})
+            "VolumeName": labelled,
+            **{name: [int(k == 9 and "valid_2" not in v) for v in labelled] for k, name in enumerate(CTRATE_LABELS)}})
         _csv(data / f"metadata/{met}_metadata.csv", {
             "VolumeName": vols, "Manufacturer": ["X"] * len(vols),
             "XYSpacing": ["[abc]" if v.startswith("train_9") else "[0.68, 0.7]" for v in vols],
