@@ -31,13 +31,16 @@ def test_ctrate_writes_manifest_summary_and_skipped_list(tmp_path, capsys):
 
 def test_generic_then_merge(tmp_path, capsys):
     write_nifti(tmp_path / "a.nii.gz", phantom_hu())
-    pd.DataFrame({"path": ["a.nii.gz"], "nodule": [1], "split": ["train"]}).to_csv(tmp_path / "rad.csv", index=False)
+    pd.DataFrame({"path": ["a.nii.gz"], "nodule": [1], "age": [61], "split": ["train"]}).to_csv(
+        tmp_path / "rad.csv", index=False)
     pd.DataFrame({"path": ["a.nii.gz"], "id": ["other"], "label:Emphysema": [0],
                   "split": ["test"]}).to_csv(tmp_path / "mine.csv", index=False)
     assert main(["manifest", "generic", str(tmp_path / "rad.csv"), "--label-map", "rad_chestct",
                  "--source", "rad-chestct", "--out", str(tmp_path / "rad.parquet")]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"ctvlp manifest: warning: {tmp_path / 'rad.csv'}: columns not in the label mapping (ignored): ['age']"]
     assert main(["manifest", "generic", str(tmp_path / "mine.csv"), "--out", str(tmp_path / "mine.csv.parquet")]) == 0
-    capsys.readouterr()
+    assert capsys.readouterr().err == ""
     assert main(["manifest", "merge", str(tmp_path / "rad.parquet"), str(tmp_path / "mine.csv.parquet"),
                  "--out", str(tmp_path / "all.csv")]) == 0
     printed = capsys.readouterr().out

@@ -11,6 +11,7 @@ were skipped; the skipped list (name, reason) is written to ``M.skipped.csv`` be
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -41,6 +42,22 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        manifest, skipped = _build(args)
+    for warning in caught:
+        print(f"ctvlp manifest: warning: {warning.message}", file=sys.stderr)
+    manifest.save(args.out)
+    print(summary(manifest, args.out))
+    if skipped is not None:
+        print(f"skipped: {len(skipped)} row(s), listed in {_write_skipped(skipped, args.out)}")
+    return 0
+
+
+def _build(args: argparse.Namespace):
+    """(Manifest, skipped list or None for merge) for the chosen kind."""
     from ctvlp.data.manifest import Manifest
     from ctvlp.errors import BadDatasetError
 
@@ -48,25 +65,18 @@ def run(args: argparse.Namespace) -> int:
         from ctvlp.data.adapters.labelmap import merge
 
         try:
-            manifest, skipped = merge([Manifest.load(p) for p in args.inputs]), None
+            return merge([Manifest.load(p) for p in args.inputs]), None
         except ValueError as err:
             raise BadDatasetError(None, f"cannot merge {[str(p) for p in args.inputs]}: {err}") from None
-    elif args.kind == "ctrate":
+    if args.kind == "ctrate":
         from ctvlp.data.adapters.ctrate import build_manifest
 
-        manifest, skipped = build_manifest(args.root, radgenome=args.radgenome, val_fraction=args.val_fraction,
-                                           seed=args.seed, label_map=args.label_map)
-    else:
-        from ctvlp.data.adapters.generic import build_manifest
+        return build_manifest(args.root, radgenome=args.radgenome, val_fraction=args.val_fraction,
+                              seed=args.seed, label_map=args.label_map)
+    from ctvlp.data.adapters.generic import build_manifest
 
-        manifest, skipped = build_manifest(args.file, root=args.root, label_map=args.label_map,
-                                           val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                                           seed=args.seed, source=args.source)
-    manifest.save(args.out)
-    print(summary(manifest, args.out))
-    if skipped is not None:
-        print(f"skipped: {len(skipped)} row(s), listed in {_write_skipped(skipped, args.out)}")
-    return 0
+    return build_manifest(args.file, root=args.root, label_map=args.label_map, val_fraction=args.val_fraction,
+                          test_fraction=args.test_fraction, seed=args.seed, source=args.source)
 
 
 def _write_skipped(skipped: list[tuple[str, str]], out: Path) -> Path:

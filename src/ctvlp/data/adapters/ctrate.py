@@ -204,9 +204,8 @@ def _labels(rows: list[dict], label_tables: list[tuple[list[str], _Tables]], lab
         result = labelmap.apply(source, mapping, vocabulary)
     except ValueError as err:
         raise BadDatasetError(label_tables[0][1].labels_path, str(err)) from None
-    if result.unknown_columns or result.unknown_targets:
-        warnings.warn(f"labels CSV columns not used by mapping {mapping.name!r}: "
-                      f"{result.unknown_columns + result.unknown_targets}", stacklevel=3)
+    if result.unused_message():
+        warnings.warn(f"labels CSV, mapping {mapping.name!r}: {result.unused_message()}", stacklevel=3)
     return result.frame.reset_index(drop=True)
 
 

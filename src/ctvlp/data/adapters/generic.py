@@ -151,9 +151,8 @@ def _labels(records: list[dict], path: Path, label_map, vocabulary: Sequence[str
         result = labelmap.apply(frame, labelmap.LabelMapping(name, columns), vocabulary)
     except ValueError as err:
         raise BadDatasetError(path, str(err)) from None
-    if result.unknown_columns or result.unknown_targets:
-        warnings.warn(f"{path}: columns not used as labels: {result.unknown_columns + result.unknown_targets}",
-                      stacklevel=3)
+    if result.unused_message():
+        warnings.warn(f"{path}: {result.unused_message()}", stacklevel=3)
     return result.frame.reset_index(drop=True)
 
 

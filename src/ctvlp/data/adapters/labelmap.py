@@ -54,6 +54,15 @@ class HarmonisedLabels:
     available: list[str] = field(default_factory=list)
     """Vocabulary labels this dataset provides (the others are all <NA>)."""
 
+    def unused_message(self) -> str | None:
+        """One line naming what was ignored, or None when everything was used."""
+        parts = []
+        if self.unknown_columns:
+            parts.append(f"columns not in the label mapping (ignored): {self.unknown_columns}")
+        if self.unknown_targets:
+            parts.append(f"mapped labels not in the vocabulary (ignored): {sorted(set(self.unknown_targets))}")
+        return "; ".join(parts) or None
+
 
 def packaged_mappings() -> list[str]:
     """Names of the mapping files shipped with ctvlp (``ctrate``, ``rad_chestct``, ...)."""
