@@ -184,29 +184,49 @@ def _parser_organ_sentences(findings: str) -> dict[str, list[str]]:
     return organ_sentences(findings)
 
 
-def _add_grounding(rows: list[dict], rg: Path | None, regions: dict | None) -> None:
-    """organ_sentences (RadGenome's regions, else the report parser) and RadGenome masks."""
-    for row in rows:
-        organs = regions.get(row["id"]) if regions is not None else None
-        if organs is None:
-            organs = _parser_organ_sentences(row["findings"])
-        row["organ_sentences"] = json.dumps(organs)
-        row["masks"] = json.dumps(rgdata.find_masks(rg, row["id"]) if rg else {})
+def _grounding(frame: pd.DataFrame, rg: Path | None, regions: dict | None) -> tuple[list[str], list[str]]:
+    """JSON organ_sentences (RadGenome's regions, else the report parser) and JSON masks per row."""
+    organs, masks = [], []
+    for stem, findings in zip(frame["id"], frame["findings"]):
+        found = regions.get(stem) if regions is not None else None
+        organs.append(json.dumps(found if found is not None else _parser_organ_sentences(findings)))
+        masks.append(json.dumps(rgdata.find_masks(rg, stem) if rg else {}))
+    return organs, masks
 
 
-def _labels(rows: list[dict], label_tables: list[tuple[list[str], _Tables]], label_map,
+def _labels(stems: list[str], tables: _Tables, mapping: labelmap.LabelMapping,
             vocabulary: Sequence[str]) -> pd.DataFrame:
-    """label:<name> columns for ``rows``: a volume missing from its labels CSV gets <NA>."""
-    mapping = labelmap.load_mapping(label_map, default="ctrate")
-    parts = [tables.labels.reindex(stems) for stems, tables in label_tables]
-    source = pd.concat(parts) if parts else pd.DataFrame()
+    """label:<name> columns for ``stems`` of one split: a volume missing from the labels CSV gets <NA>."""
     try:
-        result = labelmap.apply(source, mapping, vocabulary)
+        result = labelmap.apply(tables.labels.reindex(stems), mapping, vocabulary)
     except ValueError as err:
-        raise BadDatasetError(label_tables[0][1].labels_path, str(err)) from None
+        raise BadDatasetError(tables.labels_path, str(err)) from None
     if result.unused_message():
-        warnings.warn(f"labels CSV, mapping {mapping.name!r}: {result.unused_message()}", stacklevel=3)
+        warnings.warn(f"{tables.labels_path}: {result.unused_message()}", stacklevel=3)
     return result.frame.reset_index(drop=True)
+
+
+def _collect(root: Path, folders: dict[str, Path], mapping: labelmap.LabelMapping,
+             vocabulary: Sequence[str]) -> tuple[pd.DataFrame, Skipped]:
+    """Rows (report, metadata and label columns) of every usable volume, and the skipped list."""
+    parts: list[pd.DataFrame] = []
+    skipped: Skipped = []
+    for split, folder in folders.items():
+        tables = _read_tables(root / "dataset", split)
+        files = _volume_files(folder, split, skipped)
+        rows = []
+        for stem in sorted(set(files) | set(tables.reports.index)):
+            try:
+                rows.append(_row(stem, split, files, tables))
+            except _SkipRow as reason:
+                skipped.append((str(files.get(stem, stem)), str(reason)))
+        labels = _labels([r["id"] for r in rows], tables, mapping, vocabulary)
+        parts.append(pd.concat([pd.DataFrame(rows), labels], axis=1))
+    frame = pd.concat(parts, ignore_index=True)
+    if frame.empty:
+        reasons = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
+        raise BadDatasetError(root, f"no usable volume ({len(skipped)} skipped{': ' + reasons if reasons else ''})")
+    return frame, skipped
 
 
 def build_manifest(root: str | Path, *, radgenome: str | Path | None = None, val_fraction: float = 0.1,
@@ -221,28 +241,11 @@ def build_manifest(root: str | Path, *, radgenome: str | Path | None = None, val
     root = Path(root)
     rg = Path(radgenome) if radgenome is not None else None
     folders = _present_splits(root)
+    mapping = labelmap.load_mapping(label_map, default="ctrate")
     regions = rgdata.read_region_sentences(rg, list(folders)) if rg else None
-    rows: list[dict] = []
-    label_tables: list[tuple[list[str], _Tables]] = []
-    skipped: Skipped = []
-    for split, folder in folders.items():
-        tables = _read_tables(root / "dataset", split)
-        files = _volume_files(folder, split, skipped)
-        kept = []
-        for stem in sorted(set(files) | set(tables.reports.index)):
-            try:
-                kept.append(_row(stem, split, files, tables))
-            except _SkipRow as reason:
-                skipped.append((str(files.get(stem, stem)), str(reason)))
-        rows += kept
-        label_tables.append(([r["id"] for r in kept], tables))
-    if not rows:
-        reasons = "; ".join(f"{n}: {r}" for n, r in skipped[:3])
-        raise BadDatasetError(root, f"no usable volume ({len(skipped)} skipped{': ' + reasons if reasons else ''})")
-    _add_grounding(rows, rg, regions)
-    assign = split_by_patient([r["patient_id"] for r in rows if r["split"] == "train"],
-                              {"valid": val_fraction}, seed)
-    for row in rows:
-        row["split"] = assign.get(row["patient_id"], row["split"])
-    frame = pd.concat([pd.DataFrame(rows), _labels(rows, label_tables, label_map, vocabulary)], axis=1)
+    frame, skipped = _collect(root, folders, mapping, vocabulary)
+    frame["organ_sentences"], frame["masks"] = _grounding(frame, rg, regions)
+    train = frame["split"] == "train"
+    assign = split_by_patient(frame.loc[train, "patient_id"], {"valid": val_fraction}, seed)
+    frame.loc[train, "split"] = frame.loc[train, "patient_id"].map(assign)
     return Manifest(frame), skipped
