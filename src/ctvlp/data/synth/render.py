@@ -1,0 +1,95 @@
+"""One reconstruction: tissue classes -> HU with kernel-like blur and noise, plus its masks.
+
+A scan (:class:`ScanSpec`) fixes the patient's pose, contrast agent, table and findings; each of
+its reconstructions (:class:`ReconSpec`) has its own slice spacing, kernel and noise. The result is
+int16 in HU, or in raw stored values (HU + 1024) for the volumes that reproduce CT-RATE's
+rescale trap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ctvlp.data.synth.canvas import Canvas, Tissue
+from ctvlp.data.synth.findings import Difficulty, Finding, set_finding_hu
+from ctvlp.data.synth.geometry import Grid, GridSpec, Pose
+from ctvlp.data.synth.painters import paint_findings
+from ctvlp.data.synth.phantom import Anatomy, finish_regions, paint_anatomy
+
+RAW_OFFSET = 1024
+"""Raw volumes store HU + 1024 (CT-RATE's metadata intercept is -1024)."""
+HU_RANGE = (-1024, 3071)
+
+
+@dataclass(frozen=True)
+class ScanSpec:
+    """What the reconstructions of one scan share."""
+
+    pose: Pose
+    contrast: bool
+    """Intravenous contrast (bright blood and heart chambers)."""
+    table: bool
+    """A patient table is in the field of view."""
+    findings: tuple[Finding, ...]
+
+
+@dataclass(frozen=True)
+class ReconSpec:
+    """What differs between reconstructions of one scan."""
+
+    grid: GridSpec
+    kernel: str
+    """'soft' (smooth, low noise) or 'sharp' (crisp, noisy)."""
+    noise_hu: float
+    """Standard deviation of the noise added before the kernel blur."""
+    raw: bool
+    """Store HU + 1024 instead of HU."""
+    seed: int
+    """Seed of the noise."""
+
+
+@dataclass
+class Rendered:
+    """A reconstruction in memory, (Z, Y, X) order."""
+
+    stored: np.ndarray
+    """int16 stored values (HU, or HU + 1024 when raw)."""
+    regions: dict[str, np.ndarray]
+    """RadGenome region name -> bool mask."""
+    findings: dict[str, np.ndarray]
+    """Label slug -> bool mask."""
+    affine: np.ndarray
+    """(4, 4) (x, y, z) index -> RAS mm, for the array transposed to (X, Y, Z)."""
+
+
+BLUR_SIGMA = {"soft": 0.8, "sharp": 0.35}
+"""In-plane Gaussian blur (voxels) of each kernel."""
+
+
+def paint(anatomy: Anatomy, scan: ScanSpec, grid_spec: GridSpec, difficulty: Difficulty) -> Canvas:
+    """Anatomy and findings as tissue classes and masks on one reconstruction's grid."""
+    canvas = Canvas(Grid(grid_spec, scan.pose))
+    cardiomegaly = [f for f in scan.findings if f.label == "Cardiomegaly"]
+    canvas.heart_scale = cardiomegaly[0].items[0]["scale"] if cardiomegaly else 1.0
+    paint_anatomy(canvas, anatomy, scan.table)
+    set_finding_hu(canvas, difficulty, scan.contrast)
+    paint_findings(canvas, anatomy, list(scan.findings))
+    finish_regions(canvas)
+    return canvas
+
+
+def render(anatomy: Anatomy, scan: ScanSpec, recon: ReconSpec, difficulty: Difficulty) -> Rendered:
+    canvas = paint(anatomy, scan, recon.grid, difficulty)
+    hu = canvas.hu_table(scan.contrast)[canvas.tissue]  # (Z, Y, X) float32
+    hu += (canvas.tissue == Tissue.LUNG) * (40.0 * canvas.grid.b)[None]  # denser dependent lung
+    rng = np.random.default_rng(recon.seed)
+    hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(recon.noise_hu)
+    sigma = BLUR_SIGMA[recon.kernel]
+    hu = ndimage.gaussian_filter(hu, sigma=(0.0, sigma, sigma), truncate=2.5)
+    stored = np.clip(np.rint(hu), *HU_RANGE).astype(np.int16)
+    if recon.raw:
+        stored += RAW_OFFSET
+    return Rendered(stored, canvas.regions, canvas.findings, recon.grid.affine(scan.pose))
