@@ -67,6 +67,6 @@ def find_masks(rg: Path, stem: str) -> dict[str, str]:
     masks: dict[str, str] = {}
     for path in sorted(folder.glob("*.nii.gz")):
         file_stem = strip_nifti_suffix(path.name)
-        name = _canonical(file_stem.replace("_", " ")) or file_stem
+        name = _canonical(file_stem) or file_stem
         masks[file_stem if name in masks else name] = str(path.absolute())
     return masks
