@@ -116,7 +116,7 @@ def _sample(label: str, rng: np.random.Generator, anatomy: Anatomy, size: float,
         sides = [["right"], ["left"], ["right", "left"]][int(rng.integers(0, 3))]
         return [{"side": s, "depth": 0.2 * size * rng.uniform(0.9, 1.2)} for s in sides]
     if label == "Pericardial effusion":
-        return [{"thickness": 0.09 * size * rng.uniform(0.9, 1.2)}]
+        return [{"thickness": 0.12 * size * rng.uniform(0.9, 1.2)}]
     if label == "Cardiomegaly":
         return [{"scale": 1.0 + 0.3 * size * rng.uniform(0.9, 1.1)}]
     if label == "Arterial wall calcification":
@@ -198,7 +198,7 @@ def _device(rng, anatomy: Anatomy, size: float) -> dict:
     lead = [generator, np.array([side * 0.3, b_edge + 0.2, 0.78]), np.array([-0.12, -0.08, 0.6]), end]
     s = max(size, 0.6)
     return {"kind": kind, "side": "left" if side > 0 else "right", "centre": generator,
-            "radii": np.array([0.13, 0.04, 0.1]) * s, "lead": lead, "lead_radius": 0.024 * s}
+            "radii": np.array([0.13, 0.04, 0.1]) * s, "lead": lead, "lead_radius": 0.035 * s}
 
 
 def sample_findings(rng: np.random.Generator, anatomy: Anatomy, present: list[str], difficulty: Difficulty,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ctvlp.data.synth.canvas import Canvas, Tissue
+from ctvlp.data.synth.canvas import Canvas, Tissue, member
 from ctvlp.data.synth.findings import Finding, slug
 from ctvlp.data.synth.geometry import ellipsoid, tube
 from ctvlp.data.synth.phantom import Anatomy
@@ -58,7 +58,7 @@ def paint_findings(canvas: Canvas, anatomy: Anatomy, findings: list[Finding]) ->
         canvas.regions["pleura"] |= canvas.findings["pleural_effusion"]
     for label, tissues in TISSUES.items():
         if slug(label) in canvas.findings:
-            canvas.findings[slug(label)] &= np.isin(canvas.tissue, np.array(tissues, dtype=np.uint8))
+            canvas.findings[slug(label)] &= member(canvas.tissue, tissues)
 
 
 def _painted(canvas: Canvas, shape, tissue: Tissue, only) -> tuple | None:
@@ -76,10 +76,11 @@ def _pleural_effusion(canvas: Canvas, anatomy: Anatomy, item: dict) -> None:
         return
     a, b, c = canvas.grid.coords(box)
     radius = np.sqrt((a / ra) ** 2 + ((b - cb) / rb) ** 2)  # (1, y, x) 1 at the cavity wall
-    weight = np.clip((b - cb) / rb + 0.3, 0, 1.3) / 1.3  # (1, y, x) 1 posteriorly
+    weight = np.clip((b - cb) / rb + 0.1, 0, 1.1) / 1.1  # (1, y, x) 1 posteriorly
     top = 0.45 - 0.5 * (1 - weight)  # the fluid's upper edge rises posteriorly
     space = canvas.regions["lung_space"][box] | canvas.regions["pleura"][box]
-    fluid = ((1 - radius) * rb < item["depth"] * weight) & (c < top) & space & (side * a > 0)
+    thick = item["depth"] * weight  # (1, y, x) local layer thickness; no layer thinner than 0.05
+    fluid = ((1 - radius) * rb < thick) & (thick > 0.05) & (c < top) & space & (side * a > 0)
     canvas.finding("pleural_effusion", _painted(canvas, (box, fluid), Tissue.FLUID, (Tissue.LUNG, Tissue.BLOOD,
                                                                                      Tissue.MEDIASTINAL_FAT)))
 
@@ -125,7 +126,7 @@ def _hernia(canvas: Canvas, anatomy: Anatomy, item: dict) -> None:
     painted = canvas.paint((box, inside), Tissue.STOMACH, (Tissue.MEDIASTINAL_FAT, Tissue.LUNG, Tissue.BLOOD,
                                                           Tissue.ESOPHAGUS, Tissue.MYOCARDIUM, Tissue.FLUID))
     canvas.regions["heart"][box] &= ~painted  # the hernia pushes the heart forward
-    gas = painted & (canvas.grid.coords(box)[2] > item["centre"][2] + 0.45 * item["radii"][2])
+    gas = painted & (canvas.grid.coords(box)[2] > item["centre"][2] + 0.1 * item["radii"][2])
     canvas.tissue[box][gas] = Tissue.GAS
     canvas.finding("hiatal_hernia", (box, painted))
 

@@ -7,6 +7,7 @@ returns the rows the parent puts in the CSVs.
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,10 +123,11 @@ def _rows(plan: PatientPlan, stem: str, recon: ReconSpec, rendered: Rendered, re
 
 
 def _save(path: Path, array_zyx: np.ndarray, affine: np.ndarray) -> None:
+    """NIfTI-1 gzip level 1 with a zero time stamp (same input, same bytes), one compress call."""
     img = nib.Nifti1Image(array_zyx.transpose(2, 1, 0), affine)  # (X, Y, Z) on disk
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    nib.save(img, str(path))
+    path.write_bytes(gzip.compress(img.to_bytes(), compresslevel=1, mtime=0))
 
 
 def write_volume(out: Path, split: str, stem: str, rendered: Rendered) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ctvlp.data.synth.canvas import LUNG_TISSUES, Canvas, Tissue
+from ctvlp.data.synth.canvas import LUNG_TISSUES, Canvas, Tissue, member
 from ctvlp.data.synth.geometry import Grid, ellipsoid, tube
 
 SKIN = 0.02
@@ -109,13 +109,16 @@ def paint_anatomy(canvas: Canvas, anatomy: Anatomy, table: bool) -> None:
 
 
 def _paint_wall(canvas: Canvas, anatomy: Anatomy, table: bool) -> None:
-    grid, t = canvas.grid, canvas.tissue
+    grid = canvas.grid
+    plane = np.zeros(grid.a.shape, dtype=np.uint8)  # (Y, X) the same on every slice
     if table:
         top = anatomy.ap + 0.03 + 0.12 * grid.a ** 2
-        t[:, (grid.b > top) & (grid.b < top + 0.06) & (np.abs(grid.a) < 1.1)] = Tissue.TABLE
+        plane[(grid.b > top) & (grid.b < top + 0.06) & (np.abs(grid.a) < 1.1)] = Tissue.TABLE
     layers = ((0.0, Tissue.SKIN), (SKIN, Tissue.FAT), (SKIN + anatomy.fat, Tissue.MUSCLE))
     for inset, tissue in layers:
-        t[:, _ellipse2d(grid, 1.0 - inset, anatomy.ap - inset) <= 1.0] = tissue
+        plane[_ellipse2d(grid, 1.0 - inset, anatomy.ap - inset) <= 1.0] = tissue
+    canvas.tissue[:] = plane[None]
+    canvas.body = plane != Tissue.AIR
 
 
 def _paint_cavity(canvas: Canvas, anatomy: Anatomy) -> None:
@@ -228,8 +231,7 @@ def _paint_skeleton(canvas: Canvas, anatomy: Anatomy) -> None:
     sternum = ellipsoid(grid, (0.0, cb - rb - 0.035, 0.1), (0.09, 0.035, 0.6))
     canvas.paint(sternum, Tissue.RIB)
     _paint_ribs(canvas, anatomy)
-    bone = np.isin(t, np.array([Tissue.CORTICAL_BONE, Tissue.MARROW, Tissue.RIB], dtype=np.uint8))
-    canvas.regions["bone"] = bone
+    canvas.regions["bone"] = member(t, (Tissue.CORTICAL_BONE, Tissue.MARROW, Tissue.RIB))
 
 
 def _paint_ribs(canvas: Canvas, anatomy: Anatomy) -> None:
@@ -248,7 +250,7 @@ def _paint_ribs(canvas: Canvas, anatomy: Anatomy) -> None:
 
 def finish_regions(canvas: Canvas) -> None:
     """Lung = lung space still holding lung-type tissue; mediastinum = the rest of the cavity."""
-    lung_tissue = np.isin(canvas.tissue, np.array(LUNG_TISSUES, dtype=np.uint8))
+    lung_tissue = member(canvas.tissue, LUNG_TISSUES)
     lung = canvas.regions.pop("lung_space") & lung_tissue
     cavity = canvas.regions.pop("cavity")
     canvas.regions["lung"] = lung

@@ -69,6 +69,22 @@ BLUR_SIGMA = {"soft": 0.8, "sharp": 0.35}
 """In-plane Gaussian blur (voxels) of each kernel."""
 
 
+NOISE_POOL = 1 << 22
+"""Standard normal values drawn once per process (fixed seed); a volume's noise is a random window."""
+_pool: list[np.ndarray] = []
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Unit Gaussian noise of ``shape``: a window of the shared pool at a random offset (cheap)."""
+    size = int(np.prod(shape))
+    if size > NOISE_POOL // 2:
+        return rng.standard_normal(shape, dtype=np.float32)
+    if not _pool:
+        _pool.append(np.random.default_rng(20260101).standard_normal(NOISE_POOL, dtype=np.float32))
+    start = int(rng.integers(0, NOISE_POOL - size))
+    return _pool[0][start:start + size].reshape(shape)
+
+
 def paint(anatomy: Anatomy, scan: ScanSpec, grid_spec: GridSpec, difficulty: Difficulty) -> Canvas:
     """Anatomy and findings as tissue classes and masks on one reconstruction's grid."""
     canvas = Canvas(Grid(grid_spec, scan.pose))
@@ -83,10 +99,10 @@ def paint(anatomy: Anatomy, scan: ScanSpec, grid_spec: GridSpec, difficulty: Dif
 
 def render(anatomy: Anatomy, scan: ScanSpec, recon: ReconSpec, difficulty: Difficulty) -> Rendered:
     canvas = paint(anatomy, scan, recon.grid, difficulty)
-    hu = canvas.hu_table(scan.contrast)[canvas.tissue]  # (Z, Y, X) float32
+    hu = np.take(canvas.hu_table(scan.contrast), canvas.tissue)  # (Z, Y, X) float32
     hu += (canvas.tissue == Tissue.LUNG) * (40.0 * canvas.grid.b)[None]  # denser dependent lung
-    rng = np.random.default_rng(recon.seed)
-    hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(recon.noise_hu)
+    noise = _noise(np.random.default_rng(recon.seed), hu.shape) * np.float32(recon.noise_hu)  # (Z, Y, X)
+    hu += noise * canvas.body[None]
     sigma = BLUR_SIGMA[recon.kernel]
     hu = ndimage.gaussian_filter(hu, sigma=(0.0, sigma, sigma), truncate=2.5)
     stored = np.clip(np.rint(hu), *HU_RANGE).astype(np.int16)
