@@ -44,6 +44,8 @@ def paint_findings(canvas: Canvas, anatomy: Anatomy, findings: list[Finding]) ->
     for label, (tissue, only) in BLOBS.items():
         for item in by_label.get(label, Finding(label)).items:
             shape = ellipsoid(canvas.grid, item["centre"], item["radii"], item.get("angle", 0.0))
+            if shape is not None and tissue != Tissue.NODE:  # lung findings stay in the lung (not on the aorta)
+                shape = (shape[0], shape[1] & canvas.regions["lung_space"][shape[0]])
             canvas.finding(slug(label), _painted(canvas, shape, tissue, only))
     painters = {"Pleural effusion": _pleural_effusion, "Pericardial effusion": _pericardial_effusion,
                 "Arterial wall calcification": _aortic_plaques, "Coronary artery wall calcification": _coronary,
