@@ -58,7 +58,7 @@ HU: dict[Tissue, tuple[float, float]] = {
     Tissue.BLOOD: (40, 260), Tissue.AIRWAY_WALL: (40, 40), Tissue.MYOCARDIUM: (45, 120),
     Tissue.ESOPHAGUS: (40, 55), Tissue.THYROID: (100, 160), Tissue.LIVER: (60, 115),
     Tissue.SPLEEN: (50, 125), Tissue.STOMACH: (25, 30), Tissue.GAS: (-1000, -1000),
-    Tissue.NODULE: (30, 60), Tissue.FLUID: (8, 8), Tissue.CALCIFICATION: (850, 850),
+    Tissue.NODULE: (30, 60), Tissue.FLUID: (2, 2), Tissue.CALCIFICATION: (850, 850),
     Tissue.NODE: (40, 75), Tissue.EMPHYSEMA: (-990, -990), Tissue.ATELECTASIS: (30, 70),
     Tissue.CONSOLIDATION: (35, 60), Tissue.GROUND_GLASS: (-560, -560), Tissue.MOSAIC: (-700, -700),
     Tissue.METAL: (3000, 3000),

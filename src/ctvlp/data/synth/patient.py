@@ -7,7 +7,7 @@ returns the rows the parent puts in the CSVs.
 
 from __future__ import annotations
 
-import gzip
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,12 +122,23 @@ def _rows(plan: PatientPlan, stem: str, recon: ReconSpec, rendered: Rendered, re
         regions=[{"Volumename": name, "Anatomy": region, "Sentence": sentence} for region, sentence in report.regions])
 
 
-def _save(path: Path, array_zyx: np.ndarray, affine: np.ndarray) -> None:
-    """NIfTI-1 gzip level 1 with a zero time stamp (same input, same bytes), one compress call."""
-    img = nib.Nifti1Image(array_zyx.transpose(2, 1, 0), affine)  # (X, Y, Z) on disk
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    path.write_bytes(gzip.compress(img.to_bytes(), compresslevel=1, mtime=0))
+def nifti_header(shape_zyx: tuple[int, ...], dtype, affine: np.ndarray) -> bytes:
+    """NIfTI-1 single-file header (+ empty extension flag) for an (X, Y, Z) array of ``dtype``."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(tuple(reversed(shape_zyx)))  # (X, Y, Z) on disk
+    header.set_data_dtype(dtype)
+    header.set_qform(affine, code=1)
+    header.set_sform(affine, code=1)
+    header.set_xyzt_units("mm")
+    header["vox_offset"] = 352
+    return header.binaryblock + b"\x00" * 4
+
+
+def save_nifti(path: Path, header: bytes, array_zyx: np.ndarray) -> None:
+    """gzip level 1, zero time stamp (same input, same bytes). The (X, Y, Z) Fortran-order data the
+    file holds are exactly the C-order bytes of the (Z, Y, X) array, so no transpose copy is made."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: gzip container
+    path.write_bytes(packer.compress(header) + packer.compress(np.ascontiguousarray(array_zyx)) + packer.flush())
 
 
 def write_volume(out: Path, split: str, stem: str, rendered: Rendered) -> None:
@@ -135,9 +146,11 @@ def write_volume(out: Path, split: str, stem: str, rendered: Rendered) -> None:
     patient, scan = stem.rsplit("_", 2)[0], stem.rsplit("_", 1)[0]
     folder = out / "dataset" / split / patient / scan
     folder.mkdir(parents=True, exist_ok=True)
-    _save(folder / f"{stem}.nii.gz", rendered.stored, rendered.affine)
+    shape = rendered.stored.shape
+    save_nifti(folder / f"{stem}.nii.gz", nifti_header(shape, np.int16, rendered.affine), rendered.stored)
     masks = out / "radgenome" / "masks" / f"seg_{stem}"
     masks.mkdir(parents=True, exist_ok=True)
+    header = nifti_header(shape, np.uint8, rendered.affine)
     for name, mask in {**rendered.regions, **rendered.findings}.items():
         if mask.any():
-            _save(masks / f"{name}.nii.gz", mask.view(np.uint8), rendered.affine)
+            save_nifti(masks / f"{name}.nii.gz", header, mask.view(np.uint8))

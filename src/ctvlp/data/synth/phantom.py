@@ -71,7 +71,7 @@ def _vessel_tree(rng: np.random.Generator, domes) -> tuple:
     """Three generations of branching segments from each hilum into the lung."""
     segments = []
     for side in (-1.0, 1.0):
-        stack = [((side * 0.24, 0.08, -0.02), np.array([side, 0.0, 0.0]), 0.04, 0) for _ in range(3)]
+        stack = [((side * 0.24, 0.08, -0.02), np.array([side, 0.0, 0.0]), 0.04, 0) for _ in range(4)]
         while stack:
             start, direction, radius, depth = stack.pop()
             length = 0.32 * 0.72 ** depth
@@ -156,10 +156,10 @@ def _paint_mediastinum(canvas: Canvas, anatomy: Anatomy) -> None:
     canvas.region("heart", heart)
     rot = np.radians(angle)
     normal = np.array([-np.sin(rot), np.cos(rot)])
-    for side, size in ((-1, 0.62), (1, 0.58)):  # right ventricle anterior, left ventricle posterior
-        offset = side * 0.33 * radii[1] * normal
+    for side, size in ((-1, 0.3), (1, 0.33)):  # right ventricle anterior, left ventricle posterior
+        offset = side * 0.38 * radii[1] * normal
         chamber = (a0 + offset[0], b0 + offset[1], c0)
-        canvas.paint(ellipsoid(grid, chamber, radii * np.array([0.8, size * 0.55, 0.75]), angle), Tissue.BLOOD)
+        canvas.paint(ellipsoid(grid, chamber, radii * np.array([0.6, size, 0.65]), angle), Tissue.BLOOD)
     r = anatomy.aorta_radius
     aorta = tube(grid, aorta_path(anatomy), r)
     for shape in aorta:

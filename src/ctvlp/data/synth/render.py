@@ -85,6 +85,27 @@ def _noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return _pool[0][start:start + size].reshape(shape)
 
 
+TEXTURE_POOL = 160
+"""Side of the cube of smooth noise (drawn once per process) that lung texture windows are cut from."""
+TEXTURE_HU = 25.0
+"""Standard deviation of the lung parenchyma's smooth texture."""
+_texture: list[np.ndarray] = []
+
+
+def _lung_texture(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+    """Smooth unit-variance noise (correlation ~2 voxels) of ``shape``: a window of a shared cube."""
+    if not _texture:
+        cube = np.random.default_rng(20260102).standard_normal((TEXTURE_POOL,) * 3, dtype=np.float32)
+        cube = ndimage.gaussian_filter(cube, 1.5, mode="wrap")  # (P, P, P)
+        _texture.append(cube / cube.std())
+    cube = _texture[0]
+    reps = [-(-n // TEXTURE_POOL) for n in shape]
+    if max(reps) > 1:
+        cube = np.tile(cube, reps)
+    starts = [int(rng.integers(0, cube.shape[i] - n + 1)) for i, n in enumerate(shape)]
+    return cube[tuple(slice(s, s + n) for s, n in zip(starts, shape))]
+
+
 def paint(anatomy: Anatomy, scan: ScanSpec, grid_spec: GridSpec, difficulty: Difficulty) -> Canvas:
     """Anatomy and findings as tissue classes and masks on one reconstruction's grid."""
     canvas = Canvas(Grid(grid_spec, scan.pose))
@@ -100,8 +121,10 @@ def paint(anatomy: Anatomy, scan: ScanSpec, grid_spec: GridSpec, difficulty: Dif
 def render(anatomy: Anatomy, scan: ScanSpec, recon: ReconSpec, difficulty: Difficulty) -> Rendered:
     canvas = paint(anatomy, scan, recon.grid, difficulty)
     hu = np.take(canvas.hu_table(scan.contrast), canvas.tissue)  # (Z, Y, X) float32
-    hu += (canvas.tissue == Tissue.LUNG) * (40.0 * canvas.grid.b)[None]  # denser dependent lung
-    noise = _noise(np.random.default_rng(recon.seed), hu.shape) * np.float32(recon.noise_hu)  # (Z, Y, X)
+    rng = np.random.default_rng(recon.seed)
+    lung = canvas.tissue == Tissue.LUNG
+    hu += lung * ((40.0 * canvas.grid.b)[None] + TEXTURE_HU * _lung_texture(rng, hu.shape))  # dependent, mottled
+    noise = _noise(rng, hu.shape) * np.float32(recon.noise_hu)  # (Z, Y, X)
     hu += noise * canvas.body[None]
     sigma = BLUR_SIGMA[recon.kernel]
     hu = ndimage.gaussian_filter(hu, sigma=(0.0, sigma, sigma), truncate=2.5)
