@@ -222,6 +222,16 @@ def test_decide_hu_already_hu_raw_and_ambiguous():
     assert fixes.decide_hu(soft, 1.0, -1024.0).kind == "ambiguous"
 
 
+@pytest.mark.parametrize("name", ["chest_ct_angio_1p5mm.nii.gz", "abdomen_ct_3mm_30slices.nii.gz"])
+def test_decide_hu_on_real_ct(real_dir, name):
+    hu = np.asarray(nib.load(str(real_dir / name)).dataobj)  # int16 HU
+    assert fixes.decide_hu(hu, 1.0, -1024.0).kind == "hu"
+    raw = Volume((hu + 1024).astype(np.int16), np.eye(4))  # what a scanner stores with intercept -1024
+    back = fixes.to_hu(raw, 1.0, -1024.0)
+    assert back.meta["hu_decision"] == "rescaled"
+    np.testing.assert_array_equal(back.array, hu)
+
+
 def test_to_hu_values_and_meta():
     raw = Volume(phantom_hu() + 1024, np.eye(4))
     out = fixes.to_hu(raw, 1.0, -1024.0)

@@ -9,14 +9,12 @@ does not.
   raw stored values near 0 (HU + 1024). With ``air`` and ``top`` = the 1st and 99th percentiles of the
   stored values (a constant padding value that fills >1 % of the volume at its minimum excluded):
 
-  ===========================================================  =============  =========================
-  rule (first that holds)                                      decision       values
-  ===========================================================  =============  =========================
-  ``air <= -500``                                              ``hu``         kept
-  pair known, ``-1400 <= slope * air + intercept <= -500`` and   ``rescaled``   ``slope * x + intercept``
-  ``slope * top + intercept > -500`` (a body besides the air)
-  anything else (no air in either reading, or no pair)         ``ambiguous``  kept; the CT check decides
-  ===========================================================  =============  =========================
+  1. ``air <= -500``: already HU, values kept (decision ``hu``);
+  2. the pair is known, ``-1400 <= slope * air + intercept <= -500`` and
+     ``slope * top + intercept > -500`` (a body besides the air): raw stored values, the pair is
+     applied (decision ``rescaled``);
+  3. anything else (no air in either reading, or no pair): values kept (decision ``ambiguous``), and
+     the CT check that follows decides.
 
   The ambiguous case is a volume without air (a uniform block, a crop inside the body): the two
   readings differ by a shift, and without air nothing in the values tells them apart. A crop inside
