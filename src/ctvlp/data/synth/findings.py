@@ -171,7 +171,7 @@ def _plaques(rng, path, aorta_r, count, radius) -> list[dict]:
         d = (p1 - p0) / np.linalg.norm(p1 - p0)
         side = rng.normal(size=3)
         side -= (side @ d) * d
-        centre = p0 + rng.uniform(0.1, 0.9) * (p1 - p0) + 0.9 * aorta_r * side / np.linalg.norm(side)
+        centre = p0 + rng.uniform(0.1, 0.9) * (p1 - p0) + 0.7 * aorta_r * side / np.linalg.norm(side)
         segment = ("aortic arch" if i in (2, 3, 4, 5) else "descending aorta" if i > 5 else "ascending aorta")
         items.append({"centre": centre, "radii": np.full(3, radius * rng.uniform(0.9, 1.2)), "segment": segment})
     return items
@@ -182,7 +182,7 @@ def _coronary(rng, count, radius) -> list[dict]:
     vessels = ("left anterior descending", "circumflex", "right coronary")
     items = []
     for _ in range(count):
-        direction = rng.normal(size=3) * np.array([1.0, 1.0, 0.5]) + np.array([0.0, -0.6, 0.5])
+        direction = rng.normal(size=3) * np.array([1.0, 1.0, 0.5]) + np.array([0.0, -0.6, 0.2])
         items.append({"direction": direction / np.linalg.norm(direction), "radius": radius * rng.uniform(0.9, 1.2),
                       "vessel": str(rng.choice(vessels))})
     return items
@@ -198,7 +198,7 @@ def _device(rng, anatomy: Anatomy, size: float) -> dict:
     lead = [generator, np.array([side * 0.3, b_edge + 0.2, 0.78]), np.array([-0.12, -0.08, 0.6]), end]
     s = max(size, 0.6)
     return {"kind": kind, "side": "left" if side > 0 else "right", "centre": generator,
-            "radii": np.array([0.13, 0.04, 0.1]) * s, "lead": lead, "lead_radius": 0.035 * s}
+            "radii": np.array([0.13, 0.04, 0.1]) * s, "lead": lead, "lead_radius": 0.045 * s}
 
 
 def sample_findings(rng: np.random.Generator, anatomy: Anatomy, present: list[str], difficulty: Difficulty,

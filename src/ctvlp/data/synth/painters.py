@@ -23,7 +23,7 @@ BLOBS: dict[str, tuple[Tissue, tuple[Tissue, ...]]] = {
     "Mosaic attenuation pattern": (Tissue.MOSAIC, LUNG_ONLY),
     "Emphysema": (Tissue.EMPHYSEMA, LUNG_ONLY),
     "Lung opacity": (Tissue.GROUND_GLASS, LUNG_ONLY),
-    "Consolidation": (Tissue.CONSOLIDATION, (*LUNG_AND_VESSELS, Tissue.MOSAIC, Tissue.EMPHYSEMA, Tissue.GROUND_GLASS)),
+    "Consolidation": (Tissue.CONSOLIDATION, (*LUNG_AND_VESSELS, Tissue.MOSAIC, Tissue.EMPHYSEMA)),
     "Atelectasis": (Tissue.ATELECTASIS, (*LUNG_AND_VESSELS, Tissue.MOSAIC, Tissue.GROUND_GLASS)),
     "Lung nodule": (Tissue.NODULE, (*LUNG_AND_VESSELS, Tissue.MOSAIC, Tissue.GROUND_GLASS, Tissue.EMPHYSEMA)),
     "Lymphadenopathy": (Tissue.NODE, (Tissue.MEDIASTINAL_FAT, Tissue.LUNG)),
@@ -114,7 +114,9 @@ def _coronary(canvas: Canvas, anatomy: Anatomy, item: dict) -> None:
     offset = np.array([np.cos(rot) * local[0] - np.sin(rot) * local[1],
                        np.sin(rot) * local[0] + np.cos(rot) * local[1], local[2]])
     shape = ellipsoid(canvas.grid, np.array(anatomy.heart[:3]) + offset, np.full(3, item["radius"]))
-    only = (Tissue.MEDIASTINAL_FAT, Tissue.MYOCARDIUM, Tissue.LUNG, Tissue.FLUID)
+    if shape is not None:  # never on the aortic root
+        shape = (shape[0], shape[1] & ~canvas.regions["aorta"][shape[0]])
+    only = (Tissue.MEDIASTINAL_FAT, Tissue.MYOCARDIUM, Tissue.LUNG, Tissue.FLUID, Tissue.BLOOD)
     canvas.finding("coronary_artery_wall_calcification", _painted(canvas, shape, Tissue.CALCIFICATION, only))
 
 

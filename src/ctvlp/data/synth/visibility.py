@@ -126,12 +126,18 @@ def measure_cohort(root: str | Path, max_volumes: int = 100, grid: int = 64) -> 
     return pd.DataFrame(rows), summarise(pd.DataFrame(rows), pd.DataFrame(ratios))
 
 
+SEEN_VOXELS = 8
+"""A volume 'shows' a finding when one of its lesions keeps at least this many voxels (a 2 x 2 x 2 cube)."""
+
+
 def summarise(lesion_rows: pd.DataFrame, ratios: pd.DataFrame) -> pd.DataFrame:
-    """Per label: lesions, lost share, median / 10th percentile voxels, median extent, median contrast."""
+    """Per label: volumes that show it, lesions, lost share, voxels (median, 10th pct), extent, contrast."""
     out = []
     for label, group in lesion_rows.groupby("label", sort=False):
         kept = group[~group["lost"]]
-        out.append({"label": label, "lesions": len(group), "lost": round(float(group["lost"].mean()), 3),
+        shown = group.groupby("volume")["voxels"].max() >= SEEN_VOXELS
+        out.append({"label": label, "volumes": len(shown), "shown": round(float(shown.mean()), 3),
+                    "lesions": len(group), "lost": round(float(group["lost"].mean()), 3),
                     "voxels_median": float(kept["voxels"].median()), "voxels_p10": float(kept["voxels"].quantile(0.1)),
                     "extent_median": float(kept["extent"].median()),
                     "contrast_median_hu": round(float(kept["contrast"].median()), 0)})
