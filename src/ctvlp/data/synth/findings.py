@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ctvlp.data.synth.canvas import HU, LUNG_TISSUES, Canvas, Tissue
-from ctvlp.data.synth.geometry import ellipsoid, tube
+from ctvlp.data.synth.canvas import HU, Canvas, Tissue
 from ctvlp.data.synth.phantom import Anatomy, aorta_path, diaphragm
 
 
