@@ -242,3 +242,27 @@ def test_cli_writes_a_small_cohort(tmp_path, capsys):
     assert "wrote 6 volumes" in out and "label prevalence" in out
     assert len(list((tmp_path / "c" / "dataset").rglob("*.nii.gz"))) == 6
     assert main(["synth", "--out", str(tmp_path / "d"), "--n", "0"]) == 2
+
+
+def _positives(result) -> set[str]:
+    """Labels extract_labels calls present, whether it returns a mapping or a collection."""
+    if isinstance(result, dict):
+        return {label for label, value in result.items() if value is True or value == 1}
+    return set(result)
+
+
+def test_report_parser_reads_the_labels_and_regions_back(cohort):
+    """ctvlp.data.reports agrees with the written labels and puts each region sentence in its organ."""
+    reports = pytest.importorskip("ctvlp.data.reports")
+    t = _tables(cohort)
+    for (_, report), (_, labels) in zip(t["reports"].iterrows(), t["labels"].iterrows()):
+        found = _positives(reports.extract_labels(f"{report['Findings_EN']} {report['Impressions_EN']}"))
+        expected = {label for label in RENDERED if labels[label] == 1}
+        assert found & set(RENDERED) == expected, (labels["VolumeName"], report["Findings_EN"])
+        assert not found & (set(CTRATE_LABELS) - set(RENDERED))
+    regions = t["regions"].merge(t["reports"], left_on="Volumename", right_on="VolumeName")
+    for volume, rows in regions.groupby("Volumename"):
+        organs = reports.organ_sentences(rows["Findings_EN"].iloc[0])
+        for region, sentence in zip(rows["Anatomy"], rows["Sentence"]):
+            organ = reports.canonical_organ(region)
+            assert any(sentence.strip() in s for s in organs.get(organ, [])), (volume, region, sentence, organs)

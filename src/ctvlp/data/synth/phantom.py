@@ -174,8 +174,8 @@ def _paint_mediastinum(canvas: Canvas, anatomy: Anatomy) -> None:
         canvas.region("esophagus", shape)
     for side in (-1, 1):
         lobe = ellipsoid(grid, (side * 0.11 + 0.0, -0.03, 1.02), (0.06, 0.05, 0.1))
-        canvas.paint(lobe, Tissue.THYROID, only=(Tissue.MEDIASTINAL_FAT, Tissue.MUSCLE, Tissue.FAT))
-        canvas.region("thyroid", lobe)
+        painted = canvas.paint(lobe, Tissue.THYROID, only=(Tissue.MEDIASTINAL_FAT, Tissue.MUSCLE, Tissue.FAT))
+        canvas.region("thyroid", None if painted is None else (lobe[0], painted))
 
 
 def aorta_path(anatomy: Anatomy) -> list[tuple[float, float, float]]:
