@@ -131,7 +131,7 @@ KEYWORDS = {
     "Atelectasis": "atelectasis", "Mosaic attenuation pattern": "mosaic", "Pleural effusion": "pleural effusion",
     "Pericardial effusion": "pericardial effusion", "Cardiomegaly": "cardiomegaly",
     "Coronary artery wall calcification": "coronary", "Hiatal hernia": "hiatal hernia",
-    "Lymphadenopathy": "lymph", "Medical material": "pacemaker|port catheter",
+    "Lymphadenopathy": "lymph", "Medical material": "pacemaker|venous port",
     "Arterial wall calcification": "aort",
 }
 

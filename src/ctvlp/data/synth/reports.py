@@ -28,7 +28,7 @@ LABEL_REGION: dict[str, str] = {
 }
 POSITIVE: dict[str, tuple[str, ...]] = {
     "Lung nodule": ("A {size} mm solid nodule is seen in the {side} lung {lobe}.",
-                    "There is a {size} mm nodule in the {lobe} of the {side} lung.",
+                    "A nodule of {size} mm is seen in the {lobe} of the {side} lung.",
                     "Nodule of {size} mm in the {side} {lobe}.",
                     "A pulmonary nodule measuring {size} mm is present in the {side} lung {lobe}."),
     "Emphysema": ("Centrilobular emphysema is seen in the upper lobes.",
@@ -157,7 +157,7 @@ def _facts(finding: Finding, unit_mm: float) -> dict[str, str]:
         facts["size"] = f"{(first.get('depth') or first.get('thickness')) * unit_mm:.0f}"
     if "kind" in first:
         pacemaker = first["kind"] == "pacemaker"
-        facts.update(kind="pacemaker" if pacemaker else "port catheter", lead="lead" if pacemaker else "catheter",
+        facts.update(kind="pacemaker" if pacemaker else "venous port", lead="lead" if pacemaker else "catheter",
                      end="right ventricle" if pacemaker else "superior vena cava")
     return facts
 
