@@ -10,6 +10,7 @@ x grows towards the patient's left, y towards posterior, z towards superior.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,22 +72,23 @@ class Grid:
         x_mm = (np.arange(n) - centre) * spec.xy_mm - pose.shift_mm[0]  # (X,)
         y_mm = (np.arange(n) - centre) * spec.xy_mm - pose.shift_mm[1]  # (Y,)
         cos, sin = np.cos(np.radians(pose.angle_deg)), np.sin(np.radians(pose.angle_deg))
+        self._rotation = (float(cos), float(sin))
         self.a = ((cos * x_mm[None, :] + sin * y_mm[:, None]) / pose.unit_mm).astype(np.float32)  # (Y, X)
         self.b = ((-sin * x_mm[None, :] + cos * y_mm[:, None]) / pose.unit_mm).astype(np.float32)  # (Y, X)
         c0 = pose.c_range[0]
         self.c = (c0 + np.arange(nz) * spec.z_mm / pose.unit_mm).astype(np.float32)  # (Z,)
 
-    def box(self, lo: np.ndarray, hi: np.ndarray) -> Box | None:
+    def box(self, lo, hi) -> Box | None:
         """Index box covering the body-unit box [lo, hi] (a, b, c); None when it misses the grid."""
-        corners = np.array([[a, b] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])])  # (4, 2)
-        cos, sin = np.cos(np.radians(self.pose.angle_deg)), np.sin(np.radians(self.pose.angle_deg))
-        x_mm = (cos * corners[:, 0] - sin * corners[:, 1]) * self.pose.unit_mm + self.pose.shift_mm[0]
-        y_mm = (sin * corners[:, 0] + cos * corners[:, 1]) * self.pose.unit_mm + self.pose.shift_mm[1]
-        centre = (self.spec.matrix - 1) / 2.0
-        xs = _span(x_mm / self.spec.xy_mm + centre, self.spec.matrix)
-        ys = _span(y_mm / self.spec.xy_mm + centre, self.spec.matrix)
+        cos, sin = self._rotation
+        corners = [(a, b) for a in (float(lo[0]), float(hi[0])) for b in (float(lo[1]), float(hi[1]))]
+        scale, centre = self.pose.unit_mm / self.spec.xy_mm, (self.spec.matrix - 1) / 2.0
+        x0, y0 = self.pose.shift_mm[0] / self.spec.xy_mm + centre, self.pose.shift_mm[1] / self.spec.xy_mm + centre
+        xs = _span([(cos * a - sin * b) * scale + x0 for a, b in corners], self.spec.matrix)
+        ys = _span([(sin * a + cos * b) * scale + y0 for a, b in corners], self.spec.matrix)
         step = self.spec.z_mm / self.pose.unit_mm
-        zs = _span((np.array([lo[2], hi[2]]) - self.pose.c_range[0]) / step, self.shape[0])
+        zs = _span([(float(lo[2]) - self.pose.c_range[0]) / step, (float(hi[2]) - self.pose.c_range[0]) / step],
+                   self.shape[0])
         if xs is None or ys is None or zs is None:
             return None
         return zs, ys, xs
@@ -97,8 +99,8 @@ class Grid:
         return self.a[ys, xs][None], self.b[ys, xs][None], self.c[zs][:, None, None]
 
 
-def _span(positions: np.ndarray, n: int) -> slice | None:
-    lo, hi = int(np.floor(positions.min())) - 1, int(np.ceil(positions.max())) + 2
+def _span(positions: list[float], n: int) -> slice | None:
+    lo, hi = math.floor(min(positions)) - 1, math.ceil(max(positions)) + 2
     lo, hi = max(lo, 0), min(hi, n)
     return slice(lo, hi) if hi > lo else None
 
@@ -129,10 +131,13 @@ def capsule_distance(grid: Grid, p0, p1, reach: float) -> tuple[Box, np.ndarray]
         return None
     a, b, c = grid.coords(box)
     d = p1 - p0
-    rel = (a - p0[0], b - p0[1], c - p0[2])
-    t = np.clip((rel[0] * d[0] + rel[1] * d[1] + rel[2] * d[2]) / max(float(d @ d), 1e-12), 0.0, 1.0)
-    dist2 = sum((r - t * di) ** 2 for r, di in zip(rel, d))  # (z, y, x)
-    return box, np.sqrt(dist2)
+    ra, rb, rc = a - p0[0], b - p0[1], c - p0[2]  # (1, y, x), (1, y, x), (z, 1, 1)
+    t = (ra * d[0] + rb * d[1] + rc * d[2]) / max(float(d @ d), 1e-12)  # (z, y, x)
+    np.clip(t, 0.0, 1.0, out=t)
+    dist2 = (ra - t * d[0]) ** 2
+    dist2 += (rb - t * d[1]) ** 2
+    dist2 += (rc - t * d[2]) ** 2
+    return box, np.sqrt(dist2, out=dist2)
 
 
 def tube(grid: Grid, points, radius: float) -> list[Shape]:
