@@ -131,7 +131,8 @@ def _paint_cavity(canvas: Canvas, anatomy: Anatomy) -> None:
     cavity = radius2 <= narrowing ** 2  # (Z, Y, X)
     above = grid.c[:, None, None] > diaphragm(anatomy, grid.a, grid.b)[None]  # (Z, Y, X)
     band = 0.13 + 0.05 * (grid.c > 0.0)[:, None, None]  # (Z, 1, 1) mediastinal half-width
-    lateral = np.abs(grid.a - MEDIASTINUM_CENTRE)[None] > band  # (Z, Y, X)
+    taper = 0.7 + 0.4 * np.clip((grid.b - cb) / rb + 0.5, 0, 1)  # (Y, X) narrower behind the sternum
+    lateral = (np.abs(grid.a - MEDIASTINUM_CENTRE) / taper)[None] > band  # (Z, Y, X)
     spine = (((grid.a - SPINE_CENTRE[0]) ** 2 + (grid.b - SPINE_CENTRE[1]) ** 2) < 0.19 ** 2)[None]
     inner = radius2 <= (narrowing * (1 - PLEURAL_GAP / rb)) ** 2
     canvas.tissue[cavity] = Tissue.MEDIASTINAL_FAT
