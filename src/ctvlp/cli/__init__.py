@@ -16,7 +16,7 @@ import sys
 from ctvlp import __version__
 from ctvlp.errors import CtvlpError
 
-SUBCOMMANDS: tuple[str, ...] = ("manifest", "synth")
+SUBCOMMANDS: tuple[str, ...] = ("info", "manifest", "synth")
 
 EXIT_USAGE = 2
 

@@ -1,0 +1,138 @@
+"""DICOM series folders through pydicom.
+
+Geometry comes from the slices' ImagePositionPatient (IPP) and ImageOrientationPatient (IOP):
+slices are sorted by their position along the normal n = row x col, the slice spacing is the
+distance between neighbouring positions (never SliceThickness, which may differ), and the gaps must
+be uniform. The array is indexed (i = column, j = row, k = slice), so voxel (i, j, k) sits at
+IPP_0 + i * dc * row + j * dr * col + k * ds * n in LPS, converted to RAS.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ctvlp.errors import BadVolumeError
+from ctvlp.io._convert import LPS_TO_RAS, to_hu
+from ctvlp.io.volume import Volume
+
+IOP_TOLERANCE = 1e-4
+GAP_TOLERANCE = 0.1  # relative deviation from the median spacing that counts as a gap
+
+
+@dataclass
+class _Slice:
+    path: Path
+    position: np.ndarray  # (3,) IPP, LPS mm
+    orientation: np.ndarray  # (6,) IOP
+    pixel_spacing: tuple[float, float]  # (row spacing dr, column spacing dc)
+    thickness: float
+
+
+def _headers(folder: Path) -> dict[str, list[_Slice]]:
+    """Image slices of the folder grouped by SeriesInstanceUID; non-DICOM files are ignored."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    series: dict[str, list[_Slice]] = defaultdict(list)
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except InvalidDicomError:
+            continue  # not DICOM (no preamble): README, .txt, thumbnails
+        except Exception as err:
+            raise BadVolumeError(path, f"unreadable DICOM file ({type(err).__name__}: {err})") from None
+        if "ImagePositionPatient" not in ds or "Rows" not in ds:
+            continue  # DICOMDIR, reports, presentation states
+        try:
+            series[str(ds.get("SeriesInstanceUID", ""))].append(_Slice(
+                path, np.array(ds.ImagePositionPatient, dtype=np.float64),
+                np.array(ds.ImageOrientationPatient, dtype=np.float64),
+                tuple(float(v) for v in ds.PixelSpacing), float(ds.get("SliceThickness") or 0)))
+        except (AttributeError, ValueError, TypeError) as err:
+            raise BadVolumeError(path, f"DICOM slice without usable geometry ({err})") from None
+    return series
+
+
+def _choose_series(folder: Path, series: dict[str, list[_Slice]], uid: str | None) -> list[_Slice]:
+    if not series:
+        raise BadVolumeError(folder, "no DICOM image slices in this folder")
+    if uid is not None:
+        if uid not in series:
+            raise BadVolumeError(folder, f"series {uid} not in this folder (has {sorted(series)})")
+        return series[uid]
+    if len(series) > 1:
+        listing = ", ".join(f"{u} ({len(s)} slices)" for u, s in series.items())
+        raise BadVolumeError(folder, f"folder mixes {len(series)} series: {listing}; pass series_uid")
+    return next(iter(series.values()))
+
+
+def _sorted_geometry(folder: Path, slices: list[_Slice]) -> tuple[list[_Slice], np.ndarray, float]:
+    """Slices sorted along the normal, the normal (3,), and the uniform slice spacing."""
+    iop = slices[0].orientation
+    if any(np.abs(s.orientation - iop).max() > IOP_TOLERANCE for s in slices):
+        raise BadVolumeError(folder, "slices disagree on ImageOrientationPatient")
+    normal = np.cross(iop[:3], iop[3:])
+    depth = np.array([s.position @ normal for s in slices])  # (K,) mm along the normal
+    order = np.argsort(depth, kind="stable")
+    slices, depth = [slices[i] for i in order], depth[order]
+    if len(slices) == 1:
+        return slices, normal, slices[0].thickness or 1.0
+    gaps = np.diff(depth)  # (K-1,)
+    if np.any(gaps < 1e-3):
+        at = int(np.argmin(gaps))
+        raise BadVolumeError(folder, f"two slices at the same position ({slices[at].path.name}, "
+                                     f"{slices[at + 1].path.name})")
+    spacing = float(np.median(gaps))
+    bad = np.flatnonzero(np.abs(gaps - spacing) > GAP_TOLERANCE * spacing)
+    if bad.size:
+        k = int(bad[0])
+        raise BadVolumeError(folder, f"non-uniform slice positions: gap of {gaps[k]:.2f} mm between "
+                                     f"{slices[k].path.name} and {slices[k + 1].path.name} (spacing "
+                                     f"{spacing:.2f} mm): missing slice(s)?")
+    return slices, normal, spacing
+
+
+def _pixels(slices: list[_Slice]) -> np.ndarray:
+    """(I, J, K) HU: pixel_array (rows=j, cols=i) per slice, rescaled per slice."""
+    import pydicom
+
+    planes = []
+    for s in slices:
+        try:
+            ds = pydicom.dcmread(s.path)
+            plane = to_hu(ds.pixel_array, float(ds.get("RescaleSlope", 1) or 1),
+                          float(ds.get("RescaleIntercept", 0) or 0))
+        except Exception as err:
+            raise BadVolumeError(s.path, f"cannot decode pixel data ({type(err).__name__}: {err})") from None
+        planes.append(plane)
+    shapes = {p.shape for p in planes}
+    if len(shapes) > 1:
+        raise BadVolumeError(slices[0].path.parent, f"slices differ in size: {sorted(shapes)}")
+    dtype = np.result_type(*planes)
+    return np.stack(planes, axis=-1).astype(dtype, copy=False).transpose(1, 0, 2)  # (J, I, K) -> (I, J, K)
+
+
+def read_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
+    """Read one DICOM series from a folder (or the series of one given file)."""
+    folder = Path(folder)
+    if folder.is_file():
+        import pydicom
+
+        series_uid = series_uid or str(pydicom.dcmread(folder, stop_before_pixels=True).SeriesInstanceUID)
+        folder = folder.parent
+    slices = _choose_series(folder, _headers(folder), series_uid)
+    slices, normal, spacing = _sorted_geometry(folder, slices)
+    iop, (dr, dc) = slices[0].orientation, slices[0].pixel_spacing
+    lps = np.eye(4)
+    lps[:3, 0] = iop[:3] * dc  # i: along the row direction, column spacing
+    lps[:3, 1] = iop[3:] * dr  # j: along the column direction, row spacing
+    lps[:3, 2] = normal * spacing
+    lps[:3, 3] = slices[0].position
+    array = _pixels(slices)
+    meta = {"reader": "dicom", "series_uid": series_uid or "", "slices": len(slices),
+            "slice_thickness": slices[0].thickness}
+    return Volume(array, LPS_TO_RAS @ lps, path=str(folder), meta=meta)

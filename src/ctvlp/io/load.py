@@ -1,0 +1,99 @@
+"""`load_volume`: any supported CT file or DICOM folder -> a validated :class:`Volume` in HU."""
+
+from __future__ import annotations
+
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from ctvlp.errors import BadVolumeError
+from ctvlp.io.volume import Volume
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+CT_AIR_HU = -500.0
+"""A CT volume holds air (-1000 HU) or outside-field padding (-1024, -2048, -3024): its low percentile
+lies below this. MR, PET and raw unrescaled CT values (air near 0) do not."""
+CT_LOW_PERCENTILE = 0.5
+SAMPLE_VOXELS = 2_000_000
+
+
+def volume_format(path: Path) -> str:
+    """'nifti', 'itk', 'dicom' (a folder or a single DICOM file), or raise."""
+    name = path.name.lower()
+    if path.is_dir():
+        return "dicom"
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(ITK_SUFFIXES):
+        return "itk"
+    if name.endswith(DICOM_SUFFIXES):
+        return "dicom"
+    raise BadVolumeError(path, "unknown volume format (expected .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, "
+                               "a DICOM file or a DICOM series folder)")
+
+
+def load_volume(path: str | PathLike, *, require_ct: bool = True, series_uid: str | None = None) -> Volume:
+    """Read NIfTI, NRRD/MHA/MHD, a DICOM series folder (or one file of a series) into HU.
+
+    Args:
+        path: the file or folder.
+        require_ct: check that the intensities look like CT in HU (see :func:`check_ct`); pass
+            False for masks and label maps.
+        series_uid: which series to read from a DICOM folder holding several.
+    Raises:
+        BadVolumeError: missing, unreadable, truncated or empty file; not 3-D; a zero-size axis;
+            NaN/inf values; non-CT intensities (when ``require_ct``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BadVolumeError(path, "no such file or folder")
+    if path.is_file() and path.stat().st_size == 0:
+        raise BadVolumeError(path, "empty file (0 bytes)")
+    kind = volume_format(path)
+    if kind == "nifti":
+        from ctvlp.io.nifti import read_nifti
+
+        volume = read_nifti(path)
+    elif kind == "itk":
+        from ctvlp.io.itk import read_itk
+
+        volume = read_itk(path)
+    else:
+        from ctvlp.io.dicom import read_dicom_series
+
+        volume = read_dicom_series(path, series_uid)
+    volume.meta["format"] = kind
+    check_array(volume)
+    if require_ct:
+        check_ct(volume)
+    return volume
+
+
+def check_array(volume: Volume) -> None:
+    """No zero-size axis, no NaN/inf, an invertible affine."""
+    if 0 in volume.shape:
+        raise BadVolumeError(volume.path, f"zero-size axis in shape {volume.shape}")
+    if np.issubdtype(volume.array.dtype, np.floating) and not np.all(np.isfinite(volume.array)):
+        bad = int(np.size(volume.array) - np.count_nonzero(np.isfinite(volume.array)))
+        raise BadVolumeError(volume.path, f"{bad} voxel(s) are NaN or infinite")
+    if not np.all(np.isfinite(volume.affine)) or abs(np.linalg.det(volume.affine[:3, :3])) < 1e-9:
+        raise BadVolumeError(volume.path, "the affine is singular or not finite (no usable geometry)")
+
+
+def low_percentile(array: np.ndarray, q: float = CT_LOW_PERCENTILE) -> float:
+    """q-th percentile of a strided sub-grid of about SAMPLE_VOXELS voxels (fast on big volumes)."""
+    step = max(1, round((array.size / SAMPLE_VOXELS) ** (1 / 3)))
+    return float(np.percentile(array[::step, ::step, ::step], q))
+
+
+def check_ct(volume: Volume) -> None:
+    """Refuse intensities that are not CT in HU: the 0.5th percentile must be below -500 HU (air)."""
+    low = low_percentile(volume.array)
+    if low > CT_AIR_HU:
+        high = float(volume.array.max())
+        raise BadVolumeError(volume.path, f"intensities do not look like CT in HU (0.5th percentile "
+                                          f"{low:.0f}, max {high:.0f}; a CT holds air near -1000 HU): "
+                                          "an MR/PET scan, or raw values that need a rescale?")

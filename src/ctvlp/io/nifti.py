@@ -1,0 +1,30 @@
+"""NIfTI (.nii, .nii.gz) through nibabel: its affine (sform/qform precedence) and its scaling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ctvlp.errors import BadVolumeError
+from ctvlp.io._convert import to_hu
+from ctvlp.io.volume import Volume
+
+
+def read_nifti(path: Path) -> Volume:
+    """Read a 3-D NIfTI (a 4-D file with a single volume is squeezed) and apply scl_slope/scl_inter."""
+    try:
+        img = nib.load(str(path))
+        stored = np.asarray(img.dataobj.get_unscaled())
+    except Exception as err:  # nibabel, gzip and zlib raise many types for broken files
+        raise BadVolumeError(path, f"cannot read NIfTI ({type(err).__name__}: {err})") from None
+    if stored.ndim == 4 and stored.shape[3] == 1:
+        stored = stored[..., 0]
+    if stored.ndim != 3:
+        raise BadVolumeError(path, f"expected a 3-D volume, got shape {stored.shape}")
+    slope, inter = img.dataobj.slope, img.dataobj.inter
+    slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
+    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+    meta = {"reader": "nifti", "stored_dtype": str(stored.dtype), "scl_slope": slope, "scl_inter": inter}
+    return Volume(to_hu(stored, slope, inter), img.affine, path=str(path), meta=meta)
