@@ -240,8 +240,6 @@ def test_to_hu_values_and_meta():
     kept = fixes.to_hu(Volume(phantom_hu(), np.eye(4)), 1.0, -1024.0)
     np.testing.assert_array_equal(kept.array, phantom_hu())
     assert kept.meta["hu_decision"] == "hu" and kept.meta["metadata_rescale"] == [1.0, -1024.0]
-    with pytest.raises(BadVolumeError, match="no air"):
-        fixes.check_ct(fixes.to_hu(Volume(np.full((8, 8, 4), 40, np.int16), np.eye(4)), 1.0, -1024.0))
 
 
 def test_spacing_hint_only_replaces_an_unset_header():
@@ -279,6 +277,19 @@ def test_load_row_uses_hint_when_header_unset(tmp_path):
     volume = load_row(row)
     np.testing.assert_allclose(volume.spacing, [0.68, 0.68, 1.5])
     assert volume.meta["spacing_source"] == "metadata" and volume.meta["hu_decision"] == "hu"
+
+
+@pytest.mark.parametrize("array, slope, intercept", [
+    (np.full((8, 8, 4), 40, np.int16), 1.0, -1024.0),  # no air at all: ambiguous, kept, then refused
+    (phantom_hu() + 1024, float("nan"), float("nan")),  # raw values but no rescale pair
+])
+def test_load_row_ambiguous_then_ct_check_refuses(tmp_path, array, slope, intercept):
+    path = write_nifti(tmp_path / "v.nii.gz", array.astype(np.int16))
+    row = {"source": "ct-rate", "path": str(path), "spacing_hint": "", "rescale_slope": slope,
+           "rescale_intercept": intercept}
+    assert fixes.decide_hu(array, slope, intercept).kind == "ambiguous"
+    with pytest.raises(BadVolumeError, match="do not look like CT"):
+        load_row(row)
 
 
 # ---------------------------------------------------------------- label harmonisation

@@ -23,13 +23,14 @@ def load_row(row: dict) -> Volume:
 
     CT-RATE rows: the metadata's spacing replaces a header spacing that is clearly unset, and the
     metadata's rescale pair is applied only when the data show raw stored values (see
-    :mod:`ctvlp.data.adapters.fixes`); the CT check runs after these fixes.
+    :mod:`ctvlp.data.adapters.fixes`); load_volume's CT check runs after these fixes, not before.
     """
     from ctvlp import load_volume
 
     if row.get("source") != "ct-rate":
         return load_volume(row["path"])
-    from ctvlp.data.adapters.fixes import apply_spacing_hint, check_ct, to_hu
+    from ctvlp.data.adapters.fixes import apply_spacing_hint, to_hu
+    from ctvlp.io.load import check_ct
 
     volume = load_volume(row["path"], require_ct=False)
     volume = apply_spacing_hint(volume, row.get("spacing_hint") or None)

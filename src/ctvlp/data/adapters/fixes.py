@@ -123,14 +123,3 @@ def apply_spacing_hint(volume: Volume, hint: str | None) -> Volume:
             return Volume(volume.array, affine, volume.path, {**meta, "spacing_source": "metadata"})
     return Volume(volume.array, volume.affine, volume.path, meta)
 
-
-def check_ct(volume: Volume) -> None:
-    """BadVolumeError unless the volume, after the fixes, looks like CT in HU (finite, with air)."""
-    from ctvlp.errors import BadVolumeError
-
-    if not np.isfinite(volume.array).all():
-        raise BadVolumeError(volume.path, "contains NaN or infinite values")
-    air, _ = air_level(volume.array)
-    if not air <= AIR_MAX_HU:
-        raise BadVolumeError(volume.path, f"does not look like CT in HU: no air (1st percentile {air:.0f}, "
-                                          f"expected <= {AIR_MAX_HU:.0f}) even after the metadata rescale")
