@@ -16,7 +16,7 @@ import sys
 from ctvlp import __version__
 from ctvlp.errors import CtvlpError
 
-SUBCOMMANDS: tuple[str, ...] = ("info", "manifest", "synth")
+SUBCOMMANDS: tuple[str, ...] = ("info", "manifest", "synth", "prepare")
 
 EXIT_USAGE = 2
 

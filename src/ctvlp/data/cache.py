@@ -1,0 +1,137 @@
+"""The chunk cache: per volume, int16 HU stored z-first so that a z-slab is one contiguous read.
+
+Layout (docs/architecture.md)::
+
+    CACHE/preprocessing.json            the PreprocessConfig + ctvlp version
+    CACHE/volumes/<id>/image.npy        int16 (Z, Y, X), RAS
+    CACHE/volumes/<id>/masks.npy        uint8 (Z, M, Y, ceil(X/8)): np.packbits of each mask along X
+    CACHE/volumes/<id>/meta.json        shape, spacing_zyx, affine_zyx, mask_names, z_extents, ...
+    CACHE/index/shard-i-of-N.parquet    manifest rows of the cached volumes + cache columns
+    CACHE/failures/shard-i-of-N.csv     id, path, reason of the volumes that were skipped
+
+A volume directory appears only complete: it is written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ctvlp.data.preprocess import PreprocessConfig
+from ctvlp.errors import BadDatasetError
+from ctvlp.io.volume import Volume
+
+CONFIG_FILE = "preprocessing.json"
+VOLUMES = "volumes"
+
+
+def z_extents(masks: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    """name -> [z0, z1) of the slices where the (Z, Y, X) mask is non-empty (absent when empty)."""
+    out = {}
+    for name, mask in masks.items():
+        z = np.flatnonzero(mask.any(axis=(1, 2)))
+        if z.size:
+            out[name] = [int(z[0]), int(z[-1]) + 1]
+    return out
+
+
+def write_cached_volume(root: str | Path, vid: str, image_zyx: np.ndarray, affine_zyx: np.ndarray,
+                        masks: dict[str, np.ndarray], extra_meta: dict | None = None) -> Path:
+    """Write one volume atomically (temporary directory, then rename); returns its directory."""
+    final = Path(root) / VOLUMES / vid
+    tmp = final.with_name(f".tmp-{vid}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    names = list(masks)
+    np.save(tmp / "image.npy", np.ascontiguousarray(image_zyx, dtype=np.int16))
+    z, y, x = image_zyx.shape
+    stacked = np.stack([masks[n] for n in names], axis=1) if names else np.zeros((z, 0, y, x), bool)
+    np.save(tmp / "masks.npy", np.packbits(stacked, axis=-1))  # (Z, M, Y, ceil(X/8))
+    meta = {"id": vid, "shape": [z, y, x],
+            "spacing_zyx": np.linalg.norm(affine_zyx[:3, :3], axis=0).round(6).tolist(),
+            "affine_zyx": np.asarray(affine_zyx).tolist(), "mask_names": names,
+            "z_extents": z_extents(masks), **(extra_meta or {})}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    try:
+        tmp.rename(final)
+    except OSError:  # another process finished the same volume first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+class CachedVolume:
+    """One cached volume; arrays are memory-mapped on first use (safe to create before forking)."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        try:
+            meta = json.loads((self.directory / "meta.json").read_text())
+        except (OSError, ValueError) as err:
+            raise BadDatasetError(self.directory, f"not a cached volume ({err})") from None
+        self.meta = meta
+        self.vid: str = meta["id"]
+        self.shape: tuple[int, int, int] = tuple(meta["shape"])  # type: ignore[assignment]
+        self.affine_zyx = np.asarray(meta["affine_zyx"], dtype=np.float64)
+        self.spacing_zyx = np.asarray(meta["spacing_zyx"], dtype=np.float64)
+        self.mask_names: list[str] = list(meta["mask_names"])
+        self.z_extents: dict[str, tuple[int, int]] = {k: tuple(v) for k, v in meta["z_extents"].items()}
+        self._image: np.ndarray | None = None
+        self._masks: np.ndarray | None = None
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._image is None:
+            self._image = np.load(self.directory / "image.npy", mmap_mode="r")
+            self._masks = np.load(self.directory / "masks.npy", mmap_mode="r")
+        return self._image, self._masks
+
+    def slab(self, z0: int, z1: int) -> np.ndarray:
+        """int16 HU (z1 - z0, Y, X); reads only those slices."""
+        return np.array(self._arrays()[0][z0:z1])
+
+    def mask_slab(self, z0: int, z1: int, names: Sequence[str] | None = None) -> np.ndarray:
+        """bool (M, z1 - z0, Y, X) for ``names`` (default: all, in ``mask_names`` order)."""
+        names = self.mask_names if names is None else list(names)
+        unknown = set(names) - set(self.mask_names)
+        if unknown:
+            raise KeyError(f"{self.vid} has no mask(s) {sorted(unknown)}; it has {self.mask_names}")
+        packed = np.asarray(self._arrays()[1][z0:z1])  # (z, M, Y, Xb)
+        picked = packed[:, [self.mask_names.index(n) for n in names]]
+        bits = np.unpackbits(picked, axis=-1, count=self.shape[2]).astype(bool)  # (z, M', Y, X)
+        return bits.transpose(1, 0, 2, 3)
+
+    def to_volume(self) -> Volume:
+        """The whole cached image as a Volume (array (Z, Y, X), affine_zyx)."""
+        return Volume(self.slab(0, self.shape[0]), self.affine_zyx, path=str(self.directory),
+                      meta={"reader": "cache"})
+
+
+class Cache:
+    """A prepared cache directory: its preprocessing, its index, its volumes."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        config_path = self.root / CONFIG_FILE
+        if not config_path.is_file():
+            raise BadDatasetError(self.root, f"not a ctvlp cache (no {CONFIG_FILE}); run `ctvlp prepare`")
+        self.config = PreprocessConfig.from_dict(json.loads(config_path.read_text())["preprocess"])
+        shards = sorted((self.root / "index").glob("*.parquet"))
+        if not shards:
+            raise BadDatasetError(self.root, "cache has no index (prepare did not finish any shard)")
+        self.index = pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True)
+        self.index = self.index.drop_duplicates("id", keep="last").reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.index["id"].tolist()
+
+    def volume(self, vid: str) -> CachedVolume:
+        return CachedVolume(self.root / VOLUMES / vid)

@@ -1,0 +1,149 @@
+"""`prepare`: a manifest -> a cache, resumable, shardable, parallel, with bad volumes listed not fatal.
+
+Each volume is one task: read (``adapters.load_row``), preprocess, write atomically. The parent keeps
+only small per-volume records, so memory stays flat however many volumes there are.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ctvlp import __version__
+from ctvlp.data.cache import CONFIG_FILE, VOLUMES, write_cached_volume
+from ctvlp.data.manifest import Manifest
+from ctvlp.data.preprocess import PreprocessConfig, preprocess
+from ctvlp.errors import BadDatasetError, CtvlpError
+
+
+@dataclass
+class PrepareReport:
+    """What one `prepare` run did."""
+
+    done: int = 0
+    cached: int = 0
+    failed: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    index_path: Path | None = None
+    failures_path: Path | None = None
+
+
+def _load_mask(spec: str):
+    """'path' (non-zero = inside) or 'path#value' (one label of a multi-label map) -> Volume of 0/1."""
+    from ctvlp.io.load import load_volume
+
+    path, _, value = spec.partition("#")
+    mask = load_volume(path, require_ct=False)
+    mask.array = (mask.array == float(value)) if value else (mask.array != 0)
+    return mask
+
+
+def prepare_one(row: dict, root: str, config_dict: dict) -> dict:
+    """Worker task: returns {"id", "status": "done"|"failed", "reason"?, "seconds"}."""
+    from ctvlp.data.adapters import load_row
+
+    start = time.perf_counter()
+    try:
+        volume = load_row(row)
+        masks = {name: _load_mask(spec) for name, spec in Manifest.masks_of(row).items()}
+        out = preprocess(volume, masks, PreprocessConfig.from_dict(config_dict))
+        write_cached_volume(root, row["id"], out.image, out.affine_zyx, out.masks,
+                            {"source_path": row["path"], "hu_decision": volume.meta.get("hu_decision", "")})
+        return {"id": row["id"], "status": "done", "seconds": time.perf_counter() - start}
+    except CtvlpError as err:
+        reason = err.reason if err.path in (None, row["path"]) else str(err)
+    except Exception as err:  # an unexpected reader failure must not stop the dataset
+        reason = f"{type(err).__name__}: {err}"
+    return {"id": row["id"], "path": row["path"], "status": "failed", "reason": reason,
+            "seconds": time.perf_counter() - start}
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def check_config(root: Path, config: PreprocessConfig) -> None:
+    """Record the config in a new cache; refuse a cache made with another one."""
+    path = root / CONFIG_FILE
+    if path.is_file():
+        recorded = json.loads(path.read_text())["preprocess"]
+        if recorded != config.to_dict():
+            raise BadDatasetError(root, f"cache was prepared with {recorded}, not {config.to_dict()}; "
+                                        "use another --out or the same settings")
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"preprocess": config.to_dict(), "ctvlp": __version__}, indent=2))
+    tmp.replace(path)
+
+
+def _run_tasks(rows: list[dict], root: Path, config: PreprocessConfig, workers: int, progress):
+    args = [(row, str(root), config.to_dict()) for row in rows]
+    if workers <= 1:
+        for a in args:
+            yield prepare_one(*a)
+            progress.update(1)
+        return
+    with mp.get_context("fork").Pool(workers, initializer=_init_worker, maxtasksperchild=50) as pool:
+        for result in pool.imap_unordered(_star, args, chunksize=1):
+            yield result
+            progress.update(1)
+
+
+def _star(a: tuple) -> dict:
+    return prepare_one(*a)
+
+
+def _write_atomic(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_parquet(tmp, index=False) if path.suffix == ".parquet" else df.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def _index_rows(manifest_rows: list[dict], root: Path) -> pd.DataFrame:
+    """Manifest rows of the cached volumes + cache columns from their meta.json."""
+    records = []
+    for row in manifest_rows:
+        meta_path = root / VOLUMES / row["id"] / "meta.json"
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            records.append({**row, "shape": json.dumps(meta["shape"]), "num_slices": meta["shape"][0],
+                            "mask_names": json.dumps(meta["mask_names"]),
+                            "z_extents": json.dumps(meta["z_extents"])})
+    return pd.DataFrame.from_records(records)
+
+
+def prepare(manifest: Manifest, root: str | Path, config: PreprocessConfig, *, shard: tuple[int, int] = (0, 1),
+            workers: int = 0, limit: int | None = None, progress=None) -> PrepareReport:
+    """Prepare this shard's rows of ``manifest`` into ``root``; see the module docstring."""
+    from tqdm import tqdm
+
+    root = Path(root)
+    check_config(root, config)
+    i, n = shard
+    rows = [manifest.row(k) for k in range(len(manifest)) if k % n == i][:limit]
+    todo = [r for r in rows if not (root / VOLUMES / r["id"] / "meta.json").is_file()]
+    report = PrepareReport(cached=len(rows) - len(todo))
+    start = time.perf_counter()
+    bar = progress or tqdm(total=len(todo), desc="prepare", unit="vol", disable=None)
+    for result in _run_tasks(todo, root, config, workers, bar):
+        if result["status"] == "done":
+            report.done += 1
+        else:
+            report.failed.append({k: result[k] for k in ("id", "path", "reason")})
+    bar.close()
+    report.seconds = time.perf_counter() - start
+    name = f"shard-{i}-of-{n}"
+    report.index_path = root / "index" / f"{name}.parquet"
+    _write_atomic(_index_rows(rows, root), report.index_path)
+    report.failures_path = root / "failures" / f"{name}.csv"
+    _write_atomic(pd.DataFrame(report.failed, columns=["id", "path", "reason"]), report.failures_path)
+    return report

@@ -1,0 +1,157 @@
+"""Preprocessing from a loaded :class:`Volume` to the cache's grid: RAS, target spacing, body crop.
+
+Steps (``preprocess``): reorient to RAS (nibabel's orientation algebra: axis flips and permutations,
+no resampling); resample to the target spacing (trilinear for the image, nearest for masks, both
+with torch's ``interpolate`` so the new affine is exact, see :func:`resample`); body mask = largest
+connected component above ``body_threshold`` HU with holes filled per axial slice; crop to the
+body's bounding box plus a margin; store z-first ``(Z, Y, X)``. Intensities stay int16 HU:
+:func:`window` maps them to [-1, 1] when a sample is drawn, so one cache serves several windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import nibabel.orientations as nio
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ctvlp.errors import BadVolumeError
+from ctvlp.io.volume import Volume
+
+AIR_HU = -1000
+
+
+@dataclass
+class PreprocessConfig:
+    """How volumes are put on the cache's grid. Recorded in the cache's preprocessing.json."""
+
+    spacing: tuple[float, float, float] = (1.5, 1.5, 3.0)
+    """Target voxel size in mm along RAS (x, y, z); the z extent stays variable."""
+    hu_window: tuple[float, float] = (-1000.0, 1000.0)
+    """HU range clipped and scaled to [-1, 1] when samples are drawn (the cache keeps HU)."""
+    body_threshold: float = -150.0
+    """Body mask = largest connected component above this HU (Uniferum's rule)."""
+    crop_to_body: bool = True
+    """Crop to the body mask's bounding box (plus ``crop_margin_mm``)."""
+    crop_margin_mm: float = 5.0
+    """Margin kept around the body's bounding box."""
+
+    def __post_init__(self) -> None:
+        self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+        self.hu_window = tuple(float(v) for v in self.hu_window)  # type: ignore[assignment]
+        if len(self.spacing) != 3 or min(self.spacing) <= 0:
+            raise ValueError(f"spacing must be three positive numbers, got {self.spacing}")
+        if len(self.hu_window) != 2 or self.hu_window[0] >= self.hu_window[1]:
+            raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PreprocessConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass
+class PreprocessedVolume:
+    """A volume on the cache's grid."""
+
+    image: np.ndarray
+    """(Z, Y, X) int16 HU, RAS."""
+    affine_zyx: np.ndarray
+    """(4, 4) maps a (z, y, x) index of ``image`` to RAS mm."""
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    """name -> (Z, Y, X) bool on the same grid; "body" always present."""
+
+
+def window(hu: np.ndarray, lo: float = -1000.0, hi: float = 1000.0) -> np.ndarray:
+    """Clip HU to [lo, hi] and scale linearly to [-1, 1] (float32)."""
+    hu = np.asarray(hu, dtype=np.float32)
+    return (np.clip(hu, lo, hi) - np.float32(lo)) * np.float32(2.0 / (hi - lo)) - np.float32(1.0)
+
+
+def reorient_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flip/permute axes so that array axes run along R, A, S (closest canonical); exact, no resampling."""
+    transform = nio.ornt_transform(nio.io_orientation(affine), nio.axcodes2ornt("RAS"))
+    out = nio.apply_orientation(array, transform)
+    return out, affine @ nio.inv_ornt_aff(transform, array.shape)
+
+
+def resample(array: np.ndarray, affine: np.ndarray, spacing: tuple[float, float, float],
+             mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Resample (I, J, K) to ``spacing`` mm along the array axes.
+
+    torch ``interpolate`` with ``scale_factor`` s = old/new and ``align_corners=False`` samples output
+    voxel n at input index (n + 1/2) r - 1/2 with r = 1/s, so the new affine is
+    ``affine @ [[diag(r), r/2 - 1/2], [0, 1]]``: exact target spacing, same field of view.
+    ``mode``: "trilinear" (images, returns float32) or "nearest-exact" (masks, same rounding rule).
+    """
+    old = np.linalg.norm(affine[:3, :3], axis=0)
+    scale = old / np.asarray(spacing, dtype=np.float64)  # (3,)
+    if np.allclose(scale, 1.0):
+        return array, affine
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]  # (1, 1, I, J, K)
+    kwargs = {"align_corners": False} if mode == "trilinear" else {}
+    out = torch.nn.functional.interpolate(t, scale_factor=tuple(scale), mode=mode,
+                                          recompute_scale_factor=False, **kwargs)[0, 0].numpy()
+    r = 1.0 / scale
+    step = np.eye(4)
+    step[:3, :3] = np.diag(r)
+    step[:3, 3] = r / 2 - 0.5
+    return out, affine @ step
+
+
+def body_mask(hu: np.ndarray, threshold: float = -150.0) -> np.ndarray:
+    """Largest 6-connected component above ``threshold``, holes filled per slice along the last axis."""
+    above = hu > threshold
+    labels, n = ndimage.label(above)
+    if n == 0:
+        return above
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    body = labels == int(np.argmax(sizes))
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)  # fill holes within each axial slice
+    return ndimage.binary_fill_holes(body, structure=in_plane)
+
+
+def _crop_box(body: np.ndarray, margin: np.ndarray) -> tuple[slice, ...]:
+    idx = np.nonzero(body.any(axis=(1, 2)))[0], np.nonzero(body.any(axis=(0, 2)))[0], np.nonzero(
+        body.any(axis=(0, 1)))[0]
+    return tuple(slice(max(int(i[0]) - int(m), 0), min(int(i[-1]) + int(m) + 1, n))
+                 for i, m, n in zip(idx, margin, body.shape))
+
+
+def _check_grid(name: str, mask: Volume, volume: Volume) -> None:
+    if mask.shape != volume.shape or not np.allclose(mask.affine, volume.affine, atol=1e-3):
+        raise BadVolumeError(mask.path, f"mask '{name}' is not on the grid of its volume "
+                                        f"(shape {mask.shape} vs {volume.shape}, or a different affine)")
+
+
+def preprocess(volume: Volume, masks: dict[str, Volume], config: PreprocessConfig) -> PreprocessedVolume:
+    """RAS + target spacing + body crop; masks follow the image exactly (nearest neighbour)."""
+    for name, mask in masks.items():
+        _check_grid(name, mask, volume)
+    image, affine = reorient_ras(volume.array, volume.affine)
+    image, new_affine = resample(image, affine, config.spacing, "trilinear")
+    image = np.rint(image).astype(np.int16)  # (X, Y, Z)
+    out = {}
+    for name, mask in masks.items():
+        m, _ = reorient_ras(mask.array != 0, mask.affine)
+        out[name] = resample(m, affine, config.spacing, "nearest-exact")[0] > 0.5
+    body = body_mask(image, config.body_threshold)
+    if not body.any():
+        raise BadVolumeError(volume.path, f"no body found (no voxel above {config.body_threshold} HU)")
+    box = (slice(None),) * 3
+    if config.crop_to_body:
+        box = _crop_box(body, np.ceil(config.crop_margin_mm / np.asarray(config.spacing)))
+    offset = np.eye(4)
+    offset[:3, 3] = [s.start or 0 for s in box]
+    affine_xyz = new_affine @ offset
+    out = {"body": body, **out}
+    return PreprocessedVolume(
+        image=np.ascontiguousarray(image[box].transpose(2, 1, 0)),  # (X, Y, Z) -> (Z, Y, X)
+        affine_zyx=affine_xyz[:, [2, 1, 0, 3]],
+        masks={k: np.ascontiguousarray(v[box].transpose(2, 1, 0)) for k, v in out.items()})
