@@ -266,3 +266,25 @@ def test_report_parser_reads_the_labels_and_regions_back(cohort):
         for region, sentence in zip(rows["Anatomy"], rows["Sentence"]):
             organ = reports.canonical_organ(region)
             assert any(sentence.strip() in s for s in organs.get(organ, [])), (volume, region, sentence, organs)
+
+
+SLOTS = {"side": "left", "adj": "left", "where": "on both sides", "lungs": "both lungs", "lobe": "upper lobe",
+         "size": "9", "station": "subcarinal", "segment": "aortic arch", "lead": "lead", "end": "right ventricle",
+         "kind": "pacemaker"}
+
+
+def test_every_report_template_reads_back_as_its_label():
+    """Each positive phrasing yields exactly its label; negations and normal sentences yield none."""
+    parser = pytest.importorskip("ctvlp.data.reports")
+    from ctvlp.data.synth.reports import IMPRESSION, NEGATIVE, NORMAL, POSITIVE, _fill
+
+    variants = [SLOTS, {**SLOTS, "vessel": "circumflex"}, {**SLOTS, "vessel": "right", "kind": "venous port",
+                                                          "lead": "catheter", "end": "superior vena cava"},
+                {**SLOTS, "vessel": "left anterior descending", "segment": "descending aorta"}]
+    for label, templates in {**POSITIVE, **IMPRESSION}.items():
+        for template in templates:
+            for slots in variants:
+                text = _fill(template, {"vessel": "right", **slots})
+                assert _positives(parser.extract_labels(text)) == {label}, (label, text)
+    for sentence in [s for group in (*NEGATIVE.values(), *NORMAL.values()) for s in group]:
+        assert _positives(parser.extract_labels(sentence)) == set(), sentence

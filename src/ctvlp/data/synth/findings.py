@@ -178,7 +178,7 @@ def _plaques(rng, path, aorta_r, count, radius) -> list[dict]:
 
 def _coronary(rng, count, radius) -> list[dict]:
     """Spots on the heart surface near the base, where the coronary arteries run (unit directions)."""
-    vessels = ("left anterior descending", "circumflex", "right coronary")
+    vessels = ("left anterior descending", "circumflex", "right")
     items = []
     for _ in range(count):
         direction = rng.normal(size=3) * np.array([1.0, 1.0, 0.5]) + np.array([0.0, -0.6, 0.2])

@@ -55,7 +55,7 @@ POSITIVE: dict[str, tuple[str, ...]] = {
     "Cardiomegaly": ("Cardiomegaly is present.", "The heart is enlarged, consistent with cardiomegaly.",
                      "Cardiomegaly with an increased cardiothoracic ratio."),
     "Coronary artery wall calcification": ("Calcified plaques in the {vessel} coronary artery.",
-                                           "Coronary artery calcification is seen along the {vessel} artery.",
+                                           "Coronary artery calcification is seen along the {vessel} coronary artery.",
                                            "Atherosclerotic calcifications in the coronary arteries."),
     "Arterial wall calcification": ("Atherosclerotic calcified plaques in the wall of the {segment}.",
                                     "Calcific atheroma in the {segment}.",
