@@ -288,3 +288,18 @@ def test_every_report_template_reads_back_as_its_label():
                 assert _positives(parser.extract_labels(text)) == {label}, (label, text)
     for sentence in [s for group in (*NEGATIVE.values(), *NORMAL.values()) for s in group]:
         assert _positives(parser.extract_labels(sentence)) == set(), sentence
+
+
+def test_anatomy_sits_where_it_should_in_world_coordinates(cohort):
+    """Through the files' affines: heart left of the trachea (RAS x smaller) and in front of the spine,
+    thyroid above the heart, abdomen below it."""
+    for folder in sorted((cohort / "radgenome" / "masks").iterdir())[:4]:
+        def centre(name: str) -> np.ndarray:
+            img = nib.load(str(folder / f"{name}.nii.gz"))
+            ijk = np.argwhere(np.asarray(img.dataobj) > 0).mean(axis=0)  # (3,) mean voxel index
+            return img.affine[:3, :3] @ ijk + img.affine[:3, 3]  # RAS mm
+
+        heart, trachea, abdomen = centre("heart"), centre("trachea and bronchie"), centre("abdomen")
+        assert heart[0] < trachea[0] and heart[1] > trachea[1] and abdomen[2] < heart[2] < trachea[2]
+        if (folder / "thyroid.nii.gz").is_file():
+            assert centre("thyroid")[2] > trachea[2] > heart[2]
