@@ -1,0 +1,219 @@
+"""Samplers: one training sample (image + text + labels + masks) from one cached volume.
+
+Two modes (:class:`SamplerConfig`):
+
+* ``whole``: the whole volume (optionally the centred ``max_slices``); depth varies per volume and the
+  collate (``ctvlp.data.loader``) pads a batch to its deepest member.
+* ``chunk``: ``chunk_depth`` consecutive slices from a seeded random z-start, with the organ-wise
+  sentences of the organs whose z-extent ``[z0, z1)`` (from the masks) overlaps the chunk.
+
+Depth padding (:func:`pad_index`), used by the sampler and by the collate alike:
+
+* ``repeat``: index map ``floor(arange(C) * n / C)``: the order is kept and each slice appears about
+  ``C / n`` times (one slice becomes C copies).
+* ``zero``: the ``n`` real slices, then padding slices filled with air: -1000 HU *before* windowing,
+  i.e. the windowed value of air (-1 for the default window), never a literal 0. Masks pad with False.
+
+Either way ``slice_mask`` marks the real slices: with ``repeat`` padding it is True at the first copy
+of each slice, so ``slice_mask.sum()`` is always the number of distinct real slices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, Sequence
+
+import numpy as np
+
+from ctvlp.data.preprocess import AIR_HU, window
+
+
+class VolumeSource(Protocol):
+    """What the sampler needs from a cached volume (``ctvlp.data.cache.CachedVolume`` fits)."""
+
+    vid: str
+    shape: tuple[int, int, int]
+    spacing_zyx: np.ndarray
+    mask_names: list[str]
+    z_extents: dict[str, tuple[int, int]]
+
+    def slab(self, z0: int, z1: int) -> np.ndarray: ...
+
+    def mask_slab(self, z0: int, z1: int, names: Sequence[str] | None = None) -> np.ndarray: ...
+
+
+@dataclass
+class SamplerConfig:
+    """How a sample is drawn from a cached volume."""
+
+    mode: Literal["whole", "chunk"] = "chunk"
+    """``whole``: the whole volume (variable depth); ``chunk``: ``chunk_depth`` consecutive slices."""
+    chunk_depth: int = 32
+    """Slices per chunk (C) in ``chunk`` mode."""
+    padding: Literal["repeat", "zero"] = "repeat"
+    """Depth padding when a volume has fewer slices than needed (see the module docstring)."""
+    size: tuple[int, int] | None = None
+    """In-plane (H, W) after centre crop / pad with air; None keeps the cached (Y, X)."""
+    random_crop: bool = False
+    """Train-time option: crop in-plane at a seeded random offset instead of the centre."""
+    window: tuple[float, float] | None = None
+    """HU window mapped to [-1, 1]; None uses the cache's ``hu_window``."""
+    max_slices: int | None = None
+    """``whole`` mode: keep at most this many slices (the centred ones); None keeps all."""
+    include_masks: bool = False
+    """Return the masks of the sampled slices as ``masks`` (M, D, H, W) bool."""
+    mask_names: tuple[str, ...] | None = None
+    """Which masks (fixed order, absent ones are all False with ``mask_available`` False);
+    None: every mask of the volume (batching then needs the same names in every volume)."""
+    text: Literal["report", "organs"] = "organs"
+    """``report``: findings + impressions; ``organs``: sentences of the organs in the sampled slices."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("whole", "chunk"):
+            raise ValueError(f"mode must be 'whole' or 'chunk', got {self.mode!r}")
+        if self.padding not in ("repeat", "zero"):
+            raise ValueError(f"padding must be 'repeat' or 'zero', got {self.padding!r}")
+        if self.text not in ("report", "organs"):
+            raise ValueError(f"text must be 'report' or 'organs', got {self.text!r}")
+        if self.chunk_depth < 1 or (self.max_slices is not None and self.max_slices < 1):
+            raise ValueError("chunk_depth and max_slices must be positive")
+        if self.size is not None:
+            self.size = (int(self.size[0]), int(self.size[1]))
+        if self.mask_names is not None:
+            self.mask_names = tuple(self.mask_names)
+
+
+@dataclass
+class VolumeRecord:
+    """One index row's worth of what a sample needs besides the pixels."""
+
+    volume: VolumeSource
+    findings: str = ""
+    impressions: str = ""
+    organ_sentences: dict[str, list[str]] = field(default_factory=dict)
+    """organ id -> sentences (same canonical ids as the mask names in ``z_extents``)."""
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    """(K,) float32, 0 where not available."""
+    label_mask: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    """(K,) bool availability."""
+
+
+def pad_index(n: int, depth: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Index map from ``depth`` output slices to ``n <= depth`` input slices, and the real-slice mask.
+
+    ``repeat``: ``floor(arange(depth) * n / depth)``; ``zero``: ``0..n-1`` then -1 (a padding slice).
+    """
+    if not 1 <= n <= depth:
+        raise ValueError(f"pad_index needs 1 <= n <= depth, got n={n}, depth={depth}")
+    if mode == "repeat":
+        idx = np.arange(depth) * n // depth  # (depth,)
+        real = np.ones(depth, bool)
+        real[1:] = idx[1:] != idx[:-1]  # first copy of each slice
+        return idx, real
+    idx = np.full(depth, -1)
+    idx[:n] = np.arange(n)
+    return idx, idx >= 0
+
+
+def take_padded(array: np.ndarray, idx: np.ndarray, axis: int, fill) -> np.ndarray:
+    """``array`` indexed by ``idx`` along ``axis``; entries -1 become ``fill``."""
+    out = np.take(array, np.maximum(idx, 0), axis=axis)
+    if (idx < 0).any():
+        where = [slice(None)] * out.ndim
+        where[axis] = idx < 0
+        out[tuple(where)] = fill
+    return out
+
+
+def chunk_start(num_slices: int, depth: int, rng: np.random.Generator) -> int:
+    """Seeded uniform z-start of a ``depth``-slice chunk; 0 when the volume is not deeper."""
+    return int(rng.integers(0, num_slices - depth + 1)) if num_slices > depth else 0
+
+
+def organs_in(z_extents: dict[str, tuple[int, int]], organ_sentences: dict[str, list[str]],
+              z0: int, z1: int) -> list[str]:
+    """Organs with sentences whose extent ``[e0, e1)`` overlaps ``[z0, z1)``, in report order."""
+    return [o for o, sents in organ_sentences.items()
+            if sents and o in z_extents and z_extents[o][0] < z1 and z_extents[o][1] > z0]
+
+
+def choose_text(record: VolumeRecord, text_mode: str, z0: int, z1: int) -> dict:
+    """text, sentences, organs and ``text_source`` ('organs', 'impressions' or 'report')."""
+    from ctvlp.data.reports import split_sentences
+
+    organs = organs_in(record.volume.z_extents, record.organ_sentences, z0, z1)
+    if text_mode == "organs" and organs:
+        sentences = [s for o in organs for s in record.organ_sentences[o]]
+        source = "organs"
+    elif text_mode == "organs" and record.impressions.strip():
+        sentences, source = split_sentences(record.impressions), "impressions"
+    else:
+        report = " ".join(t.strip() for t in (record.findings, record.impressions) if t.strip())
+        sentences, source = split_sentences(report) if report else [], "report"
+    return {"text": " ".join(sentences), "sentences": sentences, "organs": organs, "text_source": source}
+
+
+def _fit_axis(n: int, target: int, rng: np.random.Generator | None) -> tuple[int, int, int, int]:
+    """(src0, src1, dst0, dst1) to crop (centred or seeded random) or centre-pad ``n`` to ``target``."""
+    if n >= target:
+        start = int(rng.integers(0, n - target + 1)) if rng is not None else (n - target) // 2
+        return start, start + target, 0, target
+    before = (target - n) // 2
+    return 0, n, before, before + n
+
+
+def fit_inplane(array: np.ndarray, size: tuple[int, int] | None, fill,
+                offsets: tuple[tuple[int, int, int, int], ...] | None = None) -> np.ndarray:
+    """Crop/pad the last two axes of (..., Y, X) to ``size`` using ``offsets`` from :func:`_fit_axis`."""
+    if size is None:
+        return array
+    (y0, y1, v0, v1), (x0, x1, u0, u1) = offsets
+    out = np.full((*array.shape[:-2], *size), fill, dtype=array.dtype)  # (..., H, W)
+    out[..., v0:v1, u0:u1] = array[..., y0:y1, x0:x1]
+    return out
+
+
+def _depth_range(config: SamplerConfig, num_slices: int, rng: np.random.Generator) -> tuple[int, int, int]:
+    """(z0, z1, output depth) of the slices to read."""
+    if config.mode == "chunk":
+        z0 = chunk_start(num_slices, config.chunk_depth, rng)
+        return z0, min(z0 + config.chunk_depth, num_slices), config.chunk_depth
+    keep = min(num_slices, config.max_slices or num_slices)
+    z0 = (num_slices - keep) // 2
+    return z0, z0 + keep, keep
+
+
+def _masks(volume: VolumeSource, config: SamplerConfig, z0: int, z1: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Mask names, (M, z1 - z0, Y, X) bool, and (M,) availability."""
+    names = list(config.mask_names) if config.mask_names is not None else list(volume.mask_names)
+    have = [n for n in names if n in volume.mask_names]
+    got = volume.mask_slab(z0, z1, have) if have else None
+    out = np.zeros((len(names), z1 - z0, *volume.shape[1:]), bool)  # (M, D, Y, X)
+    for k, name in enumerate(names):
+        if name in have:
+            out[k] = got[have.index(name)]
+    return names, out, np.array([n in have for n in names], bool)
+
+
+def draw_sample(record: VolumeRecord, config: SamplerConfig, rng: np.random.Generator,
+                hu_window: tuple[float, float] = (-1000.0, 1000.0)) -> dict:
+    """One sample dict (numpy arrays); see docs/architecture.md for the keys."""
+    volume = record.volume
+    z_count, y_count, x_count = volume.shape
+    z0, z1, depth = _depth_range(config, z_count, rng)
+    idx, real = pad_index(z1 - z0, depth, config.padding)
+    crop_rng = rng if config.random_crop else None
+    offsets = None if config.size is None else (_fit_axis(y_count, config.size[0], crop_rng),
+                                                _fit_axis(x_count, config.size[1], crop_rng))
+    hu = take_padded(volume.slab(z0, z1), idx, 0, AIR_HU)  # (D, Y, X)
+    lo, hi = config.window or hu_window
+    image = window(fit_inplane(hu, config.size, AIR_HU, offsets), lo, hi)[None]  # (1, D, H, W)
+    sample = {"id": volume.vid, "image": image, "slice_mask": real, "z0": z0, "z1": z1,
+              "spacing": np.asarray(volume.spacing_zyx, np.float32),
+              "labels": np.asarray(record.labels, np.float32), "label_mask": np.asarray(record.label_mask, bool),
+              **choose_text(record, config.text, z0, z1)}
+    if config.include_masks:
+        names, masks, available = _masks(volume, config, z0, z1)
+        masks = fit_inplane(take_padded(masks, idx, 1, False), config.size, False, offsets)  # (M, D, H, W)
+        sample.update(masks=masks, mask_names=names, mask_available=available)
+    return sample

@@ -1,0 +1,211 @@
+"""Samplers: padding index maps, chunk selection, organ sentences, sample dict (in-memory fake volume)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ctvlp.data.sampling import (SamplerConfig, VolumeRecord, chunk_start, choose_text, draw_sample,
+                                 organs_in, pad_index, take_padded)
+
+
+class FakeVolume:
+    """In-memory stand-in for CachedVolume: slice z has HU value 10 * z everywhere."""
+
+    def __init__(self, z: int, y: int = 6, x: int = 8, extents: dict | None = None):
+        self.vid = f"fake_{z}"
+        self.shape = (z, y, x)
+        self.spacing_zyx = np.array([3.0, 1.5, 1.5])
+        self.image = (np.arange(z, dtype=np.int16) * 10)[:, None, None] * np.ones((1, y, x), np.int16)
+        self.z_extents = extents or {}
+        self.mask_names = list(self.z_extents)
+        self.reads: list[tuple[int, int]] = []
+
+    def slab(self, z0: int, z1: int) -> np.ndarray:
+        self.reads.append((z0, z1))
+        return self.image[z0:z1].copy()
+
+    def mask_slab(self, z0, z1, names=None):
+        names = self.mask_names if names is None else list(names)
+        out = np.zeros((len(names), z1 - z0, *self.shape[1:]), bool)
+        for k, n in enumerate(names):
+            e0, e1 = self.z_extents[n]
+            out[k, max(e0 - z0, 0):max(min(e1, z1) - z0, 0)] = True
+        return out
+
+
+# ---------- padding index maps (golden) ----------
+
+def test_repeat_one_slice_becomes_c_copies():
+    idx, real = pad_index(1, 32, "repeat")
+    assert idx.tolist() == [0] * 32
+    assert real.tolist() == [True] + [False] * 31
+
+
+def test_repeat_four_slices_to_32_keeps_order():
+    idx, real = pad_index(4, 32, "repeat")
+    assert idx.tolist() == [0] * 8 + [1] * 8 + [2] * 8 + [3] * 8
+    assert np.flatnonzero(real).tolist() == [0, 8, 16, 24]
+
+
+def test_repeat_uneven_matches_floor_formula():
+    idx, real = pad_index(5, 8, "repeat")
+    assert idx.tolist() == [0, 0, 1, 1, 2, 3, 3, 4]  # floor(arange(8) * 5 / 8)
+    assert real.sum() == 5
+
+
+@pytest.mark.parametrize("mode", ["repeat", "zero"])
+def test_exact_depth_is_identity(mode):
+    idx, real = pad_index(32, 32, mode)
+    assert idx.tolist() == list(range(32)) and real.all()
+
+
+def test_zero_padding_real_slices_first():
+    idx, real = pad_index(3, 6, "zero")
+    assert idx.tolist() == [0, 1, 2, -1, -1, -1]
+    assert real.tolist() == [True] * 3 + [False] * 3
+
+
+@pytest.mark.parametrize("n", [0, 33])
+def test_pad_index_refuses_out_of_range(n):
+    with pytest.raises(ValueError):
+        pad_index(n, 32, "repeat")
+
+
+def test_take_padded_fills():
+    a = np.arange(6).reshape(3, 2)
+    out = take_padded(a, np.array([2, 0, -1]), 0, 99)
+    assert out.tolist() == [[4, 5], [0, 1], [99, 99]]
+
+
+# ---------- chunk selection ----------
+
+def test_chunk_start_longer_volume_is_uniform_and_seeded():
+    starts = [chunk_start(100, 32, np.random.default_rng(s)) for s in range(400)]
+    assert min(starts) == 0 and max(starts) == 68  # z0 in [0, Z - C]
+    assert [chunk_start(100, 32, np.random.default_rng(7)) for _ in range(3)] == [starts[7]] * 3
+
+
+def test_chunk_of_longer_volume_is_contiguous_and_reads_only_its_slices():
+    vol = FakeVolume(100)
+    s = draw_sample(VolumeRecord(vol), SamplerConfig(chunk_depth=32), np.random.default_rng(3))
+    z0 = s["z0"]
+    assert s["z1"] == z0 + 32 and vol.reads == [(z0, z0 + 32)]
+    hu = (s["image"][0, :, 0, 0] + 1) * 1000 - 1000  # undo the (-1000, 1000) window
+    np.testing.assert_allclose(hu, 10 * np.arange(z0, z0 + 32), atol=1e-3)
+    assert s["slice_mask"].all()
+
+
+@pytest.mark.parametrize("padding, expected_hu", [
+    ("repeat", [0] * 8 + [10] * 8 + [20] * 8 + [30] * 8),
+    ("zero", [0, 10, 20, 30] + [-1000] * 28),
+])
+def test_short_volume_is_padded(padding, expected_hu):
+    s = draw_sample(VolumeRecord(FakeVolume(4)), SamplerConfig(padding=padding), np.random.default_rng(0))
+    assert s["image"].shape == (1, 32, 6, 8) and s["image"].dtype == np.float32
+    hu = (s["image"][0, :, 2, 2] + 1) * 1000 - 1000
+    np.testing.assert_allclose(hu, expected_hu, atol=1e-3)
+    assert s["slice_mask"].sum() == 4 and (s["z0"], s["z1"]) == (0, 4)
+
+
+def test_masks_padded_like_the_image():
+    vol = FakeVolume(4, extents={"lung": (1, 3)})
+    cfg = SamplerConfig(padding="zero", include_masks=True, mask_names=("lung", "heart"))
+    s = draw_sample(VolumeRecord(vol), cfg, np.random.default_rng(0))
+    assert s["masks"].shape == (2, 32, 6, 8) and s["masks"].dtype == bool
+    assert s["masks"][0, :, 0, 0].tolist() == [False, True, True] + [False] * 29
+    assert not s["masks"][1].any() and s["mask_available"].tolist() == [True, False]
+    s = draw_sample(VolumeRecord(vol), SamplerConfig(include_masks=True), np.random.default_rng(0))
+    assert s["masks"][0, :, 0, 0].tolist() == [False] * 8 + [True] * 16 + [False] * 8
+
+
+# ---------- in-plane crop / pad ----------
+
+def test_inplane_centre_crop_and_air_pad():
+    vol = FakeVolume(2, y=6, x=8)
+    vol.image[:, :, :] = np.arange(8, dtype=np.int16)  # HU = x index
+    s = draw_sample(VolumeRecord(vol), SamplerConfig(chunk_depth=2, size=(10, 4)), np.random.default_rng(0))
+    assert s["image"].shape == (1, 2, 10, 4)
+    hu = np.rint((s["image"][0, 0] + 1) * 1000 - 1000)
+    assert hu[0].tolist() == [-1000] * 4 and hu[9].tolist() == [-1000] * 4  # pad rows 0-1 and 8-9
+    assert hu[2].tolist() == [2, 3, 4, 5]  # centre columns of 0..7
+
+
+def test_inplane_random_crop_is_seeded_and_varies():
+    vol = FakeVolume(2, y=6, x=40)
+    vol.image[:, :, :] = np.arange(40, dtype=np.int16)
+    cfg = SamplerConfig(chunk_depth=2, size=(6, 8), random_crop=True)
+    firsts = {draw_sample(VolumeRecord(vol), cfg, np.random.default_rng(s))["image"][0, 0, 0, 0] for s in range(20)}
+    assert len(firsts) > 3
+    a, b = (draw_sample(VolumeRecord(vol), cfg, np.random.default_rng(5))["image"] for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+
+
+# ---------- organ sentences ----------
+
+EXTENTS = {"lung": (10, 60), "heart": (20, 40), "thyroid": (70, 80), "liver": (0, 12)}
+SENTENCES = {"heart": ["Heart is normal."], "lung": ["Nodule in the right lung.", "No effusion."],
+             "thyroid": ["Thyroid normal."], "aorta": ["Aorta normal."], "liver": []}
+
+
+@pytest.mark.parametrize("z0, z1, expected", [
+    (0, 10, []),                         # liver overlaps but has no sentences; lung starts at 10
+    (9, 11, ["lung"]),                   # one-slice overlap at the lung's first slice
+    (40, 60, ["lung"]),                  # heart ends at 40 (half-open): no overlap
+    (39, 71, ["heart", "lung", "thyroid"]),  # report order of organ_sentences
+    (60, 70, []),                        # gap between lung and thyroid
+])
+def test_organs_in_against_hand_made_extents(z0, z1, expected):
+    assert organs_in(EXTENTS, SENTENCES, z0, z1) == expected  # aorta has sentences but no extent
+
+
+def test_choose_text_organs_and_fallbacks():
+    vol = FakeVolume(100, extents=EXTENTS)
+    rec = VolumeRecord(vol, findings="Findings one. Findings two.", impressions="Impression here.",
+                       organ_sentences=SENTENCES)
+    t = choose_text(rec, "organs", 30, 62)
+    assert t["organs"] == ["heart", "lung"] and t["text_source"] == "organs"
+    assert t["sentences"] == ["Heart is normal.", "Nodule in the right lung.", "No effusion."]
+    assert t["text"] == "Heart is normal. Nodule in the right lung. No effusion."
+    t = choose_text(rec, "organs", 62, 68)
+    assert t["text_source"] == "impressions" and t["text"] == "Impression here." and t["organs"] == []
+    t = choose_text(VolumeRecord(vol, findings="Only findings."), "organs", 62, 68)
+    assert t["text_source"] == "report" and t["sentences"] == ["Only findings."]
+    t = choose_text(rec, "report", 30, 62)
+    assert t["text_source"] == "report" and t["text"] == "Findings one. Findings two. Impression here."
+
+
+def test_sample_text_follows_the_chunk():
+    vol = FakeVolume(100, extents=EXTENTS)
+    rec = VolumeRecord(vol, impressions="Imp.", organ_sentences=SENTENCES)
+    for seed in range(30):
+        s = draw_sample(rec, SamplerConfig(chunk_depth=8), np.random.default_rng(seed))
+        assert s["organs"] == organs_in(EXTENTS, SENTENCES, s["z0"], s["z1"])
+        assert s["text_source"] == ("organs" if s["organs"] else "impressions")
+
+
+# ---------- whole mode and the sample dict ----------
+
+def test_whole_mode_keeps_all_or_centred_max_slices():
+    vol = FakeVolume(50)
+    s = draw_sample(VolumeRecord(vol), SamplerConfig(mode="whole"), np.random.default_rng(0))
+    assert s["image"].shape == (1, 50, 6, 8) and s["slice_mask"].all()
+    s = draw_sample(VolumeRecord(vol), SamplerConfig(mode="whole", max_slices=20), np.random.default_rng(0))
+    assert (s["z0"], s["z1"]) == (15, 35) and s["image"].shape[1] == 20
+
+
+def test_sample_dict_keys_labels_and_window():
+    rec = VolumeRecord(FakeVolume(40), labels=np.array([1, 0, 0], np.float32),
+                       label_mask=np.array([True, True, False]))
+    s = draw_sample(rec, SamplerConfig(window=(-50.0, 350.0)), np.random.default_rng(0))
+    assert {"id", "image", "slice_mask", "text", "sentences", "organs", "text_source", "labels",
+            "label_mask", "z0", "z1", "spacing"} <= set(s)
+    assert s["labels"].dtype == np.float32 and s["label_mask"].tolist() == [True, True, False]
+    assert s["image"].min() >= -1 and s["image"].max() <= 1
+    assert s["spacing"].tolist() == [3.0, 1.5, 1.5]
+
+
+@pytest.mark.parametrize("kwargs", [{"mode": "slab"}, {"padding": "edge"}, {"text": "x"}, {"chunk_depth": 0}])
+def test_config_rejects_bad_values(kwargs):
+    with pytest.raises(ValueError):
+        SamplerConfig(**kwargs)
