@@ -1,0 +1,184 @@
+"""The torch path: `CTDataset`, length-bucketed batches, padding collate, seeded reproducible loading.
+
+Reproducibility: a sample's randomness (chunk start, random crop) comes only from
+``np.random.default_rng([seed, epoch, index])`` and the batch order only from ``(seed, epoch)``, so the
+same seed and epoch give the same batches in the same order whatever ``num_workers`` is. Call
+:func:`set_epoch` before each epoch (as with ``DistributedSampler``); workers are not persistent,
+so each epoch's workers receive the dataset with its new epoch. ``worker_init_fn`` also seeds numpy's
+and Python's global generators per worker and per epoch, for transforms that use them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ctvlp.data.manifest import LABEL_PREFIX
+from ctvlp.data.preprocess import AIR_HU, window
+from ctvlp.data.sampling import SamplerConfig, VolumeRecord, draw_sample, pad_index, take_padded
+
+
+class CTDataset(Dataset):
+    """Samples from a cache (``ctvlp.data.cache.Cache`` or anything with ``index``, ``config`` and
+    ``volume(vid)``), optionally restricted to one split."""
+
+    def __init__(self, cache, sampler_config: SamplerConfig, split: str | None = None, seed: int = 0):
+        self.cache = cache
+        self.config = sampler_config
+        index = cache.index if split is None else cache.index[cache.index["split"] == split]
+        self.index = index.reset_index(drop=True)
+        self.seed = seed
+        self.epoch = 0
+        self.label_names = [c[len(LABEL_PREFIX):] for c in self.index.columns if c.startswith(LABEL_PREFIX)]
+        block = self.index[[LABEL_PREFIX + n for n in self.label_names]]
+        self.label_mask = block.notna().to_numpy()  # (N, K)
+        self.labels = block.astype("Float32").fillna(0).to_numpy(dtype=np.float32)  # (N, K)
+        self.hu_window = tuple(cache.config.hu_window)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def depths(self) -> np.ndarray:
+        """(N,) depth of each sample (``whole`` mode: slices kept; ``chunk`` mode: ``chunk_depth``)."""
+        if self.config.mode == "chunk":
+            return np.full(len(self), self.config.chunk_depth)
+        if "num_slices" in self.index.columns:
+            z = self.index["num_slices"].to_numpy(dtype=np.int64)
+        else:
+            z = np.array([self.cache.volume(v).shape[0] for v in self.index["id"]])
+        return np.minimum(z, self.config.max_slices or z.max(initial=1))
+
+    def record(self, i: int) -> VolumeRecord:
+        row = self.index.iloc[i]
+        return VolumeRecord(volume=self.cache.volume(row["id"]), findings=str(row.get("findings", "")),
+                            impressions=str(row.get("impressions", "")),
+                            organ_sentences=json.loads(row.get("organ_sentences") or "{}"),
+                            labels=self.labels[i], label_mask=self.label_mask[i])
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        return draw_sample(self.record(i), self.config, rng, self.hu_window)
+
+
+class LengthBucketBatchSampler(Sampler[list[int]]):
+    """Batches of indices with similar depth, seeded by ``(seed, epoch)``.
+
+    Indices are shuffled, stably sorted by depth (so ties break at random), cut into pools of
+    ``pool_batches * batch_size`` neighbours, shuffled within each pool, cut into batches, and the
+    batch order is shuffled. ``pool_batches=1`` pads least; larger pools vary batches more.
+    ``bucket=False`` gives plain random batches (the reference the bucketing is measured against).
+    """
+
+    def __init__(self, depths: np.ndarray, batch_size: int, seed: int = 0, pool_batches: int = 1,
+                 bucket: bool = True, drop_last: bool = False):
+        if batch_size < 1 or pool_batches < 1:
+            raise ValueError("batch_size and pool_batches must be positive")
+        self.depths = np.asarray(depths)
+        self.batch_size, self.seed, self.pool_batches = batch_size, seed, pool_batches
+        self.bucket, self.drop_last = bucket, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch, 1])
+        order = rng.permutation(len(self.depths))  # (N,)
+        if self.bucket:
+            order = order[np.argsort(self.depths[order], kind="stable")]
+            pool = self.pool_batches * self.batch_size
+            order = np.concatenate([rng.permutation(order[s:s + pool]) for s in range(0, len(order), pool)]
+                                   or [order])
+        cuts = [order[s:s + self.batch_size].tolist() for s in range(0, len(order), self.batch_size)]
+        if self.drop_last and cuts and len(cuts[-1]) < self.batch_size:
+            cuts.pop()
+        return [cuts[k] for k in rng.permutation(len(cuts))]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        n, b = len(self.depths), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+
+@dataclass
+class Collate:
+    """Stack samples into a batch, padding depth to the deepest sample (repeat or air, see sampling)."""
+
+    padding: str = "repeat"
+    """``repeat`` or ``zero`` (air), as in :class:`SamplerConfig`."""
+    air: float = -1.0
+    """Windowed value of air (-1000 HU) used by ``zero`` padding."""
+
+    def _pad(self, sample: dict, depth: int) -> dict:
+        n = int(sample["slice_mask"].sum())
+        if sample["image"].shape[1] == depth:
+            return sample
+        if n != sample["image"].shape[1]:
+            raise ValueError(f"{sample['id']}: cannot re-pad a sample that is already padded")
+        idx, real = pad_index(n, depth, self.padding)
+        out = {**sample, "image": take_padded(sample["image"], idx, 1, self.air), "slice_mask": real}
+        if "masks" in sample:
+            out["masks"] = take_padded(sample["masks"], idx, 1, False)
+        return out
+
+    def __call__(self, samples: list[dict]) -> dict:
+        depth = max(s["image"].shape[1] for s in samples)
+        samples = [self._pad(s, depth) for s in samples]
+        batch = {k: torch.from_numpy(np.stack([s[k] for s in samples]))
+                 for k in ("image", "slice_mask", "labels", "label_mask", "spacing")}  # image (B, 1, D, H, W)
+        for key in ("id", "text", "sentences", "organs", "text_source", "z0", "z1"):
+            batch[key] = [s[key] for s in samples]
+        if "masks" in samples[0]:
+            names = samples[0]["mask_names"]
+            if any(s["mask_names"] != names for s in samples):
+                raise ValueError("samples have different mask names; set SamplerConfig.mask_names")
+            batch["masks"] = torch.from_numpy(np.stack([s["masks"] for s in samples]))  # (B, M, D, H, W)
+            batch["mask_available"] = torch.from_numpy(np.stack([s["mask_available"] for s in samples]))
+            batch["mask_names"] = names
+        return batch
+
+
+def padding_fraction(batches: list[list[int]], depths: np.ndarray) -> float:
+    """Share of padded slices when each batch is padded to its deepest member."""
+    padded = sum(len(b) * depths[b].max() for b in batches)
+    return 1.0 - sum(depths[b].sum() for b in batches) / padded
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and random in a worker from torch's per-worker seed (differs per worker and epoch)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset: CTDataset, batch_size: int, *, num_workers: int = 0, seed: int = 0,
+                pool_batches: int = 1, bucket: bool = True, drop_last: bool = False,
+                pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over ``dataset`` with length-bucketed, seeded batches; call :func:`set_epoch`."""
+    sampler = LengthBucketBatchSampler(dataset.depths(), batch_size, seed=seed, pool_batches=pool_batches,
+                                       bucket=bucket, drop_last=drop_last)
+    lo, hi = dataset.config.window or dataset.hu_window
+    collate = Collate(dataset.config.padding, float(window(np.array(AIR_HU), lo, hi)))
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                        worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed),
+                        pin_memory=pin_memory, persistent_workers=False)
+    set_epoch(loader, 0)
+    return loader
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Set the epoch of the loader's dataset, batch sampler and worker-seed generator."""
+    loader.dataset.set_epoch(epoch)
+    loader.batch_sampler.set_epoch(epoch)
+    loader.generator.manual_seed(int(np.random.default_rng([loader.batch_sampler.seed, epoch]).integers(2**62)))
