@@ -29,7 +29,7 @@ def describe(volume) -> dict:
         "dtype": str(volume.array.dtype), "spacing_mm": [round(float(s), 4) for s in volume.spacing],
         "orientation": volume.orientation, "slices": volume.shape[superior],
         "hu_min": float(sample.min()), "hu_max": float(sample.max()),
-        "hu_p1": float(p1), "hu_p99": float(p99),
+        "hu_p1": round(float(p1), 1), "hu_p99": round(float(p99), 1),
         "origin_mm": [round(float(x), 3) for x in volume.affine[:3, 3]],
     }
 
