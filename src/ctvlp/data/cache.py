@@ -9,11 +9,13 @@ Layout (docs/architecture.md)::
     CACHE/index/shard-i-of-N.parquet    manifest rows of the cached volumes + cache columns
     CACHE/failures/shard-i-of-N.csv     id, path, reason of the volumes that were skipped
 
-A volume directory appears only complete: it is written under a temporary name and renamed.
+A volume directory appears only complete: it is written under CACHE/volumes/.tmp-<pid>/<id> and
+renamed; temporary directories left by a killed run are removed when its shard is prepared again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +31,7 @@ from ctvlp.io.volume import Volume
 
 CONFIG_FILE = "preprocessing.json"
 VOLUMES = "volumes"
+TMP_PREFIX = ".tmp-"
 
 
 def z_extents(masks: dict[str, np.ndarray]) -> dict[str, list[int]]:
@@ -41,27 +44,60 @@ def z_extents(masks: dict[str, np.ndarray]) -> dict[str, list[int]]:
     return out
 
 
-def write_cached_volume(root: str | Path, vid: str, image_zyx: np.ndarray, affine_zyx: np.ndarray,
-                        masks: dict[str, np.ndarray], extra_meta: dict | None = None) -> Path:
-    """Write one volume atomically (temporary directory, then rename); returns its directory."""
-    final = Path(root) / VOLUMES / vid
-    tmp = final.with_name(f".tmp-{vid}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+def _temp_dir(root: str | Path, vid: str) -> Path:
+    """Where this process writes ``vid`` before the rename: CACHE/volumes/.tmp-<pid>/<vid>."""
+    return Path(root) / VOLUMES / f"{TMP_PREFIX}{os.getpid()}" / vid
+
+
+def remove_stale_temp(root: str | Path, vids: Sequence[str]) -> int:
+    """Delete temporary directories of ``vids`` left by killed runs; returns how many were removed.
+
+    Call it only for volumes no other live run is writing (e.g. this shard's rows).
+    """
+    stale = [d / vid for d in (Path(root) / VOLUMES).glob(f"{TMP_PREFIX}*") for vid in vids
+             if (d / vid).exists()]
+    for directory in stale:
+        shutil.rmtree(directory, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            directory.parent.rmdir()  # the dead run's own temp folder, once empty
+    return len(stale)
+
+
+def _write_files(directory: Path, vid: str, image_zyx: np.ndarray, affine_zyx: np.ndarray,
+                 masks: dict[str, np.ndarray], extra_meta: dict | None) -> None:
     names = list(masks)
-    np.save(tmp / "image.npy", np.ascontiguousarray(image_zyx, dtype=np.int16))
+    np.save(directory / "image.npy", np.ascontiguousarray(image_zyx, dtype=np.int16))
     z, y, x = image_zyx.shape
     stacked = np.stack([masks[n] for n in names], axis=1) if names else np.zeros((z, 0, y, x), bool)
-    np.save(tmp / "masks.npy", np.packbits(stacked, axis=-1))  # (Z, M, Y, ceil(X/8))
+    np.save(directory / "masks.npy", np.packbits(stacked, axis=-1))  # (Z, M, Y, ceil(X/8))
     meta = {"id": vid, "shape": [z, y, x],
             "spacing_zyx": np.linalg.norm(affine_zyx[:3, :3], axis=0).round(6).tolist(),
             "affine_zyx": np.asarray(affine_zyx).tolist(), "mask_names": names,
             "z_extents": z_extents(masks), **(extra_meta or {})}
-    (tmp / "meta.json").write_text(json.dumps(meta))
+    (directory / "meta.json").write_text(json.dumps(meta))
+
+
+def write_cached_volume(root: str | Path, vid: str, image_zyx: np.ndarray, affine_zyx: np.ndarray,
+                        masks: dict[str, np.ndarray], extra_meta: dict | None = None) -> Path:
+    """Write one volume atomically (temporary directory, then rename); returns its directory.
+
+    ``image_zyx`` (Z, Y, X) HU, ``masks`` name -> (Z, Y, X) bool. A volume that already exists is
+    kept (another process finished it first). On any error the temporary directory is removed.
+    """
+    final = Path(root) / VOLUMES / vid
+    tmp = _temp_dir(root, vid)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     try:
+        _write_files(tmp, vid, image_zyx, affine_zyx, masks, extra_meta)
         tmp.rename(final)
-    except OSError:  # another process finished the same volume first
+    except OSError:
+        if not (final / "meta.json").is_file():
+            raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            tmp.parent.rmdir()  # only when empty
     return final
 
 
@@ -123,8 +159,10 @@ class Cache:
         shards = sorted((self.root / "index").glob("*.parquet"))
         if not shards:
             raise BadDatasetError(self.root, "cache has no index (prepare did not finish any shard)")
-        self.index = pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True)
-        self.index = self.index.drop_duplicates("id", keep="last").reset_index(drop=True)
+        index = pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True)
+        if "id" not in index:  # every shard finished without a single volume
+            raise BadDatasetError(self.root, "cache index lists no volume (see failures/)")
+        self.index = index.drop_duplicates("id", keep="last").reset_index(drop=True)
 
     def __len__(self) -> int:
         return len(self.index)

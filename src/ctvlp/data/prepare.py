@@ -15,10 +15,11 @@ from pathlib import Path
 import pandas as pd
 
 from ctvlp import __version__
-from ctvlp.data.cache import CONFIG_FILE, VOLUMES, write_cached_volume
+from ctvlp.data.cache import CONFIG_FILE, VOLUMES, remove_stale_temp, write_cached_volume
 from ctvlp.data.manifest import Manifest
 from ctvlp.data.preprocess import PreprocessConfig, preprocess
-from ctvlp.errors import BadDatasetError, CtvlpError
+from ctvlp.errors import BadDatasetError, BadVolumeError, CtvlpError
+from ctvlp.io.volume import Volume
 
 
 @dataclass
@@ -33,13 +34,22 @@ class PrepareReport:
     failures_path: Path | None = None
 
 
-def _load_mask(spec: str):
-    """'path' (non-zero = inside) or 'path#value' (one label of a multi-label map) -> Volume of 0/1."""
+def _load_mask(spec: str, row: dict) -> Volume:
+    """'path' (non-zero = inside) or 'path#value' (one label of a multi-label map) -> boolean Volume.
+
+    The row's ``spacing_hint`` fix is applied as to its volume (a mask made on a CT-RATE volume
+    shares its unset header), so both land on the same grid.
+    """
+    from ctvlp.data.adapters.fixes import apply_spacing_hint
     from ctvlp.io.load import load_volume
 
     path, _, value = spec.partition("#")
-    mask = load_volume(path, require_ct=False)
-    mask.array = (mask.array == float(value)) if value else (mask.array != 0)
+    try:
+        label = float(value) if value else None
+    except ValueError:
+        raise BadVolumeError(path, f"mask label '{value}' after '#' is not a number") from None
+    mask = apply_spacing_hint(load_volume(path, require_ct=False), row.get("spacing_hint") or None)
+    mask.array = (mask.array != 0) if label is None else (mask.array == label)
     return mask
 
 
@@ -50,7 +60,7 @@ def prepare_one(row: dict, root: str, config_dict: dict) -> dict:
     start = time.perf_counter()
     try:
         volume = load_row(row)
-        masks = {name: _load_mask(spec) for name, spec in Manifest.masks_of(row).items()}
+        masks = {name: _load_mask(spec, row) for name, spec in Manifest.masks_of(row).items()}
         out = preprocess(volume, masks, PreprocessConfig.from_dict(config_dict))
         write_cached_volume(root, row["id"], out.image, out.affine_zyx, out.masks,
                             {"source_path": row["path"], "hu_decision": volume.meta.get("hu_decision", "")})
@@ -131,6 +141,7 @@ def prepare(manifest: Manifest, root: str | Path, config: PreprocessConfig, *, s
     i, n = shard
     rows = [manifest.row(k) for k in range(len(manifest)) if k % n == i][:limit]
     todo = [r for r in rows if not (root / VOLUMES / r["id"] / "meta.json").is_file()]
+    remove_stale_temp(root, [r["id"] for r in todo])  # left by a killed run of this shard
     report = PrepareReport(cached=len(rows) - len(todo))
     start = time.perf_counter()
     bar = progress or tqdm(total=len(todo), desc="prepare", unit="vol", disable=None)
