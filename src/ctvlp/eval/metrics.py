@@ -1,0 +1,119 @@
+"""Classification metrics as pure functions: numpy in, floats out.
+
+Every function takes one label's ``scores`` and ``labels`` (1-D, same length) and an optional
+``available`` boolean mask. Entries with ``available == False`` are *dropped* before anything is
+computed: a missing label is never a negative. Without a mask, NaN labels are treated as missing.
+
+Predictions are ``score >= threshold`` everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+ArrayLike = np.ndarray | list | tuple
+
+
+def select_available(scores: ArrayLike, labels: ArrayLike, available: ArrayLike | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, labels as int 0/1) of the available entries; ValueError on bad shapes or values."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    if scores.ndim != 1 or labels.shape != scores.shape:
+        raise ValueError(f"scores and labels must be 1-D of one length, got {scores.shape} and {labels.shape}")
+    if available is None:
+        mask = ~np.isnan(labels)
+    else:
+        mask = np.asarray(available)
+        if mask.dtype != bool or mask.shape != scores.shape:
+            raise ValueError(f"available must be a bool array of shape {scores.shape}, "
+                             f"got {mask.dtype} {mask.shape}")
+    scores, labels = scores[mask], labels[mask]
+    if not np.isin(labels, (0.0, 1.0)).all():
+        raise ValueError(f"available labels must be 0 or 1, got values {np.unique(labels)[:5]}")
+    if np.isnan(scores).any():
+        raise ValueError("scores of available entries contain NaN")
+    return scores, labels.astype(np.int64)
+
+
+def auroc(scores: ArrayLike, labels: ArrayLike, available: ArrayLike | None = None) -> float:
+    """Area under the ROC curve (ties count one half); NaN when only one class is available."""
+    scores, labels = select_available(scores, labels, available)
+    if np.unique(labels).size < 2:
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+def _ratio(num: float, den: float) -> float:
+    """num / den, 0.0 when den is 0 (sklearn's ``zero_division=0``)."""
+    return num / den if den else 0.0
+
+
+def binary_metrics(scores: ArrayLike, labels: ArrayLike, threshold: float,
+                   available: ArrayLike | None = None) -> dict[str, float]:
+    """f1, precision, recall, accuracy, balanced_accuracy of ``score >= threshold``.
+
+    Precision, recall and F1 are 0 when undefined (no predicted or no true positives);
+    balanced accuracy is the mean of sensitivity and specificity over the classes present.
+    All NaN when nothing is available or the threshold is NaN.
+    """
+    scores, labels = select_available(scores, labels, available)
+    if labels.size == 0 or np.isnan(threshold):
+        return dict.fromkeys(("f1", "precision", "recall", "accuracy", "balanced_accuracy"), float("nan"))
+    pred = scores >= threshold
+    pos = labels == 1
+    tp, fp = int((pred & pos).sum()), int((pred & ~pos).sum())
+    fn, tn = int((~pred & pos).sum()), int((~pred & ~pos).sum())
+    per_class = [r for r, n in ((_ratio(tp, tp + fn), tp + fn), (_ratio(tn, tn + fp), tn + fp)) if n]
+    return {
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "accuracy": (tp + tn) / labels.size,
+        "balanced_accuracy": float(np.mean(per_class)),
+    }
+
+
+def best_f1_threshold(scores: ArrayLike, labels: ArrayLike, available: ArrayLike | None = None) -> float:
+    """The threshold, among the available scores, whose ``score >= threshold`` has the highest F1.
+
+    Candidates are the distinct available scores (every distinct prediction set is reached by one
+    of them). Tie-break: among thresholds with the same F1 (within 1e-12) the *highest* one, i.e.
+    the fewest positive predictions. NaN when no positive label is available (F1 is 0 for every
+    threshold, so none is better than another).
+    """
+    scores, labels = select_available(scores, labels, available)
+    n_pos = int(labels.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, sorted_labels = scores[order], labels[order]
+    # Last position of each run of equal scores: predicting positive down to it = threshold at it.
+    last = np.flatnonzero(np.r_[sorted_scores[1:] != sorted_scores[:-1], True])
+    tp = np.cumsum(sorted_labels)[last]
+    predicted = last + 1
+    f1 = 2 * tp / (predicted + n_pos)  # 2TP / (2TP + FP + FN), FP + TP = predicted, TP + FN = n_pos
+    best = np.flatnonzero(f1 >= f1.max() - 1e-12)[0]  # first = highest threshold
+    return float(sorted_scores[last[best]])
+
+
+def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of ``statistic(indices)`` over ``n_boot`` resamples of ``range(n)``.
+
+    ``statistic`` receives row indices drawn with replacement and returns a float (NaN results,
+    e.g. a resample with one class only, are dropped). (NaN, NaN) when every resample is NaN.
+    """
+    if n < 1 or n_boot < 1 or not 0 < level < 1:
+        raise ValueError(f"need n >= 1, n_boot >= 1 and 0 < level < 1, got {n}, {n_boot}, {level}")
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(n_boot)])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
