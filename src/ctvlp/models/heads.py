@@ -1,0 +1,55 @@
+"""Heads between a tower's tokens and the shared embedding space: pooling and projection."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over valid tokens: tokens (B, N, C), mask (B, N) bool or None -> (B, C)."""
+    if mask is None:
+        return tokens.mean(dim=1)
+    weights = mask.to(tokens.dtype).unsqueeze(-1)  # (B, N, 1)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+class AttentionPool(nn.Module):
+    """Multi-head attention pooling with the masked mean token as the query (COLIPRI's image and text
+    heads): out = softmax(q K^T / sqrt(d)) V over the valid tokens, q = masked_mean(tokens)."""
+
+    def __init__(self, width: int, heads: int = 8):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.norm = nn.LayerNorm(width)
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, c = tokens.shape
+        x = self.norm(tokens)
+        q = self.q(masked_mean(x, mask)).view(b, self.heads, 1, c // self.heads)  # (B, h, 1, d)
+        k, v = self.kv(x).view(b, n, 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)  # 2 x (B, h, N, d)
+        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, N)
+        pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, 1, d)
+        return self.out(pooled.reshape(b, c))
+
+
+class Projection(nn.Module):
+    """Map a tower's width to the shared dimension: ``linear`` or a two-layer ``mlp`` (GELU)."""
+
+    def __init__(self, width: int, dim: int, kind: str = "linear"):
+        super().__init__()
+        if kind == "linear":
+            self.net = nn.Linear(width, dim, bias=False)
+        elif kind == "mlp":
+            self.net = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, dim))
+        else:
+            raise ValueError(f"projection must be 'linear' or 'mlp', got {kind!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
