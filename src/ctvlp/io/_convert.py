@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from ctvlp.errors import BadVolumeError
+
 INT16 = np.iinfo(np.int16)
+EXACT_INT_LIMIT = 2**31  # integer slope/intercept below this keep integer data out of floating point
+
+
+def require_real(path: Path, stored: np.ndarray) -> None:
+    """Refuse voxel types that are not one real number (RGB records, complex values)."""
+    if stored.dtype.kind not in "biuf":
+        raise BadVolumeError(path, f"voxels of type {stored.dtype} are not one real number each "
+                                   "(RGB or complex data is not a CT in HU)")
+
+
+def error_text(err: BaseException) -> str:
+    """'Type: message' on one line (library messages may span several)."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def to_hu(stored: np.ndarray, slope: float = 1.0, intercept: float = 0.0) -> np.ndarray:
@@ -13,7 +31,7 @@ def to_hu(stored: np.ndarray, slope: float = 1.0, intercept: float = 0.0) -> np.
     Integer data with integer slope/intercept never passes through floating point.
     """
     slope, intercept = float(slope), float(intercept)
-    integral_pair = slope.is_integer() and intercept.is_integer()
+    integral_pair = all(v.is_integer() and abs(v) < EXACT_INT_LIMIT for v in (slope, intercept))
     if np.issubdtype(stored.dtype, np.integer) and integral_pair:
         if slope == 1 and intercept == 0 and stored.dtype == np.int16:
             return stored
@@ -24,7 +42,8 @@ def to_hu(stored: np.ndarray, slope: float = 1.0, intercept: float = 0.0) -> np.
         return hu.astype(np.float32)
     hu = stored.astype(np.float32)
     if slope != 1 or intercept != 0:
-        hu = hu * np.float32(slope) + np.float32(intercept)
+        with np.errstate(over="ignore"):  # overflow gives inf, which check_array reports with the file
+            hu = hu * np.float32(slope) + np.float32(intercept)
     return _narrow(hu)
 
 

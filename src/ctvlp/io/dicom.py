@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ctvlp.errors import BadVolumeError
-from ctvlp.io._convert import LPS_TO_RAS, to_hu
+from ctvlp.io._convert import LPS_TO_RAS, error_text, to_hu
 from ctvlp.io.volume import Volume
 
 IOP_TOLERANCE = 1e-4
@@ -38,13 +38,17 @@ def _headers(folder: Path) -> dict[str, list[_Slice]]:
     from pydicom.errors import InvalidDicomError
 
     series: dict[str, list[_Slice]] = defaultdict(list)
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+    except OSError as err:
+        raise BadVolumeError(folder, f"cannot list the folder ({error_text(err)})") from None
+    for path in files:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except InvalidDicomError:
             continue  # not DICOM (no preamble): README, .txt, thumbnails
         except Exception as err:
-            raise BadVolumeError(path, f"unreadable DICOM file ({type(err).__name__}: {err})") from None
+            raise BadVolumeError(path, f"unreadable DICOM file ({error_text(err)})") from None
         if "ImagePositionPatient" not in ds or "Rows" not in ds:
             continue  # DICOMDIR, reports, presentation states
         try:
@@ -57,24 +61,28 @@ def _headers(folder: Path) -> dict[str, list[_Slice]]:
     return series
 
 
-def _choose_series(folder: Path, series: dict[str, list[_Slice]], uid: str | None) -> list[_Slice]:
+def _choose_series(folder: Path, series: dict[str, list[_Slice]], uid: str | None) -> tuple[str, list[_Slice]]:
+    """(SeriesInstanceUID, its slices): the requested series, or the folder's only one."""
     if not series:
         raise BadVolumeError(folder, "no DICOM image slices in this folder")
     if uid is not None:
         if uid not in series:
             raise BadVolumeError(folder, f"series {uid} not in this folder (has {sorted(series)})")
-        return series[uid]
+        return uid, series[uid]
     if len(series) > 1:
-        listing = ", ".join(f"{u} ({len(s)} slices)" for u, s in series.items())
+        listing = ", ".join(f"{u or '(empty UID)'} ({len(s)} slices)" for u, s in sorted(series.items()))
         raise BadVolumeError(folder, f"folder mixes {len(series)} series: {listing}; pass series_uid")
-    return next(iter(series.values()))
+    return next(iter(series.items()))
 
 
 def _sorted_geometry(folder: Path, slices: list[_Slice]) -> tuple[list[_Slice], np.ndarray, float]:
     """Slices sorted along the normal, the normal (3,), and the uniform slice spacing."""
     iop = slices[0].orientation
-    if any(np.abs(s.orientation - iop).max() > IOP_TOLERANCE for s in slices):
-        raise BadVolumeError(folder, "slices disagree on ImageOrientationPatient")
+    odd = [s for s in slices if np.abs(s.orientation - iop).max() > IOP_TOLERANCE]
+    if odd:
+        raise BadVolumeError(folder, f"slices disagree on ImageOrientationPatient: {odd[0].path.name} has "
+                                     f"{odd[0].orientation.round(4).tolist()}, {slices[0].path.name} has "
+                                     f"{iop.round(4).tolist()}")
     normal = np.cross(iop[:3], iop[3:])
     depth = np.array([s.position @ normal for s in slices])  # (K,) mm along the normal
     order = np.argsort(depth, kind="stable")
@@ -107,7 +115,7 @@ def _pixels(slices: list[_Slice]) -> np.ndarray:
             plane = to_hu(ds.pixel_array, float(ds.get("RescaleSlope", 1) or 1),
                           float(ds.get("RescaleIntercept", 0) or 0))
         except Exception as err:
-            raise BadVolumeError(s.path, f"cannot decode pixel data ({type(err).__name__}: {err})") from None
+            raise BadVolumeError(s.path, f"cannot decode pixel data ({error_text(err)})") from None
         planes.append(plane)
     shapes = {p.shape for p in planes}
     if len(shapes) > 1:
@@ -116,15 +124,26 @@ def _pixels(slices: list[_Slice]) -> np.ndarray:
     return np.stack(planes, axis=-1).astype(dtype, copy=False).transpose(1, 0, 2)  # (J, I, K) -> (I, J, K)
 
 
+def _series_of_file(path: Path) -> str:
+    """SeriesInstanceUID of one DICOM file, or a clear error when it is not a DICOM image."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as err:
+        raise BadVolumeError(path, f"not a readable DICOM file ({error_text(err)})") from None
+    if "ImagePositionPatient" not in ds or "Rows" not in ds:
+        raise BadVolumeError(path, "DICOM file is not an image slice (no ImagePositionPatient or Rows)")
+    return str(ds.get("SeriesInstanceUID", ""))
+
+
 def read_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
     """Read one DICOM series from a folder (or the series of one given file)."""
     folder = Path(folder)
     if folder.is_file():
-        import pydicom
-
-        series_uid = series_uid or str(pydicom.dcmread(folder, stop_before_pixels=True).SeriesInstanceUID)
+        series_uid = series_uid or _series_of_file(folder)
         folder = folder.parent
-    slices = _choose_series(folder, _headers(folder), series_uid)
+    series_uid, slices = _choose_series(folder, _headers(folder), series_uid)
     slices, normal, spacing = _sorted_geometry(folder, slices)
     iop, (dr, dc) = slices[0].orientation, slices[0].pixel_spacing
     lps = np.eye(4)
@@ -133,6 +152,6 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
     lps[:3, 2] = normal * spacing
     lps[:3, 3] = slices[0].position
     array = _pixels(slices)
-    meta = {"reader": "dicom", "series_uid": series_uid or "", "slices": len(slices),
+    meta = {"reader": "dicom", "series_uid": series_uid, "slices": len(slices),
             "slice_thickness": slices[0].thickness}
     return Volume(array, LPS_TO_RAS @ lps, path=str(folder), meta=meta)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ctvlp.errors import BadVolumeError
-from ctvlp.io._convert import LPS_TO_RAS, to_hu
+from ctvlp.io._convert import LPS_TO_RAS, require_real, to_hu
 from ctvlp.io.volume import Volume
 
 
@@ -32,6 +32,7 @@ def read_itk(path: Path) -> Volume:
         raise BadVolumeError(path, f"expected a 3-D scalar image, got {image.GetDimension()}-D with "
                                    f"{image.GetNumberOfComponentsPerPixel()} component(s)")
     stored = sitk.GetArrayFromImage(image).transpose(2, 1, 0)  # (z, y, x) -> (i, j, k)
+    require_real(path, stored)
     affine = itk_affine(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
     meta = {"reader": "itk", "stored_dtype": str(stored.dtype)}
     return Volume(to_hu(stored), affine, path=str(path), meta=meta)

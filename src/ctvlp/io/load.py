@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ctvlp.errors import BadVolumeError
+from ctvlp.io._convert import error_text
 from ctvlp.io.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -18,6 +19,7 @@ CT_AIR_HU = -500.0
 lies below this. MR, PET and raw unrescaled CT values (air near 0) do not."""
 CT_LOW_PERCENTILE = 0.5
 SAMPLE_VOXELS = 2_000_000
+DICOM_PREAMBLE = 128
 
 
 def volume_format(path: Path) -> str:
@@ -29,10 +31,19 @@ def volume_format(path: Path) -> str:
         return "nifti"
     if name.endswith(ITK_SUFFIXES):
         return "itk"
-    if name.endswith(DICOM_SUFFIXES):
+    if name.endswith(DICOM_SUFFIXES) or _has_dicom_preamble(path):
         return "dicom"
     raise BadVolumeError(path, "unknown volume format (expected .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd, "
                                "a DICOM file or a DICOM series folder)")
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    """True for a DICOM Part 10 file: 'DICM' after the 128-byte preamble (slices often have no suffix)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(DICOM_PREAMBLE + 4)[DICOM_PREAMBLE:] == b"DICM"
+    except OSError as err:
+        raise BadVolumeError(path, f"cannot read the file ({error_text(err)})") from None
 
 
 def load_volume(path: str | PathLike, *, require_ct: bool = True, series_uid: str | None = None) -> Volume:

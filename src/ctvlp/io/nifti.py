@@ -8,21 +8,27 @@ import nibabel as nib
 import numpy as np
 
 from ctvlp.errors import BadVolumeError
-from ctvlp.io._convert import to_hu
+from ctvlp.io._convert import error_text, require_real, to_hu
 from ctvlp.io.volume import Volume
 
 
 def read_nifti(path: Path) -> Volume:
-    """Read a 3-D NIfTI (a 4-D file with a single volume is squeezed) and apply scl_slope/scl_inter."""
+    """Read a 3-D NIfTI and apply scl_slope/scl_inter.
+
+    Trailing singleton axes beyond the third, as in a (I, J, K, 1) file holding one volume of a
+    series, are dropped; a 4-D file with several volumes is refused.
+    """
     try:
         img = nib.load(str(path))
-        stored = np.asarray(img.dataobj.get_unscaled())
+        stored = np.asarray(img.dataobj.get_unscaled()).reshape(img.shape)  # zero-size data comes back 1-D
     except Exception as err:  # nibabel, gzip and zlib raise many types for broken files
-        raise BadVolumeError(path, f"cannot read NIfTI ({type(err).__name__}: {err})") from None
-    if stored.ndim == 4 and stored.shape[3] == 1:
+        raise BadVolumeError(path, f"cannot read NIfTI ({error_text(err)})") from None
+    while stored.ndim > 3 and stored.shape[-1] == 1:
         stored = stored[..., 0]
     if stored.ndim != 3:
-        raise BadVolumeError(path, f"expected a 3-D volume, got shape {stored.shape}")
+        raise BadVolumeError(path, f"expected a 3-D volume, got shape {img.shape}"
+                                   + (" (a series of volumes: extract one)" if stored.ndim > 3 else ""))
+    require_real(path, stored)
     slope, inter = img.dataobj.slope, img.dataobj.inter
     slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
     inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
