@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -18,17 +19,23 @@ def register(sub) -> argparse.ArgumentParser:
 
 
 def describe(volume) -> dict:
-    """The facts `ctvlp info` prints, as plain JSON-serialisable values."""
+    """The facts `ctvlp info` prints, as plain JSON-serialisable values.
+
+    hu_min/hu_max cover every voxel; hu_p1/hu_p99 are exact up to ~7M voxels and taken on a strided
+    sub-grid of ~2M voxels beyond.
+    """
     import numpy as np
 
-    sample = volume.array
-    p1, p99 = np.percentile(sample[::2, ::2, ::2], [1, 99])
+    from ctvlp.io.load import strided_sample
+
+    hu = volume.array
+    p1, p99 = np.percentile(strided_sample(hu), [1, 99])
     superior = int(np.argmax(np.abs(volume.affine[2, :3]) / volume.spacing))  # axis closest to S-I
     return {
         "path": volume.path, "format": volume.meta.get("format"), "shape": list(volume.shape),
         "dtype": str(volume.array.dtype), "spacing_mm": [round(float(s), 4) for s in volume.spacing],
         "orientation": volume.orientation, "slices": volume.shape[superior],
-        "hu_min": float(sample.min()), "hu_max": float(sample.max()),
+        "hu_min": float(hu.min()), "hu_max": float(hu.max()),
         "hu_p1": round(float(p1), 1), "hu_p99": round(float(p99), 1),
         "origin_mm": [round(float(x), 3) for x in volume.affine[:3, 3]],
     }
@@ -37,7 +44,11 @@ def describe(volume) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ctvlp.io.load import load_volume
 
-    volume = load_volume(args.path, require_ct=not args.no_ct_check, series_uid=args.series_uid)
+    with warnings.catch_warnings(record=True) as caught:  # a failed read ends in one error line only
+        warnings.simplefilter("always")
+        volume = load_volume(args.path, require_ct=not args.no_ct_check, series_uid=args.series_uid)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     facts = describe(volume)
     if args.json:
         print(json.dumps(facts))
