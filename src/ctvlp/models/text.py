@@ -127,6 +127,10 @@ class QueryPool(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
 
+    def no_weight_decay(self) -> set[str]:
+        """The learned query is a token, not a weight matrix (timm's convention for cls tokens)."""
+        return {"query"}
+
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """tokens (B, L, C), mask (B, L) bool (True = real token) -> (B, C)."""
         x = self.norm(tokens)

@@ -1,0 +1,1 @@
+"""Training: the loop, optimiser groups (Muon + AdamW), LR schedules, checkpoints, torch.distributed."""
