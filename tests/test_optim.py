@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 from torch.optim import _muon
 
+from ctvlp.train import optim
 from ctvlp.train.optim import (CombinedOptimizer, Muon, OptimConfig, build_optimizer, newton_schulz, param_groups,
                                resolve_ns_dtype)
 from ctvlp.train.schedule import build_scheduler, lr_multiplier
@@ -128,9 +130,18 @@ def test_step_hooks_run_once_per_step():
     assert calls == [1]
 
 
-def test_ns_dtype_auto_and_bad_values():
-    assert resolve_ns_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_ns_dtype("auto", torch.device("cuda")) == torch.bfloat16
+def test_ns_dtype_auto_and_bad_values(monkeypatch):
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else None
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    if flags is not None:
+        assert optim.cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_tile"})
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not optim.cpu_has_native_bf16()
+    for native, expected in [(True, torch.bfloat16), (False, torch.float32)]:
+        monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: native)
+        assert resolve_ns_dtype("auto", torch.device("cpu")) == expected
+        assert resolve_ns_dtype("auto", torch.device("cuda")) == torch.bfloat16
+        assert resolve_ns_dtype("float32", torch.device("cuda")) == torch.float32
     assert resolve_ns_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError, match="ns_dtype"):
         Muon([nn.Parameter(torch.randn(2, 2))], ns_dtype=torch.float16)
@@ -213,7 +224,7 @@ def train(model, opt, sched, steps, start=0):
 
 
 def test_combined_optimizer_schedule_and_exact_resume():
-    cfg = OptimConfig(lr=1e-2, muon_lr=0.05, warmup_steps=2, min_lr_ratio=0.1)
+    cfg = OptimConfig(lr=1e-2, muon_lr=0.05, warmup_steps=2, min_lr_ratio=0.1, ns_dtype="float32")
     torch.manual_seed(0)
     straight = Toy()
     start = {k: v.clone() for k, v in straight.state_dict().items()}

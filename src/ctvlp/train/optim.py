@@ -12,10 +12,12 @@ Which parameter goes where (SigVLP's released code; ``param_groups``):
 - Frozen parameters (``requires_grad=False``) are left out.
 
 ``torch.optim.Muon`` orthogonalises each update with a Newton-Schulz iteration in bfloat16, which GPUs
-want; a CPU without native bf16 matmuls (AVX2) runs it 10-500x slower than float32. :class:`Muon`
-extends torch's optimiser with ``ns_dtype``: with float32 the same iteration (same coefficients, same
-steps) runs in float32; everything else is torch's own step. ``OptimConfig.ns_dtype='auto'`` picks
-bfloat16 on CUDA and float32 elsewhere.
+want. A CPU without native bf16 dot products (AVX2; AVX-512 without the BF16 extension) runs bf16
+matmuls through slow fallback kernels: the iteration is 15-25x slower than in float32
+(``benchmarks/optim_step.py``). :class:`Muon` extends torch's optimiser with ``ns_dtype``: with
+float32 the same iteration (same coefficients, same steps) runs in float32; everything else is
+torch's own step. ``OptimConfig.ns_dtype='auto'`` picks bfloat16 on CUDA and on CPUs with native bf16
+(AVX512-BF16 or AMX, where bf16 is ~2x faster than float32), float32 on other CPUs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -56,7 +59,8 @@ class OptimConfig:
     ns_steps: int = 5
     """Newton-Schulz iterations per Muon update."""
     ns_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
-    """Precision of the Newton-Schulz iteration; ``auto``: bfloat16 on CUDA, float32 on CPU."""
+    """Precision of the Newton-Schulz iteration; ``auto``: bfloat16 on CUDA and on CPUs with native bf16
+    dot products (AVX512-BF16, AMX), float32 on other CPUs."""
     muon_pattern: str = r"(^|\.)(blocks|layers?)\.\d+\."
     """Regex (``re.search`` on the parameter name) marking transformer-block parameters for Muon."""
     warmup_steps: int = 100
@@ -225,10 +229,23 @@ def param_groups(model: nn.Module, cfg: OptimConfig, is_muon: MuonRule | None = 
             for kind, items in named.items() if items]
 
 
+ONEDNN_CAPS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN may use bf16 dot-product instructions: the CPU has AVX512-BF16 or AMX tiles and
+    ``ONEDNN_MAX_CPU_ISA`` does not cap oneDNN below them."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_CAPS_WITHOUT_BF16:
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def resolve_ns_dtype(ns_dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bfloat16 on CUDA, float32 elsewhere."""
+    """``auto`` -> bfloat16 on CUDA or a CPU with native bf16, float32 on other CPUs."""
     if ns_dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        return torch.bfloat16 if native else torch.float32
     return NS_DTYPES[ns_dtype]
 
 
