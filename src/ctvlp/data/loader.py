@@ -64,9 +64,12 @@ class CTDataset(Dataset):
                             organ_sentences=json.loads(row.get("organ_sentences") or "{}"),
                             labels=self.labels[i], label_mask=self.label_mask[i])
 
-    def __getitem__(self, i: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
-        return draw_sample(self.record(i), self.config, rng, self.hu_window)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Sample ``i`` of the current epoch, or ``(epoch, i)``: a sampler that yields pairs carries the
+        epoch to persistent workers, whose copy of the dataset never sees :meth:`set_epoch`."""
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
+        rng = np.random.default_rng([self.seed, int(epoch), int(i)])
+        return draw_sample(self.record(int(i)), self.config, rng, self.hu_window)
 
 
 class LengthBucketBatchSampler(Sampler[list[int]]):

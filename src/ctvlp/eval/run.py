@@ -1,0 +1,121 @@
+"""Evaluate a vision-language model on a prepared cache: encode every volume once, every prompt once.
+
+Zero-shot classification scores each label by the softmax over its (positive, negative) prompt
+pair; thresholds come from ``EvalConfig.val_split`` and the numbers from ``EvalConfig.test_split``.
+Retrieval pairs each test volume with its own report (findings + impressions); reconstructions of
+one scan share a report, so a hit on any reconstruction of the query's scan counts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ctvlp.data.cache import Cache
+from ctvlp.data.loader import make_loader
+from ctvlp.data.manifest import LABEL_PREFIX
+from ctvlp.eval.prompts import build_prompts
+from ctvlp.eval.retrieval import retrieval_both
+from ctvlp.eval.zeroshot import evaluate_zero_shot, zero_shot_scores
+from ctvlp.train.data import split_dataset
+
+
+@dataclass
+class Encoded:
+    """One split, encoded: (N, D) image and report embeddings, (N, K) labels and availability."""
+
+    ids: list[str]
+    image_emb: torch.Tensor
+    report_emb: torch.Tensor
+    labels: np.ndarray
+    available: np.ndarray
+    scans: list[str]
+    texts: list[str]
+
+
+@torch.no_grad()
+def encode_texts(model, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """(T, D) normalised text embeddings, in batches."""
+    out = [model.encode_texts(texts[start:start + batch_size]).float().cpu()
+           for start in range(0, len(texts), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, model.cfg.embed_dim)
+
+
+@torch.no_grad()
+def encode_split(model, cache: Cache, cfg, split: str, device: torch.device, num_workers: int = 0) -> Encoded:
+    """Encode every volume of ``split`` once (whole volume by default) and its report once."""
+    dataset = split_dataset(cache, cfg.sampler, split, seed=0)
+    loader = make_loader(dataset, cfg.batch_size, num_workers=num_workers, bucket=True)
+    rows, images = [], []
+    for batch in loader:
+        images.append(model.encode_image(batch["image"].to(device), batch["slice_mask"].to(device)).float().cpu())
+        rows.extend(batch["id"])
+    position = {vid: i for i, vid in enumerate(dataset.index["id"])}
+    order = [position[vid] for vid in rows]  # loader order -> index rows
+    index = dataset.index.iloc[order]
+    texts = [f"{f} {i}".strip() for f, i in zip(index["findings"], index["impressions"])]
+    return Encoded(ids=rows, image_emb=torch.cat(images), report_emb=encode_texts(model, texts),
+                   labels=dataset.labels[order], available=dataset.label_mask[order],
+                   scans=[f"{p}/{s}" for p, s in zip(index["patient_id"], index["scan_id"])], texts=texts)
+
+
+def jsonable(obj):
+    """``obj`` with NaN/inf floats replaced by None, so the JSON written is standard (``null``)."""
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def chance_recall(groups: list[str], k: int) -> float:
+    """Expected recall@k of a random ranking when any of the query's group members is a hit:
+    mean over queries of 1 - C(N - m, k) / C(N, k), m the size of the query's group."""
+    n = len(groups)
+    counts = Counter(groups)
+    sizes = np.array([counts[g] for g in groups])  # (N,) m per query
+    miss = np.ones(n)
+    for i in range(min(k, n)):
+        miss *= np.clip(n - sizes - i, 0, None) / (n - i)
+    return float(np.mean(1 - miss))
+
+
+@torch.no_grad()
+def evaluate_model(model, cache: Cache, cfg, device: torch.device | str = "cpu", details: bool = False):
+    """Zero-shot classification (thresholds on ``cfg.val_split``) and retrieval on ``cfg.test_split``.
+
+    Returns the metrics dict; with ``details=True`` also ``(test Encoded, test scores (N, L), labels)``.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    try:
+        val = encode_split(model, cache, cfg, cfg.val_split, device)
+        test = encode_split(model, cache, cfg, cfg.test_split, device)
+        encoded = time.perf_counter()
+        labels = [c[len(LABEL_PREFIX):] for c in cache.index.columns if c.startswith(LABEL_PREFIX)]
+        texts, index = build_prompts(labels, cfg.prompt_style)
+        pos, neg = index.pool(encode_texts(model, texts))
+        scale = float(model.scale())
+        scores = {name: zero_shot_scores(s.image_emb, pos, neg, scale).numpy()
+                  for name, s in (("val", val), ("test", test))}
+        zero_shot = evaluate_zero_shot(scores["val"], val.labels, val.available, scores["test"], test.labels,
+                                       test.available, labels)
+        retrieval = retrieval_both(test.image_emb, test.report_emb, ks=(1, 5, 10, 50), groups=test.scans)
+    finally:
+        model.train(was_training)
+    metrics = {"n_val": len(val.ids), "n_test": len(test.ids), "prompt_style": cfg.prompt_style,
+               "zero_shot": zero_shot, "retrieval": retrieval,
+               "chance_recall@5": chance_recall(test.scans, 5),
+               "seconds": {"encode": encoded - start, "total": time.perf_counter() - start}}
+    return (metrics, test, scores["test"], labels) if details else metrics
+

@@ -1,0 +1,106 @@
+"""Checkpoints: atomic, self-contained (config, preprocessing, tokenizer), resumable, keep-last-N.
+
+A checkpoint is one ``torch.save`` file ``OUT/checkpoints/step-0000100.pt`` holding
+
+- ``format``/``version``: ``"ctvlp-checkpoint"``, :data:`FORMAT_VERSION`, and the ctvlp version;
+- ``config``: the resolved :class:`~ctvlp.train.config.TrainConfig` as a plain dict;
+- ``preprocess``: the cache's preprocessing (spacing, HU window, crop), so inference needs nothing else;
+- ``tokenizer``: the text tower's tokenizer files as ``{name: bytes}``;
+- ``label_names``: the label vocabulary the model was evaluated on;
+- ``model``, ``optimizer``, ``scheduler``: state dicts; ``step``, ``epoch``, ``batch_in_epoch``;
+- ``rng``: torch / numpy / python generator states, so ``--resume`` continues exactly.
+
+It is written to a temporary file in the same folder and renamed, so a kill never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ctvlp import __version__
+from ctvlp.errors import CtvlpError
+
+FORMAT = "ctvlp-checkpoint"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^step-(\d{7,})\.pt$")
+
+
+class CheckpointError(CtvlpError):
+    """A checkpoint that cannot be read or is not a ctvlp checkpoint of this version."""
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_checkpoint(folder: Path, state: dict, keep_last: int) -> Path:
+    """Write ``state`` (plus format fields) as ``folder/step-NNNNNNN.pt`` atomically; prune old ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{state['step']:07d}.pt"
+    payload = {"format": FORMAT, "version": FORMAT_VERSION, "ctvlp_version": __version__, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    for old in list_checkpoints(folder)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints in ``folder``, oldest first (by step)."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint file (or the latest one in a run/checkpoints folder), checking its format."""
+    path = Path(path)
+    if path.is_dir():
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        found = latest_checkpoint(folder)
+        if found is None:
+            raise CheckpointError(path, "no checkpoint (step-NNNNNNN.pt) in this folder")
+        path = found
+    if not path.is_file():
+        raise CheckpointError(path, "no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise CheckpointError(path, f"not a readable checkpoint (truncated or corrupt?): {err}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(path, "not a ctvlp checkpoint")
+    if state.get("version") != FORMAT_VERSION:
+        raise CheckpointError(path, f"checkpoint format version {state.get('version')} (written by ctvlp "
+                                    f"{state.get('ctvlp_version')}); this ctvlp {__version__} reads version "
+                                    f"{FORMAT_VERSION}")
+    state["path"] = str(path)
+    return state

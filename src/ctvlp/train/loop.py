@@ -1,0 +1,191 @@
+"""The training loop: accumulation, autocast, clipping, NaN-step skipping, logging, checkpoints, resume.
+
+Exact resume: a batch's content depends only on (seed, epoch, index) and the batch order only on
+(seed, epoch) (see ``ctvlp.data.loader``); the checkpoint stores the position (epoch, batch) after
+the last consumed batch, the optimiser and scheduler states and the RNG states, so a resumed CPU run
+reproduces the uninterrupted run's losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ctvlp.config import to_dict
+from ctvlp.data.cache import Cache
+from ctvlp.errors import CtvlpError
+from ctvlp.losses import ClipLoss, SigLipLoss
+from ctvlp.models.vlp import VisionLanguageModel
+from ctvlp.train import distributed
+from ctvlp.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ctvlp.train.config import TrainConfig
+from ctvlp.train.data import set_epoch, train_loader
+from ctvlp.train.metrics_log import MetricsLog
+from ctvlp.train.optim import build_optimizer
+from ctvlp.train.schedule import build_scheduler
+
+
+class TrainingError(CtvlpError):
+    """Training cannot go on (too many non-finite losses, ...)."""
+
+
+def build_loss(cfg: TrainConfig) -> torch.nn.Module:
+    return SigLipLoss(gather=cfg.loss.gather) if cfg.loss.name == "siglip" else ClipLoss(gather=cfg.loss.gather)
+
+
+def tokenizer_files(model: VisionLanguageModel) -> dict[str, bytes]:
+    """The text tower's tokenizer as ``{file name: bytes}`` (carried by every checkpoint)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.text.tokenizer.save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+
+def batches(loader, epoch: int, start: int):
+    """Endless (epoch, index, batch) from ``loader``, starting at batch ``start`` of ``epoch``."""
+    while True:
+        set_epoch(loader, epoch, start)
+        for i, batch in enumerate(loader, start=start):
+            yield epoch, i, batch
+        epoch, start = epoch + 1, 0
+
+
+class Trainer:
+    """Owns the model, optimiser, data and logs of one run in ``out``."""
+
+    def __init__(self, cfg: TrainConfig, data: Path, out: Path, resume: bool = False, progress: bool = True):
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.place = distributed.setup()
+        self.cache = Cache(data)
+        torch.manual_seed(cfg.seed)
+        self.model = VisionLanguageModel(cfg.model).to(self.place.device)
+        self.model.vision.set_grad_checkpointing(cfg.grad_checkpointing)
+        if cfg.loss.name == "clip":  # the softmax loss has no bias; DDP needs every trainable parameter used
+            self.model.logit_bias.requires_grad_(False)
+        self.loss_fn = build_loss(cfg)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.steps)
+        tokenizer = self.model.text.tokenizer if cfg.model.text_input == "text" else None
+        self.loader = train_loader(self.cache, cfg.data, tokenizer, cfg.seed, self.place.rank, self.place.world)
+        self.step, self.epoch, self.batch_in_epoch, self.bad_steps = 0, 0, 0, 0
+        if resume:
+            self._resume()
+        self.ddp = distributed.wrap(self.model, self.place)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.out / "checkpoints")
+        if path is None:
+            raise TrainingError(self.out, "--resume: no checkpoint in OUT/checkpoints")
+        state = load_checkpoint(path)
+        if state["config"] != to_dict(self.cfg):
+            raise TrainingError(path, "--resume with a different configuration than the checkpoint's; "
+                                      "use the same recipe, --steps and --set values")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.bad_steps = state.get("bad_steps", 0)
+        set_rng_state(state["rng"])
+
+    def save(self) -> Path | None:
+        if not self.place.is_main:
+            return None
+        state = {"config": to_dict(self.cfg), "recipe": self.cfg.recipe, "preprocess": to_dict(self.cache.config),
+                 "tokenizer": tokenizer_files(self.model), "label_names": self.label_names(),
+                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": self.epoch,
+                 "batch_in_epoch": self.batch_in_epoch, "bad_steps": self.bad_steps, "rng": rng_state()}
+        return save_checkpoint(self.out / "checkpoints", state, self.cfg.keep_last)
+
+    def label_names(self) -> list[str]:
+        return list(self.loader.dataset.label_names)
+
+    # -- one optimiser step --------------------------------------------------------------------
+    def _micro_step(self, batch: dict, sync: bool) -> torch.Tensor:
+        dev = self.place.device
+        inputs = {k: batch[k].to(dev, non_blocking=True) for k in ("image", "slice_mask", "input_ids", "attention_mask")
+                  if k in batch}
+        inputs["sentences"] = batch["sentences"]
+        ctx = contextlib.nullcontext() if sync or self.ddp is self.model else self.ddp.no_sync()
+        with ctx:
+            with autocast(self.cfg, dev):
+                out = self.ddp(**inputs)
+                loss = self.loss_fn(**{k: v.float() for k, v in out.items()})
+            (loss / self.cfg.grad_accum).backward()
+        return loss.detach()
+
+    def _optimizer_step(self, loss: torch.Tensor) -> tuple[bool, float]:
+        """Clip and step, or skip (and count) when the loss is not finite on some process."""
+        finite = distributed.all_true(bool(torch.isfinite(loss)), self.place)
+        grad_norm = float("nan")
+        if finite:
+            clip = self.cfg.optim.grad_clip
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf")))
+            self.optimizer.step()
+        else:
+            self.bad_steps += 1
+            if self.bad_steps > self.cfg.max_bad_steps:
+                raise TrainingError(self.out, f"{self.bad_steps} steps with a non-finite loss (limit "
+                                              f"max_bad_steps={self.cfg.max_bad_steps}); last at step {self.step + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return finite, grad_norm
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg, is_main = self.cfg, self.place.is_main
+        log = MetricsLog(self.out, resume_step=self.step if self.step else None) if is_main else None
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (is_main and self.progress), unit="step",
+                   dynamic_ncols=True)
+        stream = batches(self.loader, self.epoch, self.batch_in_epoch)
+        window = {"loss": 0.0, "n": 0, "samples": 0, "start": time.perf_counter()}
+        self.model.train()
+        try:
+            while self.step < cfg.steps:
+                losses = []
+                for k in range(cfg.grad_accum):
+                    epoch, index, batch = next(stream)
+                    losses.append(self._micro_step(batch, sync=k == cfg.grad_accum - 1))
+                    window["samples"] += len(batch["id"]) * self.place.world
+                    self.epoch, self.batch_in_epoch = epoch, index + 1
+                loss = torch.stack(losses).mean()
+                lr = self.optimizer.param_groups[0]["lr"]
+                finite, grad_norm = self._optimizer_step(loss)
+                self.step += 1
+                if finite:
+                    window["loss"] += float(loss)
+                    window["n"] += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.4f}", epoch=self.epoch)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    record = self._record(window, lr, grad_norm)
+                    if log is not None:
+                        log.write(record)
+                    window = {"loss": 0.0, "n": 0, "samples": 0, "start": time.perf_counter()}
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                    self.save()
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
+        return {"steps": self.step, "bad_steps": self.bad_steps, "epoch": self.epoch}
+
+    def _record(self, window: dict, lr: float, grad_norm: float) -> dict:
+        seconds = time.perf_counter() - window["start"]
+        mean = window["loss"] / window["n"] if window["n"] else float("nan")
+        return {"step": self.step, "loss": mean, f"loss_{self.cfg.loss.name}": mean, "lr": lr,
+                "samples_per_s": window["samples"] / max(seconds, 1e-9), "grad_norm": grad_norm,
+                "logit_scale": float(self.model.scale().detach()), "logit_bias": float(self.model.logit_bias.detach()),
+                "epoch": self.epoch, "bad_steps": self.bad_steps}

@@ -1,0 +1,144 @@
+"""`ctvlp train` on a tiny synthetic cache: logs, checkpoints, exact resume, bad input, NaN steps, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctvlp.cli import main
+from ctvlp.recipes import get_recipe
+from ctvlp.train.checkpoint import list_checkpoints, load_checkpoint
+from ctvlp.train.loop import Trainer, TrainingError
+from ctvlp.train.metrics_log import read_metrics
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    assert main(["synth", "--out", str(root / "cohort"), "--n", "24", "--matrix", "64", "--seed", "3"]) == 0
+    assert main(["manifest", "ctrate", str(root / "cohort"), "--radgenome", str(root / "cohort" / "radgenome"),
+                 "--val-fraction", "0.25", "--out", str(root / "m.parquet")]) == 0
+    assert main(["prepare", "--manifest", str(root / "m.parquet"), "--out", str(root / "cache")]) == 0
+    return root / "cache"
+
+
+def _train(cache: Path, out: Path, *extra: str) -> int:
+    return main(["train", "--recipe", "demo", "--debug", "--data", str(cache), "--out", str(out), "--no-progress",
+                 "--no-eval", *extra])
+
+
+def test_train_writes_logs_checkpoints_and_config(cache, tmp_path):
+    out = tmp_path / "run"
+    assert _train(cache, out, "--steps", "6", "--set", "log_every=2", "--set", "ckpt_every=2",
+                  "--set", "keep_last=2") == 0
+    records = read_metrics(out)
+    assert [r["step"] for r in records] == [2, 4, 6]
+    for r in records:
+        assert {"step", "loss", "loss_siglip", "lr", "samples_per_s"} <= set(r)
+        assert torch.isfinite(torch.tensor(r["loss"])) and r["samples_per_s"] > 0
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-0000004.pt", "step-0000006.pt"]
+    assert list((out / "tb").glob("events.out.tfevents.*")), "no TensorBoard event file"
+    state = load_checkpoint(out / "checkpoints" / "step-0000006.pt")
+    assert state["config"]["steps"] == 6 and state["preprocess"]["spacing"] == [1.5, 1.5, 3.0]
+    assert "tokenizer.json" in state["tokenizer"] and state["label_names"]
+    assert "steps: 6" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_continues_exactly(cache, tmp_path, workers):
+    full, part = tmp_path / "full", tmp_path / "part"
+    opts = ("--steps", "6", "--set", "log_every=1", "--set", "ckpt_every=3", "--set", "keep_last=5",
+            "--set", f"data.num_workers={workers}")
+    assert _train(cache, full, *opts) == 0
+    # A run that stopped after step 3: its checkpoint and its first three log lines.
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copy(full / "checkpoints" / "step-0000003.pt", part / "checkpoints")
+    (part / "metrics.jsonl").write_text("".join(line + "\n" for line in
+                                               (full / "metrics.jsonl").read_text().splitlines()[:3]))
+    assert _train(cache, part, *opts, "--resume") == 0
+    a, b = read_metrics(full), read_metrics(part)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in b] == [r["loss"] for r in a]  # bit-identical on the CPU
+    sa = load_checkpoint(full / "checkpoints" / "step-0000006.pt")["model"]
+    sb = load_checkpoint(part / "checkpoints" / "step-0000006.pt")["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--recipe", "nope"], "unknown recipe 'nope'"),
+    (["--set", "optim.lrr=1"], "optim.lrr is not a config field"),
+    (["--set", "steps=many"], "is not a int"),
+    (["--data", "/nonexistent/cache"], "not a cache folder"),
+])
+def test_bad_input_exits_2(cache, tmp_path, capsys, argv, message):
+    base = {"--recipe": "demo", "--data": str(cache), "--out": str(tmp_path / "o")}
+    for flag, value in zip(argv[::2], argv[1::2]):
+        base[flag] = value
+    base.pop("--set", None)
+    args = ["train", "--debug", "--no-progress", "--no-eval"] + [x for kv in base.items() for x in kv]
+    if "--set" in argv:
+        args += ["--set", argv[argv.index("--set") + 1]]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_corrupt_checkpoint_is_a_clear_error(cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "step-0000003.pt").write_bytes(b"not a checkpoint")
+    assert _train(cache, out, "--steps", "4", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "step-0000003.pt" in err and "corrupt" in err
+
+
+def test_non_finite_losses_are_skipped_then_stop(cache, tmp_path, monkeypatch):
+    cfg = get_recipe("demo", debug=True)
+    trainer = Trainer(cfg, cache, tmp_path / "nan", progress=False)
+    real = trainer.loss_fn
+    calls = {"n": 0}
+
+    def sometimes_nan(**kw):
+        calls["n"] += 1
+        loss = real(**kw)
+        return loss * float("nan") if calls["n"] in (2, 3) else loss
+
+    trainer.loss_fn = sometimes_nan
+    trainer.cfg.max_bad_steps = 2
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    summary = trainer.fit()
+    assert summary["bad_steps"] == 2 and summary["steps"] == cfg.steps
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+    trainer2 = Trainer(cfg, cache, tmp_path / "nan2", progress=False)
+    trainer2.loss_fn = lambda **kw: real(**kw) * float("nan")
+    trainer2.cfg.max_bad_steps = 3
+    with pytest.raises(TrainingError, match="4 steps with a non-finite loss"):
+        trainer2.fit()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(cache, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:  # a free port for the rendezvous (port 0 is not accepted by torchrun)
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+           "-m", "ctvlp", "train", "--recipe", "demo", "--debug", "--data", str(cache), "--out", str(out),
+           "--steps", "4", "--set", "log_every=1", "--no-progress", "--no-eval"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = read_metrics(out)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]  # rank 0 only: one line per step
+    assert records[0]["samples_per_s"] > 0
+    assert len(list_checkpoints(out / "checkpoints")) >= 1
+    assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == 4
