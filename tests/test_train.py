@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -14,7 +15,8 @@ import pytest
 import torch
 
 from ctvlp.cli import main
-from ctvlp.recipes import get_recipe
+from ctvlp.config import apply_overrides
+from ctvlp.recipes import get_recipe, list_recipes
 from ctvlp.train.checkpoint import list_checkpoints, load_checkpoint
 from ctvlp.train.loop import Trainer, TrainingError
 from ctvlp.train.metrics_log import read_metrics
@@ -142,3 +144,16 @@ def test_torchrun_two_processes(cache, tmp_path):
     assert records[0]["samples_per_s"] > 0
     assert len(list_checkpoints(out / "checkpoints")) >= 1
     assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == 4
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_recipe_debug_variant_trains(cache, tmp_path, name):
+    cfg = apply_overrides(get_recipe(name, debug=True), ["steps=2", "log_every=1"])
+    trainer = Trainer(cfg, cache, tmp_path / name, progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert trainer.fit()["steps"] == 2
+    records = read_metrics(tmp_path / name)
+    assert [r["step"] for r in records] == [1, 2] and all(math.isfinite(r["loss"]) for r in records)
+    assert f"loss_{cfg.loss.name}" in records[0]
+    changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(before[k], v)]
+    assert any(k.startswith("vision.") for k in changed) and any(k.startswith("text_proj.") for k in changed)

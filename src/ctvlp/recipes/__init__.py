@@ -40,7 +40,8 @@ def get_recipe(name: str, debug: bool = False) -> TrainConfig:
 
 def debug_variant(cfg: TrainConfig) -> TrainConfig:
     """Same objective, sampler kind and optimiser; a tiny ViT, a tiny random text tower, 32 x 32 input."""
-    vision = vit_config("debug", pos=cfg.model.vision.pos, patch=(4, 8, 8))
+    grid = {"learned_grid": (8, 8, 8)} if cfg.model.vision.pos == "learned" else {}
+    vision = vit_config("debug", pos=cfg.model.vision.pos, patch=(4, 8, 8), **grid)
     model = dataclasses.replace(cfg.model, vision=vision, text=TextTowerConfig(name="tiny", pooling="mean"),
                                 embed_dim=32)
     sampler = dataclasses.replace(cfg.data.sampler, size=(32, 32), chunk_depth=8,
