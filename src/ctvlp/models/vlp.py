@@ -32,8 +32,8 @@ class ModelConfig:
     """Dimension of the shared embedding space."""
     image_pool: Literal["mean", "attention"] = "mean"
     """How image tokens become one vector: masked mean or attention pooling (COLIPRI)."""
-    projection: Literal["linear", "mlp"] = "linear"
-    """Projection head of both towers."""
+    projection: Literal["linear", "mlp", "mlp_bn"] = "linear"
+    """Projection head of both towers (see :class:`~ctvlp.models.heads.Projection`)."""
     init_logit_scale: float = math.log(10.0)
     """Initial log t; the losses get exp(log t) (SigLIP: log 10; CLIP: log(1/0.07))."""
     init_logit_bias: float = -10.0

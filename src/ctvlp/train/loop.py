@@ -161,7 +161,7 @@ class Trainer:
                     window["samples"] += len(batch["id"]) * self.place.world
                     self.epoch, self.batch_in_epoch = epoch, index + 1
                 loss = torch.stack(losses).mean()
-                lr = self.optimizer.param_groups[0]["lr"]
+                lr = {g.get("kind", "decay"): g["lr"] for g in self.optimizer.param_groups}
                 finite, grad_norm = self._optimizer_step(loss)
                 self.step += 1
                 if finite:
@@ -182,10 +182,11 @@ class Trainer:
                 log.close()
         return {"steps": self.step, "bad_steps": self.bad_steps, "epoch": self.epoch}
 
-    def _record(self, window: dict, lr: float, grad_norm: float) -> dict:
+    def _record(self, window: dict, lr: dict[str, float], grad_norm: float) -> dict:
         seconds = time.perf_counter() - window["start"]
         mean = window["loss"] / window["n"] if window["n"] else float("nan")
-        return {"step": self.step, "loss": mean, f"loss_{self.cfg.loss.name}": mean, "lr": lr,
+        lrs = {"lr": lr.get("decay", next(iter(lr.values())))} | ({"lr_muon": lr["muon"]} if "muon" in lr else {})
+        return {"step": self.step, "loss": mean, f"loss_{self.cfg.loss.name}": mean, **lrs,
                 "samples_per_s": window["samples"] / max(seconds, 1e-9), "grad_norm": grad_norm,
                 "logit_scale": float(self.model.scale().detach()), "logit_bias": float(self.model.logit_bias.detach()),
                 "epoch": self.epoch, "bad_steps": self.bad_steps}

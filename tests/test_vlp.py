@@ -1,0 +1,74 @@
+"""The two-tower model: output dict for the losses, sentence mode and its memo, heads."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ctvlp.losses import SigLipLoss
+from ctvlp.models.heads import AttentionPool, Projection, masked_mean
+from ctvlp.models.text import TextTowerConfig
+from ctvlp.models.vit3d import vit_config
+from ctvlp.models.vlp import ModelConfig, VisionLanguageModel
+
+
+def _model(text_input="text", freeze="none", projection="linear") -> VisionLanguageModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vision=vit_config("debug", patch=(4, 8, 8)), embed_dim=16, projection=projection,
+                      text=TextTowerConfig(name="tiny", freeze=freeze), text_input=text_input)
+    return VisionLanguageModel(cfg)
+
+
+def test_output_dict_feeds_the_loss():
+    model = _model()
+    tokens = model.tokenize(["No pleural effusion.", "Cardiomegaly."])
+    out = model(image=torch.randn(2, 1, 8, 16, 16), slice_mask=torch.ones(2, 8, dtype=torch.bool), **tokens)
+    assert set(out) == {"image_emb", "text_emb", "logit_scale", "logit_bias"}
+    assert out["image_emb"].shape == out["text_emb"].shape == (2, 16)
+    assert torch.allclose(out["image_emb"].norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert out["logit_scale"].item() == pytest.approx(10.0, rel=1e-5)  # exp(log 10)
+    SigLipLoss(gather=False)(**out).backward()
+    assert model.logit_scale.grad is not None and model.logit_bias.grad is not None
+
+
+def test_logit_scale_is_clamped():
+    model = _model()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(1e4))
+    assert model.scale().item() == pytest.approx(100.0)
+
+
+def test_sentence_mode_is_the_mean_of_projected_sentences_and_memo_matches():
+    model = _model("sentences", freeze="all").eval()
+    groups = [["No pleural effusion.", "Heart normal."], ["Cardiomegaly."]]
+    emb = model.encode_sentences(groups, normalize=False)
+    feats = model.text.encode(["No pleural effusion.", "Heart normal.", "Cardiomegaly."])
+    proj = model.text_proj(feats)
+    assert torch.allclose(emb[0], proj[:2].mean(0), atol=1e-5) and torch.allclose(emb[1], proj[2], atol=1e-5)
+    assert set(model._sentence_features) == {"No pleural effusion.", "Heart normal.", "Cardiomegaly."}
+    again = model.encode_sentences(groups, normalize=False)  # served from the memo
+    assert torch.equal(emb, again)
+    assert torch.allclose(model.encode_texts(["No pleural effusion. Heart normal."], normalize=False)[0], emb[0],
+                          atol=1e-5)
+
+
+def test_frozen_text_tower_stays_in_eval_mode():
+    model = _model("sentences", freeze="all").train()
+    assert model.vision.training and not model.text.training
+    assert not any(p.requires_grad for p in model.text.parameters())
+
+
+def test_heads():
+    tokens, mask = torch.randn(2, 5, 8), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.allclose(masked_mean(tokens, mask)[0], tokens[0, :3].mean(0))
+    pool = AttentionPool(8, heads=2)
+    changed = tokens.clone()
+    changed[0, 3:] = 100.0  # padded tokens must not matter
+    assert torch.allclose(pool(tokens, mask), pool(changed, mask), atol=1e-6)
+    head = Projection(8, 4, "mlp_bn").train()
+    out = head(torch.randn(6, 8) + 50.0)  # a shared offset is removed by the batch norm
+    assert out.shape == (6, 4)
+    with pytest.raises(ValueError, match="projection must be"):
+        Projection(8, 4, "deep")
