@@ -67,12 +67,12 @@ def demo() -> TrainConfig:
                             text="organs")
     return TrainConfig(
         recipe="demo",
-        model=ModelConfig(vision=vision, text=text, embed_dim=256, projection="mlp", text_input="sentences"),
+        model=ModelConfig(vision=vision, text=text, embed_dim=256, projection="mlp_bn", text_input="sentences"),
         data=DataConfig(sampler=sampler, batch_size=32, num_workers=2),
         loss=LossConfig(name="siglip"),
         optim=OptimConfig(name="muon", lr=1e-3, warmup_steps=30),
         eval=EvalConfig(sampler=SamplerConfig(mode="whole", text="report", size=(64, 64)), batch_size=8),
-        steps=600, log_every=10, ckpt_every=200)
+        steps=300, log_every=10, ckpt_every=100)
 
 
 @register
