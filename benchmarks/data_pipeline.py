@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from machine import machine
+
 from ctvlp.cli import main as ctvlp
 from ctvlp.data.cache import Cache, CachedVolume, write_cached_volume
 from ctvlp.data.loader import CTDataset
@@ -41,13 +42,6 @@ from ctvlp.data.sampling import SamplerConfig, VolumeRecord, draw_sample
 RESULTS = Path(__file__).resolve().parent / "results"
 SPACING = (1.5, 1.5, 3.0)
 SIZE = (224, 224)
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__}
 
 
 def cohort(work: Path, n: int, matrix: int, name: str) -> tuple[Path, Path]:

@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,17 +28,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from machine import machine
+
 from ctvlp.train.optim import Muon, cpu_has_native_bf16, resolve_ns_dtype
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "native_bf16": cpu_has_native_bf16(), "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA")}
+def machine_info() -> dict:
+    return machine(torch_threads=torch.get_num_threads(), native_bf16=cpu_has_native_bf16(),
+                   ONEDNN_MAX_CPU_ISA=os.environ.get("ONEDNN_MAX_CPU_ISA"))
 
 
 def vit_matrices(width: int, depth: int, mlp_ratio: int = 4) -> list[nn.Parameter]:
@@ -98,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+               "machine": machine_info(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
                "repeats": args.repeats, "auto_ns_dtype": str(resolve_ns_dtype("auto", torch.device("cpu"))),
                "runs": []}
     for width in args.widths:

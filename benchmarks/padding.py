@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 from pathlib import Path
 
 import numpy as np
+from machine import machine
 
 from ctvlp.data.loader import LengthBucketBatchSampler
 
@@ -55,7 +54,7 @@ def main() -> None:
         out[f"bucketed_pool{pool}"] = waste(LengthBucketBatchSampler(depths, args.batch, pool_batches=pool).batches(),
                                             depths)
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "machine": {"platform": platform.platform(), "cores": os.cpu_count()}, "args": vars(args),
+               "machine": machine(), "args": vars(args),
                "z_patches": {"min": int(depths.min()), "median": float(np.median(depths)), "max": int(depths.max())},
                "padded_token_fraction": out}
     RESULTS.mkdir(parents=True, exist_ok=True)

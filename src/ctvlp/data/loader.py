@@ -123,6 +123,12 @@ class Collate:
     air: float = -1.0
     """Windowed value of air (-1000 HU) used by ``zero`` padding."""
 
+    @classmethod
+    def for_dataset(cls, dataset: CTDataset) -> Collate:
+        """The collate for ``dataset``'s padding mode, with air at the dataset's HU window."""
+        lo, hi = dataset.config.window or dataset.hu_window
+        return cls(dataset.config.padding, float(window(np.array(AIR_HU), lo, hi)))
+
     def _pad(self, sample: dict, depth: int) -> dict:
         n = int(sample["slice_mask"].sum())
         if sample["image"].shape[1] == depth:
@@ -171,9 +177,7 @@ def make_loader(dataset: CTDataset, batch_size: int, *, num_workers: int = 0, se
     """A DataLoader over ``dataset`` with length-bucketed, seeded batches; call :func:`set_epoch`."""
     sampler = LengthBucketBatchSampler(dataset.depths(), batch_size, seed=seed, pool_batches=pool_batches,
                                        bucket=bucket, drop_last=drop_last)
-    lo, hi = dataset.config.window or dataset.hu_window
-    collate = Collate(dataset.config.padding, float(window(np.array(AIR_HU), lo, hi)))
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=Collate.for_dataset(dataset),
                         worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed),
                         pin_memory=pin_memory, persistent_workers=False)
     set_epoch(loader, 0)

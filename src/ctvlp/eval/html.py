@@ -12,22 +12,25 @@ from pathlib import Path
 import numpy as np
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-
-
-def curve_figure(records: list[dict]) -> str:
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+    return plt
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    _pyplot().close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def curve_figure(records: list[dict]) -> str:
+    fig, ax = _pyplot().subplots(1, 2, figsize=(9, 3))
     steps = [r["step"] for r in records]
     ax[0].plot(steps, [r["loss"] for r in records])
     ax[0].set(xlabel="step", ylabel="training loss", title="loss")
@@ -39,12 +42,7 @@ def curve_figure(records: list[dict]) -> str:
 def slice_figure(image: np.ndarray) -> str:
     """image (D, H, W) windowed to [-1, 1]; shows the middle axial slice (RAS: patient's right on the
     viewer's left, anterior up, as radiologists view it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(2.6, 2.6))
+    fig, ax = _pyplot().subplots(figsize=(2.6, 2.6))
     axial = image[image.shape[0] // 2]  # (Y, X), Y grows anterior, X grows to the patient's right
     ax.imshow(axial[::-1, ::-1], cmap="gray", vmin=-1, vmax=1)
     ax.axis("off")

@@ -6,12 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ctvlp.data.cache import Cache
-from ctvlp.data.preprocess import AIR_HU, window
 from ctvlp.data.loader import Collate, CTDataset, LengthBucketBatchSampler, seed_worker
 from ctvlp.errors import BadDatasetError
 from ctvlp.train.config import DataConfig
@@ -78,8 +76,7 @@ def train_loader(cache: Cache, cfg: DataConfig, tokenizer, seed: int, rank: int 
     if len(inner) < world:
         raise BadDatasetError(cache.root, f"split {cfg.train_split!r} has {len(dataset)} volumes: fewer than one "
                                           f"batch of {cfg.batch_size} per process ({world} process(es))")
-    lo, hi = cfg.sampler.window or dataset.hu_window
-    collate = Collate(cfg.sampler.padding, float(window(np.array(AIR_HU), lo, hi)))
+    collate = Collate.for_dataset(dataset)
     if tokenizer is not None:
         collate = TokenizeCollate(collate, tokenizer, cfg.max_text_tokens)
     return DataLoader(dataset, batch_sampler=ShardedBatches(inner, rank, world), num_workers=cfg.num_workers,

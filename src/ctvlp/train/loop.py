@@ -78,6 +78,7 @@ class Trainer:
         tokenizer = self.model.text.tokenizer if cfg.model.text_input == "text" else None
         self.loader = train_loader(self.cache, cfg.data, tokenizer, cfg.seed, self.place.rank, self.place.world)
         self.step, self.epoch, self.batch_in_epoch, self.bad_steps = 0, 0, 0, 0
+        self.tokenizer = tokenizer_files(self.model) if self.place.is_main else {}  # carried by every checkpoint
         if resume:
             self._resume()
         self.ddp = distributed.wrap(self.model, self.place)
@@ -102,7 +103,7 @@ class Trainer:
         if not self.place.is_main:
             return None
         state = {"config": to_dict(self.cfg), "recipe": self.cfg.recipe, "preprocess": to_dict(self.cache.config),
-                 "tokenizer": tokenizer_files(self.model), "label_names": self.label_names(),
+                 "tokenizer": self.tokenizer, "label_names": self.label_names(),
                  "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": self.epoch,
                  "batch_in_epoch": self.batch_in_epoch, "bad_steps": self.bad_steps, "rng": rng_state()}
