@@ -36,6 +36,8 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--window", default="-1000,1000", type=lambda s: _floats(s, 2, "--window"),
                    help="HU window mapped to [-1, 1] at sampling time (default -1000,1000)")
     p.add_argument("--no-crop", action="store_true", help="keep the full field of view (no body crop)")
+    p.add_argument("--no-antialias", action="store_true",
+                   help="no Gaussian prefilter before downsampling (plain trilinear sampling)")
     p.add_argument("--shard", default=(0, 1), type=_shard, help="process rows with index %% N == i (i/N)")
     p.add_argument("--workers", type=int, default=0, help="worker processes (0: in this process)")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows of this shard")
@@ -50,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from ctvlp.errors import BadDatasetError
 
     manifest = Manifest.load(args.manifest)
-    config = PreprocessConfig(spacing=args.spacing, hu_window=args.window, crop_to_body=not args.no_crop)
+    config = PreprocessConfig(spacing=args.spacing, hu_window=args.window, crop_to_body=not args.no_crop,
+                              antialias=not args.no_antialias)
     report = prepare(manifest, args.out, config, shard=args.shard, workers=args.workers, limit=args.limit)
     total = report.done + report.cached + len(report.failed)
     rate = report.done / report.seconds if report.seconds > 0 else 0.0

@@ -2,7 +2,8 @@
 
 Steps (``preprocess``): reorient to RAS (nibabel's orientation algebra: axis flips and permutations,
 no resampling); resample to the target spacing (trilinear for the image, nearest for masks, both
-with torch's ``interpolate`` so the new affine is exact, see :func:`resample`); body mask = largest
+with torch's ``interpolate`` so the new affine is exact, see :func:`resample`; along axes that shrink,
+the image is Gaussian-prefiltered first so that small bright structures are averaged, not aliased); body mask = largest
 connected component above ``body_threshold`` HU with holes filled per axial slice; crop to the
 body's bounding box plus a margin; store z-first ``(Z, Y, X)``. Intensities stay int16 HU:
 :func:`window` maps them to [-1, 1] when a sample is drawn, so one cache serves several windows.
@@ -37,6 +38,10 @@ class PreprocessConfig:
     """Crop to the body mask's bounding box (plus ``crop_margin_mm``)."""
     crop_margin_mm: float = 5.0
     """Margin kept around the body's bounding box."""
+    antialias: bool = True
+    """Gaussian prefilter before downsampling the image (sigma = (r - 1) / 2 voxels for a factor r > 1,
+    scikit-image's rule): without it, trilinear sampling at 3 mm from 0.7 mm slices keeps 2 of every 4
+    slices' worth of signal and a 3 mm calcification can vanish."""
 
     def __post_init__(self) -> None:
         self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
@@ -80,18 +85,23 @@ def reorient_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def resample(array: np.ndarray, affine: np.ndarray, spacing: tuple[float, float, float],
-             mode: str) -> tuple[np.ndarray, np.ndarray]:
+             mode: str, antialias: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Resample (I, J, K) to ``spacing`` mm along the array axes.
 
     torch ``interpolate`` with ``scale_factor`` s = old/new and ``align_corners=False`` samples output
     voxel n at input index (n + 1/2) r - 1/2 with r = 1/s, so the new affine is
     ``affine @ [[diag(r), r/2 - 1/2], [0, 1]]``: exact target spacing, same field of view.
     ``mode``: "trilinear" (images, returns float32) or "nearest-exact" (masks, same rounding rule).
+    ``antialias`` (trilinear only): Gaussian prefilter with sigma = (r - 1) / 2 input voxels along each
+    axis that shrinks by r > 1.
     """
     old = np.linalg.norm(affine[:3, :3], axis=0)
     scale = old / np.asarray(spacing, dtype=np.float64)  # (3,)
     if np.allclose(scale, 1.0):
         return array, affine
+    sigma = np.maximum(1.0 / scale - 1.0, 0.0) / 2.0  # (3,) input voxels
+    if antialias and mode == "trilinear" and sigma.max() > 0:
+        array = ndimage.gaussian_filter(np.asarray(array, dtype=np.float32), sigma, mode="nearest")
     t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]  # (1, 1, I, J, K)
     kwargs = {"align_corners": False} if mode == "trilinear" else {}
     out = torch.nn.functional.interpolate(t, scale_factor=tuple(scale), mode=mode,
@@ -135,7 +145,7 @@ def preprocess(volume: Volume, masks: dict[str, Volume], config: PreprocessConfi
     for name, mask in masks.items():
         _check_grid(name, mask, volume)
     image, affine = reorient_ras(volume.array, volume.affine)
-    image, new_affine = resample(image, affine, config.spacing, "trilinear")
+    image, new_affine = resample(image, affine, config.spacing, "trilinear", config.antialias)
     image = np.rint(image).astype(np.int16)  # (X, Y, Z)
     out = {}
     for name, mask in masks.items():
