@@ -1,6 +1,6 @@
 """`ctvlp synth`: write a synthetic chest-CT cohort in CT-RATE's layout (+ RadGenome regions and masks).
 
-    ctvlp synth --out DIR --n N [--seed S] [--difficulty easy|medium|hard] [--workers K]
+    ctvlp synth --out DIR --n N [--seed S] [--difficulty large|easy|medium|hard] [--workers K]
                 [--val-fraction F] [--matrix M] [--raw-fraction R] [--visibility V]
 
 Then ``ctvlp manifest ctrate DIR --radgenome DIR/radgenome --out M.parquet`` reads it like CT-RATE.
@@ -16,13 +16,16 @@ from pathlib import Path
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    from ctvlp.data.synth.findings import DIFFICULTIES
+
     parser = subparsers.add_parser("synth", help="write a synthetic chest-CT cohort in CT-RATE's layout",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output folder (dataset/, radgenome/ inside)")
     parser.add_argument("--n", type=int, required=True, help="number of volumes (reconstructions)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same files (default 0)")
-    parser.add_argument("--difficulty", choices=("easy", "medium", "hard"), default="easy",
-                        help="finding size and contrast (default easy: all visible at 64 x 64)")
+    parser.add_argument("--difficulty", choices=tuple(DIFFICULTIES), default="easy",
+                        help="finding size and contrast (default easy: all visible at 64 x 64; large: "
+                             "1.8x the size, for 3 mm voxels as in `ctvlp demo`)")
     parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="share of patients in CT-RATE's 'valid' split (default 0.2)")

@@ -4,7 +4,8 @@ A scan draws the geometry of its present findings once (:func:`sample_findings`,
 shared by its reconstructions); :func:`paint_findings` draws them on a reconstruction's canvas and
 records one mask per label (``slug(label)``). Sizes are fractions of the body half-width, so a
 finding covers the same number of voxels whatever the spacing: at ``easy`` a lung nodule's radius is
-0.12 units, about 3.3 voxels of a 64 x 64 resampling.
+0.12 units, about 3.3 voxels of a 64 x 64 resampling. ``large`` (1.8x, full contrast) sizes them for
+the 3 mm voxels of `ctvlp demo`, where an ``easy`` nodule would span about one voxel.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class Difficulty:
 
 
 DIFFICULTIES: dict[str, Difficulty] = {
-    "easy": Difficulty(1.0, 1.0), "medium": Difficulty(0.7, 0.7), "hard": Difficulty(0.45, 0.45),
+    "large": Difficulty(1.8, 1.0), "easy": Difficulty(1.0, 1.0), "medium": Difficulty(0.7, 0.7),
+    "hard": Difficulty(0.45, 0.45),
 }
 
 RENDERED: tuple[str, ...] = (
