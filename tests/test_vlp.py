@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ctvlp.losses import SigLipLoss
-from ctvlp.models.heads import AttentionPool, Projection, masked_mean
+from ctvlp.models.heads import AttentionPool, Projection, masked_max, masked_mean
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig, VisionLanguageModel
@@ -60,9 +60,28 @@ def test_frozen_text_tower_stays_in_eval_mode():
     assert not any(p.requires_grad for p in model.text.parameters())
 
 
+def test_max_pooled_image_ignores_padded_slices():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vision=vit_config("debug", patch=(4, 8, 8), pos="rope"), embed_dim=16, image_pool="max",
+                      text=TextTowerConfig(name="tiny"))
+    model = VisionLanguageModel(cfg).eval()
+    image, mask = torch.randn(2, 1, 8, 16, 16), torch.ones(2, 8, dtype=torch.bool)
+    mask[0, 4:] = False  # sample 0: 4 real slices, then padding
+    changed = image.clone()
+    changed[0, :, 4:] = 5.0
+    # keys in padded slices are masked out of attention and their tokens out of the max
+    assert torch.allclose(model.encode_image(image, mask), model.encode_image(changed, mask), atol=1e-5)
+    assert not torch.allclose(model.encode_image(image), model.encode_image(changed), atol=1e-3)
+    with pytest.raises(ValueError, match="image_pool"):
+        ModelConfig(image_pool="sum")
+
+
 def test_heads():
     tokens, mask = torch.randn(2, 5, 8), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     assert torch.allclose(masked_mean(tokens, mask)[0], tokens[0, :3].mean(0))
+    golden = torch.tensor([[[1.0, -5.0], [3.0, -2.0], [9.0, 9.0]]])  # (1, 3, 2); third token padded
+    assert masked_max(golden, torch.tensor([[True, True, False]])).tolist() == [[3.0, -2.0]]
+    assert masked_max(golden, None).tolist() == [[9.0, 9.0]]
     pool = AttentionPool(8, heads=2)
     changed = tokens.clone()
     changed[0, 3:] = 100.0  # padded tokens must not matter

@@ -15,6 +15,14 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
+def masked_max(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Channel-wise max over valid tokens: tokens (B, N, C), mask (B, N) bool or None -> (B, C).
+    A finding that fills a few tokens moves the max as much as one that fills many (the mean dilutes it)."""
+    if mask is None:
+        return tokens.amax(dim=1)
+    return tokens.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
+
+
 class AttentionPool(nn.Module):
     """Multi-head attention pooling with the masked mean token as the query (COLIPRI's image and text
     heads): out = softmax(q K^T / sqrt(d)) V over the valid tokens, q = masked_mean(tokens)."""

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctvlp.models.heads import AttentionPool, Projection
+from ctvlp.models.heads import AttentionPool, Projection, masked_max
 from ctvlp.models.text import TextTower, TextTowerConfig
 from ctvlp.models.vit3d import ViT3dConfig, create_vision_tower
 
@@ -30,8 +30,9 @@ class ModelConfig:
     """The text tower (default: the packaged all-MiniLM-L6-v2)."""
     embed_dim: int = 256
     """Dimension of the shared embedding space."""
-    image_pool: Literal["mean", "attention"] = "mean"
-    """How image tokens become one vector: masked mean or attention pooling (COLIPRI)."""
+    image_pool: Literal["mean", "max", "attention"] = "mean"
+    """How image tokens become one vector: masked mean, masked channel-wise max (small findings are not
+    diluted by the volume's size) or attention pooling (COLIPRI)."""
     projection: Literal["linear", "mlp", "mlp_bn"] = "linear"
     """Projection head of both towers (see :class:`~ctvlp.models.heads.Projection`)."""
     init_logit_scale: float = math.log(10.0)
@@ -49,6 +50,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.embed_dim < 1:
             raise ValueError("embed_dim must be positive")
+        if self.image_pool not in ("mean", "max", "attention"):
+            raise ValueError(f"image_pool must be 'mean', 'max' or 'attention', got {self.image_pool!r}")
         if self.text_input not in ("text", "sentences"):
             raise ValueError(f"text_input must be 'text' or 'sentences', got {self.text_input!r}")
         if self.max_logit_scale <= 0 or math.exp(self.init_logit_scale) > self.max_logit_scale:
@@ -85,6 +88,8 @@ class VisionLanguageModel(nn.Module):
         out = self.vision(image, slice_mask=slice_mask)
         if self.image_pool is not None:
             out["pooled"] = self.image_pool(out["tokens"], out["token_mask"])
+        elif self.cfg.image_pool == "max":
+            out["pooled"] = masked_max(out["tokens"], out["token_mask"])
         return out
 
     def encode_image(self, image: torch.Tensor, slice_mask: torch.Tensor | None = None,
