@@ -56,23 +56,27 @@ def debug_variant(cfg: TrainConfig) -> TrainConfig:
 
 @register
 def demo() -> TrainConfig:
-    """SigVLP-style model sized for a 2-core CPU and the synthetic cohort (`ctvlp demo`): RoPE ViT with a
-    convolutional stem on z-chunks paired with organ-wise sentences, repeat padding, sigmoid loss, Muon.
-    The packaged MiniLM text tower is frozen and encodes each distinct sentence once (a text embedding
-    is the mean of its sentences' MLP projections), so the CPU's time goes to the vision tower."""
+    """SigVLP-style model sized for a 2-core CPU and the synthetic cohort (`ctvlp demo`, which prepares
+    the cache at 3 x 3 x 6 mm): RoPE ViT with a convolutional stem over 4 x 8 x 8 patches on 16-slice
+    z-chunks (most synthetic chests fit in one; shorter ones are repeat-padded) paired with the organ
+    sentences of the chunk, max-pooled image tokens, sigmoid loss, Muon. The packaged MiniLM text tower
+    is frozen and encodes each distinct sentence once (a text embedding is the mean of its sentences'
+    MLP projections), so the CPU's time goes to the vision tower."""
     vision = vit_config("small", width=192, depth=4, heads=3, patch=(4, 8, 8), pos="rope", rope_base=1000.0,
                         stem="conv")
     text = TextTowerConfig(name="minilm", pooling="mean", freeze="all", max_length=64)
-    sampler = SamplerConfig(mode="chunk", chunk_depth=16, padding="repeat", size=(64, 64), random_crop=True,
+    sampler = SamplerConfig(mode="chunk", chunk_depth=16, padding="repeat", size=(32, 40), random_crop=True,
                             text="organs")
     return TrainConfig(
         recipe="demo",
-        model=ModelConfig(vision=vision, text=text, embed_dim=256, projection="mlp_bn", text_input="sentences"),
+        model=ModelConfig(vision=vision, text=text, embed_dim=256, image_pool="max", projection="mlp_bn",
+                          text_input="sentences"),
         data=DataConfig(sampler=sampler, batch_size=32, num_workers=2),
         loss=LossConfig(name="siglip"),
-        optim=OptimConfig(name="muon", lr=1e-3, warmup_steps=30),
-        eval=EvalConfig(sampler=SamplerConfig(mode="whole", text="report", size=(64, 64)), batch_size=8),
-        steps=300, log_every=10, ckpt_every=100)
+        optim=OptimConfig(name="muon", lr=1e-3, warmup_steps=20),
+        eval=EvalConfig(prompt_style="report", sampler=SamplerConfig(mode="whole", text="report", size=(32, 40)),
+                        batch_size=32),
+        steps=600, log_every=10, ckpt_every=200)
 
 
 @register
