@@ -25,7 +25,8 @@ def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthesise a cohort, prepare it, train and evaluate the demo recipe",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--n", type=int, default=1200, help="volumes in the synthetic cohort (default 1200)")
+    p.add_argument("--n", type=int, default=2000,
+                   help="volumes in the synthetic cohort (default 2000: 1,200 give 0.664 AUROC, 2,000 0.687)")
     p.add_argument("--seed", type=int, default=0, help="seed of the cohort and of training (default 0)")
     p.add_argument("--workers", type=int, default=2, help="processes for synth, prepare and loading (default 2)")
     p.add_argument("--steps", type=int, help="training steps (default: the demo recipe's)")
