@@ -1,10 +1,15 @@
-"""What every saved benchmark result records about the machine it ran on."""
+"""Shared by the benchmarks: what a saved result records about the machine, saving it, median timing."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import platform
+import statistics
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -17,3 +22,27 @@ def machine(**extra) -> dict:
                platform.processor())
     return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__, **extra}
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def save_result(name: str, payload: dict) -> Path:
+    """Write ``payload`` with today's date and the machine to results/<name>-<date>.json; print the path."""
+    date = datetime.date.today().isoformat()
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{name}-{date}.json"
+    record = {"date": date, "machine": machine(torch_threads=torch.get_num_threads()), **payload}
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"saved {out}")
+    return out
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn``."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

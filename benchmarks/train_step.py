@@ -28,23 +28,15 @@ Results: benchmarks/results/train_step-<date>.json (with the machine).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import statistics
-import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from machine import machine
+from machine import median_seconds, save_result
 
 from ctvlp.models.vit3d import VisionTransformer3d, vit_config
 from ctvlp.recipes import get_recipe
 from ctvlp.train.optim import OptimConfig, build_optimizer
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
 
 def gemm_flops(repeats: int) -> dict:
     """Best fp32 ``torch.mm`` FLOP/s over a few square sizes (median of ``repeats`` per size)."""
@@ -52,12 +44,7 @@ def gemm_flops(repeats: int) -> dict:
     for n in (1024, 2048, 4096):
         a, b = torch.randn(n, n), torch.randn(n, n)
         torch.mm(a, b)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.mm(a, b)
-            times.append(time.perf_counter() - start)
-        out[n] = 2 * n ** 3 / statistics.median(times)
+        out[n] = 2 * n ** 3 / median_seconds(lambda: torch.mm(a, b), repeats)
     return out
 
 
@@ -70,6 +57,7 @@ def towers() -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
 
 
 def train_step(model: torch.nn.Module, x: torch.Tensor) -> None:
+    model.zero_grad(set_to_none=True)
     model(x)["pooled"].sum().backward()
 
 
@@ -78,26 +66,15 @@ def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], repeats: in
     with FlopCounterMode(display=False) as counter:
         train_step(model, x)
     flops = counter.get_total_flops()
-    times = []
-    for _ in range(repeats):
-        model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        train_step(model, x)
-        times.append(time.perf_counter() - start)
-    step = statistics.median(times)
+    step = median_seconds(lambda: train_step(model, x), repeats)
     optimizer = build_optimizer(model, OptimConfig(name="muon"))
     optimizer.step()  # creates the state
-    opt_times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        optimizer.step()
-        opt_times.append(time.perf_counter() - start)
+    opt_step = median_seconds(optimizer.step, repeats)
     tokens = model(x)["tokens"].shape[1]
     return {"size": name, "batch_shape": list(shape), "tokens": tokens,
             "parameters": sum(p.numel() for p in model.parameters()), "gflop_per_step": flops / 1e9,
             "fwd_bwd_seconds": step, "achieved_gflops": flops / step / 1e9,
-            "optimizer_seconds": statistics.median(opt_times),
-            "optimizer_over_fwd_bwd": statistics.median(opt_times) / step}
+            "optimizer_seconds": opt_step, "optimizer_over_fwd_bwd": opt_step / step}
 
 
 def main() -> None:
@@ -122,14 +99,9 @@ def main() -> None:
         print(f"{r['size']:6} {r['tokens']:>6} {r['gflop_per_step']:>10.1f} {r['fwd_bwd_seconds']:>9.3f} "
               f"{r['achieved_gflops']:>8.1f} {r['fraction_of_gemm']:>8.2f} {r['optimizer_seconds']:>8.3f} "
               f"{r['optimizer_over_fwd_bwd']:>10.3f}")
-    RESULTS.mkdir(exist_ok=True)
-    date = datetime.date.today().isoformat()
-    out = RESULTS / f"train_step-{date}.json"
-    out.write_text(json.dumps({"date": date, "machine": machine(torch_threads=torch.get_num_threads()),
-                               "gemm_gflops": {str(k): v / 1e9 for k, v in gemm.items()},
+    save_result("train_step", {"gemm_gflops": {str(k): v / 1e9 for k, v in gemm.items()},
                                "gemm_gflops_after": {str(k): v / 1e9 for k, v in gemm_after.items()},
-                               "goal_fraction": 0.6, "rows": rows}, indent=2) + "\n")
-    print(f"saved {out}")
+                               "goal_fraction": 0.6, "rows": rows})
 
 
 if __name__ == "__main__":

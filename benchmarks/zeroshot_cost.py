@@ -18,15 +18,10 @@ Goal: zero_shot / encode <= 1.2. Results: benchmarks/results/zeroshot_cost-<date
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import statistics
-import time
-from pathlib import Path
 
 import torch
 
-from machine import machine
+from machine import median_seconds, save_result
 
 from ctvlp.data.labels import CTRATE_LABELS
 from ctvlp.eval.prompts import build_prompts
@@ -34,9 +29,6 @@ from ctvlp.eval.run import encode_texts
 from ctvlp.eval.zeroshot import zero_shot_scores
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import get_recipe
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
 
 @torch.no_grad()
 def encode(model: VisionLanguageModel, volumes: torch.Tensor, batch: int) -> torch.Tensor:
@@ -60,15 +52,6 @@ def per_label(model: VisionLanguageModel, volumes: torch.Tensor, batch: int) -> 
     return torch.cat(columns, dim=1)
 
 
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=256)
@@ -80,22 +63,17 @@ def main() -> None:
     d, (h, w), batch = cfg.data.sampler.chunk_depth, cfg.eval.sampler.size, cfg.eval.batch_size
     volumes = torch.randn(args.n, 1, d, h, w, generator=torch.Generator().manual_seed(0))
     zero_shot(model, volumes[:batch], batch)  # warm-up: loads the text tower's kernels
-    t_encode = timed(lambda: encode(model, volumes, batch), args.repeats)
-    t_zero_shot = timed(lambda: zero_shot(model, volumes, batch), args.repeats)
+    t_encode = median_seconds(lambda: encode(model, volumes, batch), args.repeats)
+    t_zero_shot = median_seconds(lambda: zero_shot(model, volumes, batch), args.repeats)
     small = volumes[: max(batch, args.n // 8)]
-    t_per_label = timed(lambda: per_label(model, small, batch), 1) * len(volumes) / len(small)
+    t_per_label = median_seconds(lambda: per_label(model, small, batch), 1) * len(volumes) / len(small)
     row = {"n": args.n, "labels": len(CTRATE_LABELS), "encode_seconds": t_encode,
            "zero_shot_seconds": t_zero_shot, "per_label_seconds_extrapolated": t_per_label,
            "zero_shot_over_encode": t_zero_shot / t_encode, "per_label_over_encode": t_per_label / t_encode}
     print(f"N={args.n} volumes, {len(CTRATE_LABELS)} labels: encode once {t_encode:.2f} s, zero-shot "
           f"{t_zero_shot:.2f} s ({row['zero_shot_over_encode']:.3f}x, goal <= 1.2x); re-encoding per label "
           f"~{t_per_label:.1f} s ({row['per_label_over_encode']:.1f}x)")
-    RESULTS.mkdir(exist_ok=True)
-    date = datetime.date.today().isoformat()
-    out = RESULTS / f"zeroshot_cost-{date}.json"
-    out.write_text(json.dumps({"date": date, "machine": machine(torch_threads=torch.get_num_threads()),
-                               "goal": 1.2, **row}, indent=2) + "\n")
-    print(f"saved {out}")
+    save_result("zeroshot_cost", {"goal": 1.2, **row})
 
 
 if __name__ == "__main__":
