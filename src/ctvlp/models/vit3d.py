@@ -72,6 +72,8 @@ class ViT3dConfig:
     """``pos=learned``: the largest token grid (gz, gy, gx) the embeddings cover."""
     grad_checkpointing: bool = False
     """Recompute each block in the backward pass (less memory)."""
+    kind: Literal["vit"] = "vit"
+    """Tower marker (``ResNet3dConfig`` has ``kind="resnet"``): which config a saved dict is."""
 
     def __post_init__(self) -> None:
         self.patch = _triple(self.patch, "patch")
@@ -136,7 +138,13 @@ def vit_config(name: str, **overrides) -> ViT3dConfig:
     return ViT3dConfig(**{"size": name, **SIZES[name], **overrides})
 
 
-def create_vision_tower(cfg: ViT3dConfig) -> VisionTransformer3d:
+def create_vision_tower(cfg) -> nn.Module:
+    """The tower a vision config describes: :class:`VisionTransformer3d` for a :class:`ViT3dConfig`,
+    MONAI's 3D ResNet (:mod:`ctvlp.models.resnet3d`) for a ``ResNet3dConfig``; both return the same dict."""
+    if getattr(cfg, "kind", "vit") == "resnet":
+        from ctvlp.models.resnet3d import create_resnet_tower
+
+        return create_resnet_tower(cfg)
     return VisionTransformer3d(cfg)
 
 

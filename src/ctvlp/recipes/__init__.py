@@ -12,6 +12,7 @@ from typing import Callable
 
 from ctvlp.config import ConfigError
 from ctvlp.data.sampling import SamplerConfig
+from ctvlp.models.resnet3d import ResNet3dConfig
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
@@ -39,9 +40,13 @@ def get_recipe(name: str, debug: bool = False) -> TrainConfig:
 
 
 def debug_variant(cfg: TrainConfig) -> TrainConfig:
-    """Same objective, sampler kind and optimiser; a tiny ViT, a tiny random text tower, 32 x 32 input."""
-    grid = {"learned_grid": (8, 8, 8)} if cfg.model.vision.pos == "learned" else {}
-    vision = vit_config("debug", pos=cfg.model.vision.pos, patch=(4, 8, 8), **grid)
+    """Same objective, sampler kind and optimiser; a tiny ViT (or ResNet-10 at 1/8 width), a tiny random
+    text tower, 32 x 32 input."""
+    if isinstance(cfg.model.vision, ResNet3dConfig):
+        vision = dataclasses.replace(cfg.model.vision, depth=10, widths=(8, 8, 16, 16))
+    else:
+        grid = {"learned_grid": (8, 8, 8)} if cfg.model.vision.pos == "learned" else {}
+        vision = vit_config("debug", pos=cfg.model.vision.pos, patch=(4, 8, 8), **grid)
     model = dataclasses.replace(cfg.model, vision=vision, text=TextTowerConfig(name="tiny", pooling="mean"),
                                 embed_dim=32)
     sampler = dataclasses.replace(cfg.data.sampler, size=(32, 32), chunk_depth=8,
