@@ -110,8 +110,8 @@ def test_non_finite_losses_are_skipped_then_stop(cache, tmp_path, monkeypatch):
 
     def sometimes_nan(**kw):
         calls["n"] += 1
-        loss = real(**kw)
-        return loss * float("nan") if calls["n"] in (2, 3) else loss
+        parts = real(**kw)
+        return {k: v * float("nan") for k, v in parts.items()} if calls["n"] in (2, 3) else parts
 
     trainer.loss_fn = sometimes_nan
     trainer.cfg.max_bad_steps = 2
@@ -121,7 +121,7 @@ def test_non_finite_losses_are_skipped_then_stop(cache, tmp_path, monkeypatch):
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
 
     trainer2 = Trainer(cfg, cache, tmp_path / "nan2", progress=False)
-    trainer2.loss_fn = lambda **kw: real(**kw) * float("nan")
+    trainer2.loss_fn = lambda **kw: {k: v * float("nan") for k, v in real(**kw).items()}
     trainer2.cfg.max_bad_steps = 3
     with pytest.raises(TrainingError, match="4 steps with a non-finite loss"):
         trainer2.fit()

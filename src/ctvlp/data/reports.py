@@ -205,6 +205,15 @@ def extract_labels(text: str, labels: Sequence[str] = CTRATE_LABELS) -> dict[str
     return {name: int(name in present) for name in labels}
 
 
+def sentence_findings(sentence: str) -> tuple[tuple[str, bool], ...]:
+    """The CT-RATE labels a sentence states, each with whether it states it present, sorted:
+    "Nodule of 7 mm in the left lower lobe." -> (("Lung nodule", True),); "No pleural effusion." ->
+    (("Pleural effusion", False),); a sentence without a finding -> ()."""
+    found = {(name, not _clause_negated(clause)) for clause in _clauses(_text(sentence, "sentence"))
+             for name in _mentions(clause)}
+    return tuple(sorted(found))
+
+
 def parse_report(text: str) -> list[Sentence]:
     """Sentences of every section with their organs and negation."""
     sentences = []

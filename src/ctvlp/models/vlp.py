@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -15,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctvlp.data.reports import sentence_findings
 from ctvlp.models.heads import AttentionPool, Projection, masked_max
+from ctvlp.models.resnet3d import ResNet3dConfig
 from ctvlp.models.text import TextTower, TextTowerConfig
 from ctvlp.models.vit3d import ViT3dConfig, create_vision_tower
 
@@ -24,8 +28,9 @@ from ctvlp.models.vit3d import ViT3dConfig, create_vision_tower
 class ModelConfig:
     """A vision tower, a text tower and the heads that join them."""
 
-    vision: ViT3dConfig = field(default_factory=ViT3dConfig)
-    """The 3D ViT (see ``ctvlp.models.vit3d.vit_config`` for named sizes)."""
+    vision: ViT3dConfig | ResNet3dConfig = field(default_factory=ViT3dConfig)
+    """The vision tower: a 3D ViT (``ctvlp.models.vit3d.vit_config`` for named sizes) or MONAI's 3D
+    ResNet (``ctvlp.models.resnet3d.resnet_config``; ``--set 'model.vision={kind: resnet, depth: 10}'``)."""
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
     """The text tower (default: the packaged all-MiniLM-L6-v2)."""
     embed_dim: int = 256
@@ -47,7 +52,16 @@ class ModelConfig:
     (``text.freeze="all"``) each distinct sentence is encoded once per process and memoised, which makes
     the text side nearly free on a CPU (a report vocabulary repeats its sentences)."""
 
+    sentence_match: Literal["text", "findings"] = "text"
+    """Which of the batch's sentences are positives of an image in the sentence-level loss: those with
+    the same text as one of its own, or (``findings``) also those stating the same findings with the
+    same polarity per the rule-based parser ("Nodule of 7 mm in the left lower lobe." matches "A 12 mm
+    solid nodule is seen in the right lung upper lobe."), so that templated sentences differing in a size
+    or side are not taken for negatives."""
+
     def __post_init__(self) -> None:
+        if self.sentence_match not in ("text", "findings"):
+            raise ValueError(f"sentence_match must be 'text' or 'findings', got {self.sentence_match!r}")
         if self.embed_dim < 1:
             raise ValueError("embed_dim must be positive")
         if self.image_pool not in ("mean", "max", "attention"):
@@ -56,6 +70,19 @@ class ModelConfig:
             raise ValueError(f"text_input must be 'text' or 'sentences', got {self.text_input!r}")
         if self.max_logit_scale <= 0 or math.exp(self.init_logit_scale) > self.max_logit_scale:
             raise ValueError("need 0 < exp(init_logit_scale) <= max_logit_scale")
+
+
+def sentence_id(text: str) -> int:
+    """A stable 62-bit hash of a sentence (the same on every process and run)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 2
+
+
+@functools.lru_cache(maxsize=65536)
+def sentence_key(text: str, match: str) -> int:
+    """Id of what a sentence counts as in the sentence-level loss: its text, or (``match="findings"``)
+    the findings it states when it states any."""
+    findings = sentence_findings(text) if match == "findings" else ()
+    return sentence_id(repr(findings) if findings else text)
 
 
 class VisionLanguageModel(nn.Module):
@@ -125,14 +152,30 @@ class VisionLanguageModel(nn.Module):
     def encode_sentences(self, sentences: list[list[str]], normalize: bool = True) -> torch.Tensor:
         """One text per sample given as its sentences -> (B, embed_dim): the mean of the projected
         sentence features (an empty list gets the projection of the empty string)."""
+        return self._sentence_outputs(sentences, normalize)["text_emb"]
+
+    def _sentence_outputs(self, sentences: list[list[str]], normalize: bool = True) -> dict[str, torch.Tensor]:
+        """Each sample's text embedding (the mean of its projected sentences) and the batch's distinct
+        sentences: ``text_emb`` (B, E), ``sentence_emb`` (N, E), ``sentence_targets`` (B, N) (1 where
+        the sentence is one of the sample's) and ``sentence_ids`` (N,) (a stable hash of each sentence)."""
         groups = [s if s else [""] for s in sentences]
-        flat = [t for g in groups for t in g]
-        proj = self.text_proj(self._tower(flat))  # (T, E)
-        owner = torch.repeat_interleave(torch.arange(len(groups), device=proj.device),
-                                        torch.tensor([len(g) for g in groups], device=proj.device))  # (T,)
-        sums = proj.new_zeros(len(groups), proj.shape[1]).index_add_(0, owner, proj)  # (B, E)
-        emb = sums / torch.tensor([len(g) for g in groups], device=proj.device, dtype=proj.dtype)[:, None]
-        return F.normalize(emb, dim=-1) if normalize else emb
+        distinct = sorted({t for g in groups for t in g})
+        column = {t: n for n, t in enumerate(distinct)}
+        proj = self.text_proj(self._tower(distinct))  # (N, E)
+        device = proj.device
+        keys = torch.tensor([sentence_key(t, self.cfg.sentence_match) for t in distinct], device=device)  # (N,)
+        own = [torch.tensor([column[t] for t in set(g)], device=device) for g in groups]
+        targets = torch.stack([torch.isin(keys, keys[cols]) for cols in own]).float()  # (B, N)
+        flat = torch.tensor([column[t] for g in groups for t in g], device=device)  # (T,)
+        owner = torch.repeat_interleave(torch.arange(len(groups), device=device),
+                                        torch.tensor([len(g) for g in groups], device=device))  # (T,)
+        sums = proj.new_zeros(len(groups), proj.shape[1]).index_add_(0, owner, proj[flat])  # (B, E)
+        emb = sums / torch.tensor([len(g) for g in groups], device=device, dtype=proj.dtype)[:, None]
+        ids = torch.tensor([sentence_id(t) for t in distinct], device=device, dtype=torch.int64)
+        if normalize:
+            emb, proj = F.normalize(emb, dim=-1), F.normalize(proj, dim=-1)
+        return {"text_emb": emb, "sentence_emb": proj, "sentence_targets": targets, "sentence_ids": ids,
+                "sentence_keys": keys}
 
     def encode_texts(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
         """Plain strings -> (B, embed_dim), split into sentences when ``text_input="sentences"``."""
@@ -153,9 +196,9 @@ class VisionLanguageModel(nn.Module):
                 sentences: list[list[str]] | None = None, **_) -> dict[str, torch.Tensor]:
         """image (B, 1, D, H, W) and either token ids (``text_input="text"``) or each sample's sentences."""
         if self.cfg.text_input == "sentences":
-            text_emb = self.encode_sentences(sentences)
+            text = self._sentence_outputs(sentences)
         else:
-            text_emb = self.encode_text(input_ids, attention_mask)
-        return {"image_emb": self.encode_image(image, slice_mask), "text_emb": text_emb,
+            text = {"text_emb": self.encode_text(input_ids, attention_mask)}
+        return {"image_emb": self.encode_image(image, slice_mask), **text,
                 "logit_scale": self.scale(), "logit_bias": self.logit_bias}
 

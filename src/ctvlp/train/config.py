@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.models.vlp import ModelConfig
@@ -32,14 +32,42 @@ class DataConfig:
             raise ValueError("batch_size, pool_batches >= 1, num_workers >= 0, max_text_tokens >= 8")
 
 
+LOSS_NAMES = ("siglip", "clip", "sentence_sigmoid", "swca", "tversky", "masked_bce", "osl", "caption", "mae")
+"""Terms a :class:`LossConfig` can name (``ctvlp.train.objective.LOSSES`` maps them to ``ctvlp.losses``)."""
+
+
 @dataclass
 class LossConfig:
-    """The contrastive objective."""
+    """The objective: a main term plus weighted extra terms, each a loss of ``ctvlp.losses``."""
 
-    name: Literal["siglip", "clip"] = "siglip"
-    """``siglip``: pairwise sigmoid loss; ``clip``: symmetric InfoNCE."""
+    name: Literal["siglip", "clip", "sentence_sigmoid", "swca"] = "siglip"
+    """Main (contrastive) term, weight 1: ``siglip`` pairwise sigmoid, ``clip`` symmetric InfoNCE,
+    ``sentence_sigmoid`` images against the batch's distinct report sentences, ``swca`` SCALE-VLP."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """Extra terms and their weights, e.g. ``{sentence_sigmoid: 1.0}`` (names from ``LOSS_NAMES``)."""
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Keyword arguments of a term's loss module, e.g. ``{swca: {alpha: 0.3, variant: soft_targets}}``."""
     gather: bool = True
     """Under torch.distributed, score local samples against every process's (all-gather with gradients)."""
+
+    def __post_init__(self) -> None:
+        if self.name not in ("siglip", "clip", "sentence_sigmoid", "swca"):
+            raise ValueError(f"loss.name must be 'siglip', 'clip', 'sentence_sigmoid' or 'swca', got {self.name!r}")
+        for term, weight in self.weights.items():
+            if term not in LOSS_NAMES:
+                raise ValueError(f"loss.weights: unknown term {term!r}; terms: {', '.join(LOSS_NAMES)}")
+            if term == self.name:
+                raise ValueError(f"loss.weights: {term!r} is already the main term (weight 1)")
+            if weight < 0:
+                raise ValueError(f"loss.weights.{term} must be >= 0, got {weight}")
+        for term in self.options:
+            if term not in self.terms:
+                raise ValueError(f"loss.options: {term!r} is not a term of this objective ({', '.join(self.terms)})")
+
+    @property
+    def terms(self) -> dict[str, float]:
+        """Every term with a positive weight, the main one first."""
+        return {self.name: 1.0, **{k: v for k, v in self.weights.items() if v > 0}}
 
 
 @dataclass
@@ -95,3 +123,5 @@ class TrainConfig:
             raise ValueError("steps, grad_accum, log_every, ckpt_every and keep_last must be >= 1")
         if self.max_bad_steps < 0:
             raise ValueError("max_bad_steps must be >= 0")
+        if "sentence_sigmoid" in self.loss.terms and self.model.text_input != "sentences":
+            raise ValueError("the sentence_sigmoid loss needs model.text_input='sentences'")

@@ -18,23 +18,19 @@ from tqdm import tqdm
 from ctvlp.config import to_dict
 from ctvlp.data.cache import Cache
 from ctvlp.errors import CtvlpError
-from ctvlp.losses import ClipLoss, SigLipLoss
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.train import distributed
 from ctvlp.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ctvlp.train.config import TrainConfig
 from ctvlp.train.data import set_epoch, train_loader
 from ctvlp.train.metrics_log import MetricsLog
+from ctvlp.train.objective import Objective
 from ctvlp.train.optim import build_optimizer
 from ctvlp.train.schedule import build_scheduler
 
 
 class TrainingError(CtvlpError):
     """Training cannot go on (too many non-finite losses, ...)."""
-
-
-def build_loss(cfg: TrainConfig) -> torch.nn.Module:
-    return SigLipLoss(gather=cfg.loss.gather) if cfg.loss.name == "siglip" else ClipLoss(gather=cfg.loss.gather)
 
 
 def tokenizer_files(model: VisionLanguageModel) -> dict[str, bytes]:
@@ -70,9 +66,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = VisionLanguageModel(cfg.model).to(self.place.device)
         self.model.vision.set_grad_checkpointing(cfg.grad_checkpointing)
-        if cfg.loss.name == "clip":  # the softmax loss has no bias; DDP needs every trainable parameter used
+        self.loss_fn = Objective(cfg.loss)
+        self.loss_terms = list(self.loss_fn.terms)
+        if self.loss_terms == ["clip"]:  # the softmax loss has no bias; DDP needs every trainable parameter used
             self.model.logit_bias.requires_grad_(False)
-        self.loss_fn = build_loss(cfg)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.steps)
         tokenizer = self.model.text.tokenizer if cfg.model.text_input == "text" else None
@@ -113,7 +110,7 @@ class Trainer:
         return list(self.loader.dataset.label_names)
 
     # -- one optimiser step --------------------------------------------------------------------
-    def _micro_step(self, batch: dict, sync: bool) -> torch.Tensor:
+    def _micro_step(self, batch: dict, sync: bool) -> dict[str, torch.Tensor]:
         dev = self.place.device
         inputs = {k: batch[k].to(dev, non_blocking=True) for k in ("image", "slice_mask", "input_ids", "attention_mask")
                   if k in batch}
@@ -122,9 +119,9 @@ class Trainer:
         with ctx:
             with autocast(self.cfg, dev):
                 out = self.ddp(**inputs)
-                loss = self.loss_fn(**{k: v.float() for k, v in out.items()})
-            (loss / self.cfg.grad_accum).backward()
-        return loss.detach()
+                parts = self.loss_fn(**{k: v.float() if v.is_floating_point() else v for k, v in out.items()})
+            (parts["loss"] / self.cfg.grad_accum).backward()
+        return {k: v.detach() for k, v in parts.items()}
 
     def _optimizer_step(self, loss: torch.Tensor) -> tuple[bool, float]:
         """Clip and step, or skip (and count) when the loss is not finite on some process."""
@@ -155,18 +152,20 @@ class Trainer:
         self.model.train()
         try:
             while self.step < cfg.steps:
-                losses = []
+                parts = []
                 for k in range(cfg.grad_accum):
                     epoch, index, batch = next(stream)
-                    losses.append(self._micro_step(batch, sync=k == cfg.grad_accum - 1))
+                    parts.append(self._micro_step(batch, sync=k == cfg.grad_accum - 1))
                     window["samples"] += len(batch["id"]) * self.place.world
                     self.epoch, self.batch_in_epoch = epoch, index + 1
-                loss = torch.stack(losses).mean()
+                terms = {name: torch.stack([p[name] for p in parts]).mean() for name in parts[0]}
+                loss = terms["loss"]
                 lr = {g.get("kind", "decay"): g["lr"] for g in self.optimizer.param_groups}
                 finite, grad_norm = self._optimizer_step(loss)
                 self.step += 1
                 if finite:
-                    window["loss"] += float(loss)
+                    for name, value in terms.items():
+                        window[name] = window.get(name, 0.0) + float(value)
                     window["n"] += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(loss):.4f}", epoch=self.epoch)
@@ -185,9 +184,10 @@ class Trainer:
 
     def _record(self, window: dict, lr: dict[str, float], grad_norm: float) -> dict:
         seconds = time.perf_counter() - window["start"]
-        mean = window["loss"] / window["n"] if window["n"] else float("nan")
+        means = {name: window.get(name, 0.0) / window["n"] if window["n"] else float("nan")
+                 for name in ("loss", *self.loss_terms)}
         lrs = {"lr": lr.get("decay", next(iter(lr.values())))} | ({"lr_muon": lr["muon"]} if "muon" in lr else {})
-        return {"step": self.step, "loss": mean, f"loss_{self.cfg.loss.name}": mean, **lrs,
+        return {"step": self.step, "loss": means["loss"], **{f"loss_{n}": means[n] for n in self.loss_terms}, **lrs,
                 "samples_per_s": window["samples"] / max(seconds, 1e-9), "grad_norm": grad_norm,
                 "logit_scale": float(self.model.scale().detach()), "logit_bias": float(self.model.logit_bias.detach()),
                 "epoch": self.epoch, "bad_steps": self.bad_steps}
