@@ -202,6 +202,51 @@ class VisionTransformer3d(nn.Module):
         tokens, token_mask, grid = self.forward_features(x, slice_mask, z_offset)
         return {"tokens": tokens, "token_mask": token_mask, "grid": grid, "pooled": masked_mean(tokens, token_mask)}
 
+    def forward_visible(self, x: torch.Tensor, keep_idx: torch.Tensor, slice_mask: torch.Tensor | None = None,
+                        z_offset: int = 0) -> dict:
+        """The encoder pass of a masked autoencoder: only the tokens ``keep_idx`` go through the blocks.
+
+        x (B, C, D, H, W), keep_idx (B, N_keep) long indices into the z-major token grid (as
+        ``ctvlp.losses.mae.random_masking`` returns them), slice_mask (B, D) or None. The whole volume is
+        patch-embedded (a conv stem therefore runs on every voxel, masked or not), then the kept tokens
+        are gathered and get the positions of their own (z, y, x) patch index: RoPE rows of the grid's
+        cos/sin tables gathered by ``keep_idx`` (B, N_keep, r), learned embedding rows gathered likewise,
+        or nothing. Attention runs among the kept tokens only, with kept padding tokens as non-keys.
+        With ``keep_idx`` = all tokens this is ``forward_features``. Returns ``tokens`` (B, N_keep, C)
+        after the final norm, ``token_mask`` (B, N_keep) (validity of the kept tokens), ``grid``, ``keep_idx``.
+        """
+        x, slice_mask = self._pad_depth(x, slice_mask)
+        tokens = self.patch_embed(x)  # (B, C, gz, gy, gx)
+        grid = tuple(tokens.shape[2:])
+        tokens = tokens.flatten(2).transpose(1, 2)  # (B, N, C)
+        b, n, c = tokens.shape
+        if keep_idx.dim() != 2 or keep_idx.shape[0] != b or keep_idx.shape[1] < 1 or keep_idx.is_floating_point():
+            raise ValueError(f"keep_idx must be integer (B, N_keep) = ({b}, >= 1), got {keep_idx.dtype} "
+                             f"{tuple(keep_idx.shape)}")
+        keep_idx = keep_idx.to(device=tokens.device, dtype=torch.long)
+        if int(keep_idx.min()) < 0 or int(keep_idx.max()) >= n:
+            raise ValueError(f"keep_idx must index the {n} tokens of grid {grid}")
+        tokens = tokens.gather(1, keep_idx[..., None].expand(-1, -1, c))  # (B, N_keep, C)
+        token_mask = self._token_mask(slice_mask, grid).gather(1, keep_idx)  # (B, N_keep)
+        key_mask = None
+        if not bool(token_mask.all()):
+            if not bool(token_mask.any(dim=1).all()):
+                raise ValueError("keep_idx keeps only padding tokens in at least one sample")
+            key_mask = token_mask
+        rope = None
+        if self.rope is not None:
+            cos, sin = self.rope(grid, z_offset, tokens.device)  # (N, r) each
+            rope = cos[keep_idx], sin[keep_idx]  # (B, N_keep, r) each: each kept token's own rotation
+        elif self.pos_embed is not None:
+            pos = self._learned_positions(grid, z_offset).expand(b, -1, -1)  # (B, N, C)
+            tokens = tokens + pos.gather(1, keep_idx[..., None].expand(-1, -1, c))  # (B, N_keep, C)
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                tokens = checkpoint(block, tokens, rope, key_mask, use_reentrant=False)
+            else:
+                tokens = block(tokens, rope, key_mask)
+        return {"tokens": self.norm(tokens), "token_mask": token_mask, "grid": grid, "keep_idx": keep_idx}
+
     def _pad_depth(self, x: torch.Tensor, slice_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Check shapes; repeat the last slice up to a multiple of pz (added slices invalid)."""
         pz, py, px = self.cfg.patch
