@@ -161,3 +161,18 @@ def test_distributed_equals_single_process_on_the_global_batch(tmp_path):
     for key in ("image.weight", "image.bias", "table", "log_scale", "bias"):
         for res in ranks:  # DDP averages: every rank holds the single-process gradient
             torch.testing.assert_close(res[key], reference[key], rtol=1e-5, atol=1e-6)
+
+
+def test_own_sentence_logits_are_used_by_the_sentence_loss_only():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vision=vit_config("debug", patch=(4, 8, 8)), text=TextTowerConfig(name="tiny", freeze="all"),
+                      embed_dim=8, text_input="sentences", sentence_logits=True)
+    model = VisionLanguageModel(cfg)
+    with torch.no_grad():
+        model.sentence_logit_bias.fill_(-3.0)
+    out = model(torch.zeros(2, 1, 8, 16, 16), sentences=[["A."], ["B.", "A."]])
+    expected = sentence_sigmoid_loss(out["image_emb"], out["sentence_emb"], out["sentence_targets"],
+                                     out["sentence_logit_scale"], torch.tensor(-3.0))
+    torch.testing.assert_close(SentenceSigmoidLoss()(**out), expected)
+    SentenceSigmoidLoss()(**out).backward()
+    assert model.sentence_logit_bias.grad is not None and model.logit_bias.grad is None

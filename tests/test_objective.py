@@ -43,7 +43,7 @@ def test_options_reach_the_loss_module_and_unknown_ones_are_named():
 
 @pytest.mark.parametrize("overrides, message", [
     (["loss.weights={focal: 1.0}"], "unknown term 'focal'"),
-    (["loss.weights={siglip: 1.0}"], "already the main term"),
+    (["loss.weights={sentence_sigmoid: 1.0}"], "already the main term"),
     (["loss.weights={osl: -1.0}"], "must be >= 0"),
     (["loss.options={tversky: {alpha: 0.3}}"], "'tversky' is not a term"),
     (["loss.name=sentence_sigmoid", "model.text_input=text"], "needs model.text_input='sentences'"),

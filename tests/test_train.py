@@ -44,7 +44,7 @@ def test_train_writes_logs_checkpoints_and_config(cache, tmp_path):
     records = read_metrics(out)
     assert [r["step"] for r in records] == [2, 4, 6]
     for r in records:
-        assert {"step", "loss", "loss_siglip", "lr", "samples_per_s"} <= set(r)
+        assert {"step", "loss", "loss_sentence_sigmoid", "loss_siglip", "lr", "samples_per_s"} <= set(r)
         assert torch.isfinite(torch.tensor(r["loss"])) and r["samples_per_s"] > 0
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-0000004.pt", "step-0000006.pt"]
     assert list((out / "tb").glob("events.out.tfevents.*")), "no TensorBoard event file"
@@ -157,3 +157,15 @@ def test_every_recipe_debug_variant_trains(cache, tmp_path, name):
     assert f"loss_{cfg.loss.name}" in records[0]
     changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(before[k], v)]
     assert any(k.startswith("vision.") for k in changed) and any(k.startswith("text_proj.") for k in changed)
+
+
+def test_resnet_tower_and_label_affinity_through_the_trainer(cache, tmp_path):
+    """One config change swaps the ViT for MONAI's ResNet; SWCA's label affinity reads the batch labels."""
+    cfg = apply_overrides(get_recipe("scalevlp", debug=True), [
+        "steps=2", "log_every=1", "model.vision={kind: resnet, depth: 10, widths: [8, 8, 16, 16]}",
+        "model.image_pool=mean", "loss.options={swca: {knowledge: labels, alpha: 0.5}}"])
+    trainer = Trainer(cfg, cache, tmp_path / "resnet", progress=False)
+    assert type(trainer.model.vision).__name__ == "ResNetTower3d"
+    assert trainer.fit()["steps"] == 2
+    records = read_metrics(tmp_path / "resnet")
+    assert all(math.isfinite(r["loss_swca"]) for r in records)

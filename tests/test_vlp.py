@@ -24,9 +24,16 @@ def _model(text_input="text", freeze="none", projection="linear") -> VisionLangu
 def test_output_dict_feeds_the_loss():
     model = _model()
     tokens = model.tokenize(["No pleural effusion.", "Cardiomegaly."])
-    out = model(image=torch.randn(2, 1, 8, 16, 16), slice_mask=torch.ones(2, 8, dtype=torch.bool), **tokens)
-    assert set(out) == {"image_emb", "text_emb", "logit_scale", "logit_bias"}
+    image, slice_mask = torch.randn(2, 1, 8, 16, 16), torch.ones(2, 8, dtype=torch.bool)
+    out = model(image=image, slice_mask=slice_mask, **tokens)
+    assert set(out) == {"image_emb", "text_emb", "logit_scale", "logit_bias", "tokens", "token_mask", "report_emb"}
     assert out["image_emb"].shape == out["text_emb"].shape == (2, 16)
+    assert out["tokens"].shape[:2] == out["token_mask"].shape and not out["report_emb"].requires_grad
+    model.eval()  # same numbers as the separate encoders (dropout-free comparison)
+    out = model(image=image, slice_mask=slice_mask, **tokens)
+    torch.testing.assert_close(out["image_emb"], model.encode_image(image, slice_mask))
+    torch.testing.assert_close(out["text_emb"], model.encode_text(**tokens))
+    model.train()
     assert torch.allclose(out["image_emb"].norm(dim=-1), torch.ones(2), atol=1e-5)
     assert out["logit_scale"].item() == pytest.approx(10.0, rel=1e-5)  # exp(log 10)
     SigLipLoss(gather=False)(**out).backward()

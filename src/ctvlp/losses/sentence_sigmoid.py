@@ -86,7 +86,11 @@ class SentenceSigmoidLoss(nn.Module):
     def forward(self, image_emb: torch.Tensor, sentence_emb: torch.Tensor, sentence_targets: torch.Tensor,
                 logit_scale: torch.Tensor | float, logit_bias: torch.Tensor | float,
                 sentence_ids: torch.Tensor | None = None, sentence_keys: torch.Tensor | None = None,
+                sentence_logit_scale: torch.Tensor | None = None, sentence_logit_bias: torch.Tensor | None = None,
                 **unused) -> torch.Tensor:
+        """The model's own sentence-level scale and bias are used when it has them."""
+        if sentence_logit_scale is not None:
+            logit_scale, logit_bias = sentence_logit_scale, sentence_logit_bias
         if self.gather and is_distributed():
             if sentence_ids is None:
                 raise ValueError("the distributed sentence loss needs sentence_ids to match sentences across ranks")

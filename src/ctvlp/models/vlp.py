@@ -59,6 +59,10 @@ class ModelConfig:
     solid nodule is seen in the right lung upper lobe."), so that templated sentences differing in a size
     or side are not taken for negatives."""
 
+    sentence_logits: bool = False
+    """Give the sentence-level loss its own logit scale and bias (``sentence_logit_scale/_bias``, same
+    initial values) instead of sharing the sample-level loss's: the two see different positive rates."""
+
     def __post_init__(self) -> None:
         if self.sentence_match not in ("text", "findings"):
             raise ValueError(f"sentence_match must be 'text' or 'findings', got {self.sentence_match!r}")
@@ -98,6 +102,9 @@ class VisionLanguageModel(nn.Module):
         self.text_proj = Projection(self.text.width, cfg.embed_dim, cfg.projection)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
+        if cfg.sentence_logits:
+            self.sentence_logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+            self.sentence_logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
         self._sentence_features: dict[str, torch.Tensor] = {}  # memo of the frozen tower, sentence -> (width,)
 
     @property
@@ -157,11 +164,15 @@ class VisionLanguageModel(nn.Module):
     def _sentence_outputs(self, sentences: list[list[str]], normalize: bool = True) -> dict[str, torch.Tensor]:
         """Each sample's text embedding (the mean of its projected sentences) and the batch's distinct
         sentences: ``text_emb`` (B, E), ``sentence_emb`` (N, E), ``sentence_targets`` (B, N) (1 where
-        the sentence is one of the sample's) and ``sentence_ids`` (N,) (a stable hash of each sentence)."""
+        the sentence matches one of the sample's, see ``ModelConfig.sentence_match``), ``sentence_ids``
+        (N,) (a stable hash of each sentence), ``sentence_keys`` (N,) (the hash of what it matches by)
+        and ``report_emb`` (B, width): the mean of the sample's text-tower sentence features, detached
+        (SWCA's knowledge affinity)."""
         groups = [s if s else [""] for s in sentences]
         distinct = sorted({t for g in groups for t in g})
         column = {t: n for n, t in enumerate(distinct)}
-        proj = self.text_proj(self._tower(distinct))  # (N, E)
+        features = self._tower(distinct)  # (N, width)
+        proj = self.text_proj(features)  # (N, E)
         device = proj.device
         keys = torch.tensor([sentence_key(t, self.cfg.sentence_match) for t in distinct], device=device)  # (N,)
         own = [torch.tensor([column[t] for t in set(g)], device=device) for g in groups]
@@ -169,13 +180,14 @@ class VisionLanguageModel(nn.Module):
         flat = torch.tensor([column[t] for g in groups for t in g], device=device)  # (T,)
         owner = torch.repeat_interleave(torch.arange(len(groups), device=device),
                                         torch.tensor([len(g) for g in groups], device=device))  # (T,)
-        sums = proj.new_zeros(len(groups), proj.shape[1]).index_add_(0, owner, proj[flat])  # (B, E)
-        emb = sums / torch.tensor([len(g) for g in groups], device=device, dtype=proj.dtype)[:, None]
+        counts = torch.tensor([len(g) for g in groups], device=device, dtype=proj.dtype)[:, None]  # (B, 1)
+        emb = proj.new_zeros(len(groups), proj.shape[1]).index_add_(0, owner, proj[flat]) / counts  # (B, E)
+        report = features.new_zeros(len(groups), features.shape[1]).index_add_(0, owner, features[flat].detach())
         ids = torch.tensor([sentence_id(t) for t in distinct], device=device, dtype=torch.int64)
         if normalize:
             emb, proj = F.normalize(emb, dim=-1), F.normalize(proj, dim=-1)
         return {"text_emb": emb, "sentence_emb": proj, "sentence_targets": targets, "sentence_ids": ids,
-                "sentence_keys": keys}
+                "sentence_keys": keys, "report_emb": report / counts}
 
     def encode_texts(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
         """Plain strings -> (B, embed_dim), split into sentences when ``text_input="sentences"``."""
@@ -194,11 +206,20 @@ class VisionLanguageModel(nn.Module):
     def forward(self, image: torch.Tensor, slice_mask: torch.Tensor | None = None,
                 input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 sentences: list[list[str]] | None = None, **_) -> dict[str, torch.Tensor]:
-        """image (B, 1, D, H, W) and either token ids (``text_input="text"``) or each sample's sentences."""
+        """image (B, 1, D, H, W) and either token ids (``text_input="text"``) or each sample's sentences.
+        Besides the embeddings, the output carries the vision tokens (``tokens`` (B, N, C), ``token_mask``)
+        and ``report_emb`` (the text tower's pooled features, detached) for losses that use them (SWCA)."""
         if self.cfg.text_input == "sentences":
             text = self._sentence_outputs(sentences)
         else:
-            text = {"text_emb": self.encode_text(input_ids, attention_mask)}
-        return {"image_emb": self.encode_image(image, slice_mask), **text,
-                "logit_scale": self.scale(), "logit_bias": self.logit_bias}
+            features = self.text(input_ids, attention_mask)  # (B, width)
+            text = {"text_emb": F.normalize(self.text_proj(features), dim=-1), "report_emb": features.detach()}
+        vision = self.image_features(image, slice_mask)
+        out = {"image_emb": F.normalize(self.image_proj(vision["pooled"]), dim=-1), **text,
+               "tokens": vision["tokens"], "token_mask": vision["token_mask"],
+               "logit_scale": self.scale(), "logit_bias": self.logit_bias}
+        if self.cfg.sentence_logits:
+            out["sentence_logit_scale"] = self.sentence_logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
+            out["sentence_logit_bias"] = self.sentence_logit_bias
+        return out
 

@@ -64,9 +64,13 @@ def demo() -> TrainConfig:
     """SigVLP-style model sized for a 2-core CPU and the synthetic cohort (`ctvlp demo`, which prepares
     the cache at 3 x 3 x 6 mm): RoPE ViT with a convolutional stem over 4 x 8 x 8 patches on 16-slice
     z-chunks (most synthetic chests fit in one; shorter ones are repeat-padded) paired with the organ
-    sentences of the chunk, max-pooled image tokens, sigmoid loss, Muon. The packaged MiniLM text tower
-    is frozen and encodes each distinct sentence once (a text embedding is the mean of its sentences'
-    MLP projections), so the CPU's time goes to the vision tower."""
+    sentences of the chunk, max-pooled image tokens, Muon. The objective is the sigmoid loss at
+    sentence level: every chunk against the batch's distinct sentences, a sentence stating the same
+    findings as one of the chunk's own counting as a positive (``sentence_match="findings"``), which
+    trains the comparison zero-shot classification makes ("Pleural effusion." vs "No pleural
+    effusion."), with its own logit scale and bias; a SigLIP term on whole texts (weight 0.1) keeps
+    volume-report retrieval. The packaged MiniLM text tower is frozen and encodes each distinct sentence
+    once, so the CPU's time goes to the vision tower."""
     vision = vit_config("small", width=192, depth=4, heads=3, patch=(4, 8, 8), pos="rope", rope_base=1000.0,
                         stem="conv")
     text = TextTowerConfig(name="minilm", pooling="mean", freeze="all", max_length=64)
@@ -75,9 +79,9 @@ def demo() -> TrainConfig:
     return TrainConfig(
         recipe="demo",
         model=ModelConfig(vision=vision, text=text, embed_dim=256, image_pool="max", projection="mlp_bn",
-                          text_input="sentences"),
+                          text_input="sentences", sentence_match="findings", sentence_logits=True),
         data=DataConfig(sampler=sampler, batch_size=32, num_workers=2),
-        loss=LossConfig(name="siglip"),
+        loss=LossConfig(name="sentence_sigmoid", weights={"siglip": 0.1}),
         optim=OptimConfig(name="muon", lr=1e-3, warmup_steps=20),
         eval=EvalConfig(prompt_style="report", sampler=SamplerConfig(mode="whole", text="report", size=(32, 40)),
                         batch_size=32),
@@ -118,4 +122,24 @@ def sigvlp() -> TrainConfig:
         loss=LossConfig(name="siglip"),
         optim=OptimConfig(name="muon", lr=1e-4, warmup_steps=1000),
         eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), text="report")),
+        steps=100_000)
+
+
+@register
+def scalevlp() -> TrainConfig:
+    """SCALE-VLP (arXiv 2511.02996; our reconstruction, METHODS.md): a 3D ViT over 256 x 256 x 32 inputs
+    with 16^3 patches, the SWCA loss — SigLIP whose pairs are re-weighted by spatial (token-feature
+    mean/covariance kernels) and knowledge (the frozen text tower's report-report similarity) affinities,
+    alpha 0.5 — a frozen text tower (BioClinicalBERT in the paper; the packaged MiniLM offline)."""
+    vision = vit_config("base", patch=(16, 16, 16), pos="learned", learned_grid=(8, 16, 16))
+    text = TextTowerConfig(name="minilm", pooling="mean", freeze="all")
+    sampler = SamplerConfig(mode="chunk", chunk_depth=32, padding="repeat", size=(256, 256), text="report")
+    return TrainConfig(
+        recipe="scalevlp",
+        model=ModelConfig(vision=vision, text=text, embed_dim=512, image_pool="attention", projection="mlp"),
+        data=DataConfig(sampler=sampler, batch_size=32),
+        loss=LossConfig(name="swca", options={"swca": {"alpha": 0.5, "variant": "weights", "weight": 1.0,
+                                                       "knowledge": "report_emb"}}),
+        optim=OptimConfig(name="adamw", lr=1e-4, warmup_steps=1000),
+        eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), max_slices=64, text="report")),
         steps=100_000)

@@ -119,7 +119,8 @@ class Trainer:
         with ctx:
             with autocast(self.cfg, dev):
                 out = self.ddp(**inputs)
-                parts = self.loss_fn(**{k: v.float() if v.is_floating_point() else v for k, v in out.items()})
+                targets = {k: batch[k].to(dev) for k in ("labels", "label_mask") if k in batch}  # for label-aware losses
+                parts = self.loss_fn(**targets, **{k: v.float() if v.is_floating_point() else v for k, v in out.items()})
             (parts["loss"] / self.cfg.grad_accum).backward()
         return {k: v.detach() for k, v in parts.items()}
 
