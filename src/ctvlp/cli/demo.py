@@ -26,7 +26,7 @@ def register(sub) -> argparse.ArgumentParser:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--n", type=int, default=2000,
-                   help="volumes in the synthetic cohort (default 2000: 1,200 give 0.664 AUROC, 2,000 0.687)")
+                   help="volumes in the synthetic cohort (default 2000; fewer train a weaker model)")
     p.add_argument("--seed", type=int, default=0, help="seed of the cohort and of training (default 0)")
     p.add_argument("--workers", type=int, default=2, help="processes for synth, prepare and loading (default 2)")
     p.add_argument("--steps", type=int, help="training steps (default: the demo recipe's)")
