@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctvlp.models.decoder import DecoderConfig, ReportDecoder, lm_loss, special_token_ids
+from ctvlp.losses.caption import caption_loss, next_token_targets
+from ctvlp.models.decoder import DecoderConfig, ReportDecoder, special_token_ids
 
 MEM_WIDTH = 24
 
@@ -196,7 +197,12 @@ def test_generate_runs_in_eval_mode_and_checks_arguments():
         net.generate(mem, None, 1, -1, 8, num_beams=21)
 
 
-def test_lm_loss_ignores_padding():
+def lm_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Teacher forcing through the shared caption loss (the decoder has no loss of its own)."""
+    return caption_loss(logits, next_token_targets(ids, mask))
+
+
+def test_teacher_forcing_loss_ignores_padding():
     net = decoder()
     ids = torch.randint(0, 40, (2, 8), generator=torch.Generator().manual_seed(5))
     mask = padded_mask([8, 5], 8)

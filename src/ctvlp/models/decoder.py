@@ -70,15 +70,6 @@ def special_token_ids(tokenizer) -> dict[str, int]:
     return ids
 
 
-def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Teacher-forcing cross-entropy: logits (B, L, V) of ``input_ids`` (B, L) predict ids[:, 1:];
-    targets where ``attention_mask`` (B, L) is 0 are ignored. Mean over the real target tokens."""
-    targets = input_ids[:, 1:]  # (B, L-1)
-    if attention_mask is not None:
-        targets = targets.masked_fill(~attention_mask[:, 1:].bool(), -100)
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-
-
 class DecoderCache:
     """Keys/values for incremental decoding.
 
