@@ -169,3 +169,32 @@ def test_resnet_tower_and_label_affinity_through_the_trainer(cache, tmp_path):
     assert trainer.fit()["steps"] == 2
     records = read_metrics(tmp_path / "resnet")
     assert all(math.isfinite(r["loss_swca"]) for r in records)
+
+
+@pytest.mark.parametrize("strip, overrides, message", [
+    ("labels", ["loss.weights={masked_bce: 1.0}"], "needs labels for its masked_bce loss"),
+    ("masks", ["loss.weights={tversky: 0.75}"], "needs masks for its tversky loss"),
+    ("text", [], "needs report text for its sentence_sigmoid, siglip loss"),
+])
+def test_data_a_recipe_needs_is_checked_before_the_first_step(cache, tmp_path, capsys, strip, overrides, message):
+    """A cache copied and stripped of labels, masks or report text: exit 2, nothing written to the run."""
+    import pandas as pd
+
+    from ctvlp.data.manifest import LABEL_PREFIX
+
+    stripped = tmp_path / "cache"
+    shutil.copytree(cache, stripped)
+    for shard in (stripped / "index").glob("*.parquet"):
+        index = pd.read_parquet(shard)
+        if strip == "labels":
+            index[[c for c in index if c.startswith(LABEL_PREFIX)]] = pd.NA
+        elif strip == "masks":
+            index["mask_names"] = json.dumps(["body"])
+        else:
+            index[["findings", "impressions"]] = ""
+        index.to_parquet(shard)
+    args = [f"--set={o}" for o in overrides]
+    assert _train(stripped, tmp_path / "run", *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "datasets that provide" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

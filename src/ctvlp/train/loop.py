@@ -25,6 +25,7 @@ from ctvlp.train.config import TrainConfig
 from ctvlp.train.data import set_epoch, train_loader
 from ctvlp.train.metrics_log import MetricsLog
 from ctvlp.train.objective import Objective
+from ctvlp.train.requirements import check_requirements
 from ctvlp.train.optim import build_optimizer
 from ctvlp.train.schedule import build_scheduler
 
@@ -63,6 +64,7 @@ class Trainer:
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.place = distributed.setup()
         self.cache = Cache(data)
+        check_requirements(cfg, self.cache)
         torch.manual_seed(cfg.seed)
         self.model = VisionLanguageModel(cfg.model).to(self.place.device)
         self.model.vision.set_grad_checkpointing(cfg.grad_checkpointing)

@@ -1,0 +1,61 @@
+"""What a training config needs from its data, checked against the cache before the first step.
+
+Each loss term reads something the dataset must provide: report text (every image-text objective),
+per-volume labels (``masked_bce``; SWCA with label affinity), or segmentation masks beyond the body
+mask (``tversky``). A recipe pointed at a cache that lacks one stops with a message naming what is
+missing, where it was looked for, and which datasets provide it, instead of training on zeros.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from ctvlp.data.cache import Cache
+from ctvlp.data.manifest import LABEL_PREFIX
+from ctvlp.errors import BadDatasetError
+from ctvlp.train.config import TrainConfig
+
+PROVIDERS = {
+    "report text": "CT-RATE (findings/impressions), RadGenome-ChestCT region reports, a generic CSV/JSONL "
+                   "with a report column, or `ctvlp synth`",
+    "labels": "CT-RATE's multi_abnormality_labels.csv, RAD-ChestCT or any CSV with label columns "
+              "(mapped by a label-mapping file), or `ctvlp synth`",
+    "masks": "RadGenome-ChestCT region masks, TotalSegmentator outputs listed in the manifest's masks "
+             "column, or `ctvlp synth`",
+}
+TEXT_TERMS = ("siglip", "clip", "sentence_sigmoid", "swca", "osl", "caption")
+
+
+def needs(cfg: TrainConfig) -> dict[str, list[str]]:
+    """What the config's objective needs -> the terms that need it."""
+    out: dict[str, list[str]] = {}
+    for term in cfg.loss.terms:
+        if term in TEXT_TERMS:
+            out.setdefault("report text", []).append(term)
+        if term == "masked_bce" or (term == "swca" and cfg.loss.options.get("swca", {}).get("knowledge") == "labels"):
+            out.setdefault("labels", []).append(term)
+        if term == "tversky":
+            out.setdefault("masks", []).append(term)
+    return out
+
+
+def _has(index: pd.DataFrame, what: str) -> bool:
+    if what == "report text":
+        text = [c for c in ("findings", "impressions") if c in index]
+        return bool(text) and bool(index[text].fillna("").astype(str).apply(lambda s: s.str.strip() != "").any().any())
+    if what == "labels":
+        return bool(index[[c for c in index if c.startswith(LABEL_PREFIX)]].notna().any().any())
+    names = index["mask_names"].dropna().map(json.loads) if "mask_names" in index else pd.Series([], dtype=object)
+    return any(set(n) - {"body"} for n in names)
+
+
+def check_requirements(cfg: TrainConfig, cache: Cache) -> None:
+    """BadDatasetError naming the first need of ``cfg`` that the cache's training split does not meet."""
+    train = cache.index[cache.index["split"] == cfg.data.train_split]
+    for what, terms in needs(cfg).items():
+        if not _has(train, what):
+            raise BadDatasetError(cache.root, f"recipe {cfg.recipe!r} needs {what} for its {', '.join(terms)} "
+                                              f"loss, and the {cfg.data.train_split!r} split of this cache has none; "
+                                              f"datasets that provide {what}: {PROVIDERS[what]}")
