@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
@@ -11,3 +12,14 @@ def real_dir() -> Path:
     if not REAL.is_dir():
         pytest.fail(f"real data folder missing: {REAL}")
     return REAL
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors on one torch thread (restored afterwards): on the shared 2-core machine a second
+    OpenMP thread mostly spin-waits (measured up to 70x slower when the other core is busy). Files of
+    tiny-model tests use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

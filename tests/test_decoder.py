@@ -13,13 +13,7 @@ from ctvlp.models.decoder import DecoderConfig, ReportDecoder, special_token_ids
 MEM_WIDTH = 24
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread avoids oversubscribing a shared machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def decoder(seed: int = 0, sharpen: float = 8.0, **overrides) -> ReportDecoder:

@@ -14,12 +14,7 @@ from ctvlp.models.vit3d import VisionTransformer3d, vit_config
 POS = {"rope": {}, "learned": {"learned_grid": (4, 2, 3)}, "none": {}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tower(pos: str = "rope", **overrides) -> VisionTransformer3d:

@@ -21,14 +21,7 @@ from ctvlp.models.vit3d import ViT3dConfig, create_vision_tower, vit_config
 TINY = (8, 8, 16, 16)  # stage widths small enough for a fast test
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions: on the shared 2-core machine, a second OpenMP thread mostly spin-waits (measured
-    up to 70x slower when the other core is busy)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tower(depth: int = 10, **overrides) -> ResNetTower3d:

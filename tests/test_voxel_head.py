@@ -15,12 +15,7 @@ from ctvlp.models.voxel_head import (AnchorHead, VisualEnhancement, VoxelHead, V
                                      segmentation_outputs, zero_shot_segment)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Fixed(nn.Module):

@@ -11,6 +11,24 @@ from ctvlp.models.rope import apply_rope
 Triple = tuple[int, int, int]
 
 
+def as_triple(value, name: str) -> Triple:
+    """An int or three ints -> (z, y, x) positive ints; ValueError naming ``name`` otherwise."""
+    if isinstance(value, int):
+        value = (value,) * 3
+    value = tuple(int(v) for v in value)
+    if len(value) != 3 or min(value) < 1:
+        raise ValueError(f"{name} must be three positive ints (z, y, x), got {value}")
+    return value
+
+
+def init_linear(module: nn.Module) -> None:
+    """timm's ViT init (``model.apply(init_linear)``): truncated normal (std 0.02) Linear weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 class LayerNorm3d(nn.LayerNorm):
     """LayerNorm over the channels of each voxel of (B, C, D, H, W): no statistics cross voxels, so
     padding slices cannot change the normalisation of real ones (unlike Batch/Instance/GroupNorm)."""

@@ -26,10 +26,9 @@ import torch
 from torch import nn
 
 from ctvlp.losses.mae import patchify3d, random_masking
-from ctvlp.models.layers import Block
+from ctvlp.models.layers import Block, Triple, init_linear
 from ctvlp.models.rope import Rope3d, rope_split
 
-Triple = tuple[int, int, int]
 
 
 @dataclass
@@ -73,7 +72,7 @@ class MaeDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, "gelu", cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.width)
         self.head = nn.Linear(cfg.width, self.patch_dim)
-        self.apply(_init_weights)
+        self.apply(init_linear)
         nn.init.normal_(self.mask_token, std=0.02)
 
     @classmethod
@@ -137,11 +136,3 @@ def masked_autoencoder_step(vision_tower: nn.Module, decoder: MaeDecoder, image:
         mask = mask & token_mask
     pred = decoder(out["tokens"], keep_idx, out["grid"], token_mask)  # (B, N, P)
     return {"mae_pred": pred, "mae_target": target, "mae_mask": mask}
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Truncated normal (std 0.02) Linear weights, zero biases (as the ViT)."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)

@@ -35,8 +35,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ctvlp.models.heads import masked_mean
+from ctvlp.models.layers import Triple, as_triple
 
-Triple = tuple[int, int, int]
 
 DEPTHS: dict[int, tuple[str, list[int]]] = {
     10: ("basic", [1, 1, 1, 1]),
@@ -85,10 +85,10 @@ class ResNet3dConfig:
         if len(widths) != 4 or min(widths) < 1:
             raise ValueError(f"widths must be four positive ints (one per stage), got {self.widths}")
         self.widths = widths
-        self.stem_kernel = _triple(self.stem_kernel, "stem_kernel")
+        self.stem_kernel = as_triple(self.stem_kernel, "stem_kernel")
         if any(k % 2 == 0 for k in self.stem_kernel):
             raise ValueError(f"stem_kernel must be odd (the padding k // 2 keeps ceil(n / s)), got {self.stem_kernel}")
-        self.stem_stride = _triple(self.stem_stride, "stem_stride")
+        self.stem_stride = as_triple(self.stem_stride, "stem_stride")
         if self.norm not in ("batch", "group"):
             raise ValueError(f"norm must be 'batch' or 'group', got {self.norm!r}")
 
@@ -102,15 +102,6 @@ class ResNet3dConfig:
     def width(self) -> int:
         """Channels C of the output tokens."""
         return self.widths[3] * (4 if DEPTHS[self.depth][0] == "bottleneck" else 1)
-
-
-def _triple(value, name: str) -> Triple:
-    if isinstance(value, int):
-        value = (value,) * 3
-    value = tuple(int(v) for v in value)
-    if len(value) != 3 or min(value) < 1:
-        raise ValueError(f"{name} must be three positive ints (z, y, x), got {value}")
-    return value
 
 
 def resnet_config(depth: int = 18, **overrides) -> ResNet3dConfig:

@@ -26,10 +26,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ctvlp.models.heads import masked_mean
-from ctvlp.models.layers import Block, PatchEmbed3d
+from ctvlp.models.layers import Block, PatchEmbed3d, Triple, as_triple, init_linear
 from ctvlp.models.rope import Rope3d, rope_split
 
-Triple = tuple[int, int, int]
 
 
 @dataclass
@@ -76,7 +75,7 @@ class ViT3dConfig:
     """Tower marker (``ResNet3dConfig`` has ``kind="resnet"``): which config a saved dict is."""
 
     def __post_init__(self) -> None:
-        self.patch = _triple(self.patch, "patch")
+        self.patch = as_triple(self.patch, "patch")
         if self.mlp not in ("gelu", "swiglu"):
             raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
         if self.pos not in ("rope", "learned", "none"):
@@ -92,7 +91,7 @@ class ViT3dConfig:
         if self.stem not in ("none", "conv") or (self.stem == "conv" and any(p % 2 for p in self.patch)):
             raise ValueError(f"stem must be 'none' or 'conv' (conv needs even patch sizes), got {self.stem!r}")
         if self.rope_split is not None:
-            self.rope_split = _triple(self.rope_split, "rope_split")
+            self.rope_split = as_triple(self.rope_split, "rope_split")
         if self.pos == "rope":
             rope_split(self.width // self.heads, self.rope_fraction)  # raises on a too small head
             if self.rope_base <= 1.0:
@@ -100,16 +99,7 @@ class ViT3dConfig:
         if self.pos == "learned" and self.learned_grid is None:
             raise ValueError("pos='learned' needs learned_grid (the largest token grid)")
         if self.learned_grid is not None:
-            self.learned_grid = _triple(self.learned_grid, "learned_grid")
-
-
-def _triple(value, name: str) -> Triple:
-    if isinstance(value, int):
-        value = (value,) * 3
-    value = tuple(int(v) for v in value)
-    if len(value) != 3 or min(value) < 1:
-        raise ValueError(f"{name} must be three positive ints (z, y, x), got {value}")
-    return value
+            self.learned_grid = as_triple(self.learned_grid, "learned_grid")
 
 
 SIZES: dict[str, dict] = {
@@ -163,7 +153,7 @@ class VisionTransformer3d(nn.Module):
                                     for rate in rates)
         self.norm = nn.LayerNorm(cfg.width)
         self.grad_checkpointing = cfg.grad_checkpointing
-        self.apply(_init_weights)
+        self.apply(init_linear)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
@@ -280,11 +270,3 @@ class VisionTransformer3d(nn.Module):
         if z_offset < 0 or z_offset + gz > mz or gy > my or gx > mx:
             raise ValueError(f"token grid {grid} at z_offset {z_offset} exceeds learned_grid {self.cfg.learned_grid}")
         return self.pos_embed[:, z_offset:z_offset + gz, :gy, :gx].reshape(1, gz * gy * gx, -1)  # (1, N, C)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """timm's ViT init: truncated normal (std 0.02) Linear weights, zero biases."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)

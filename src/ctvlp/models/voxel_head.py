@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctvlp.losses.mae import unpatchify3d
+from ctvlp.models.layers import Triple, as_triple
 
-Triple = tuple[int, int, int]
 
 
 @dataclass
@@ -58,11 +58,7 @@ class VoxelHeadConfig:
     """The vision tower's patch (pz, py, px): each token becomes pz * py * px voxels."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.patch, int):
-            self.patch = (self.patch,) * 3
-        self.patch = tuple(int(p) for p in self.patch)
-        if len(self.patch) != 3 or min(self.patch) < 1:
-            raise ValueError(f"patch must be three positive ints (z, y, x), got {self.patch}")
+        self.patch = as_triple(self.patch, "patch")
         if self.embed_dim < 1 or self.hidden < 1:
             raise ValueError(f"embed_dim and hidden must be positive, got {self.embed_dim}, {self.hidden}")
 
