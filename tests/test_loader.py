@@ -108,7 +108,7 @@ def test_epochs_differ(cache):
 def test_collate_whole_mode_pads_depth_to_batch_max(cache, padding, air_count):
     cfg = SamplerConfig(mode="whole", padding=padding, include_masks=True)
     ds = CTDataset(cache, cfg)
-    batch = Collate(padding, -1.0)([ds[0], ds[1], ds[4]])  # 5, 9 and 12 slices
+    batch = Collate(padding, (-1.0,))([ds[0], ds[1], ds[4]])  # 5, 9 and 12 slices
     assert batch["image"].shape == (3, 1, 12, Y, X) and batch["image"].dtype == torch.float32
     assert batch["masks"].shape == (3, 2, 12, Y, X) and batch["mask_names"] == ["lung", "heart"]
     assert batch["slice_mask"].sum(1).tolist() == [5, 9, 12]
@@ -121,6 +121,17 @@ def test_collate_whole_mode_pads_depth_to_batch_max(cache, padding, air_count):
         assert hu.tolist() == [(z * 5) // 12 for z in range(12)]  # floor(arange(12) * 5 / 12)
         lung = batch["masks"][0, 0].flatten(1).any(1)
         assert lung.tolist() == [2 <= (z * 5) // 12 < 6 for z in range(12)]  # masks padded like the image
+
+
+def test_zero_padding_fills_each_window_channel_with_its_own_air(cache):
+    """Air (-1000 HU) is -1 in a window starting at -1000 but -1/3 in (-1500, 0): padding follows the
+    channel's window, not a constant."""
+    cfg = SamplerConfig(mode="whole", padding="zero", windows=((-1000, 1000), (-1500, 0)))
+    ds = CTDataset(cache, cfg)
+    batch = Collate.for_dataset(ds)([ds[0], ds[4]])  # 5 and 12 slices
+    assert batch["image"].shape == (2, 2, 12, Y, X)
+    pad = batch["image"][0, :, 5:]  # (C, 7, Y, X) padding slices of the 5-slice volume
+    assert torch.allclose(pad[0], torch.tensor(-1.0)) and torch.allclose(pad[1], torch.tensor(-1 / 3))
 
 
 def test_chunk_batches_have_fixed_depth(cache):

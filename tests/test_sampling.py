@@ -197,7 +197,7 @@ def test_whole_mode_keeps_all_or_centred_max_slices():
 def test_sample_dict_keys_labels_and_window():
     rec = VolumeRecord(FakeVolume(40), labels=np.array([1, 0, 0], np.float32),
                        label_mask=np.array([True, True, False]))
-    s = draw_sample(rec, SamplerConfig(window=(-50.0, 350.0)), np.random.default_rng(0))
+    s = draw_sample(rec, SamplerConfig(windows=((-50.0, 350.0),)), np.random.default_rng(0))
     assert {"id", "image", "slice_mask", "text", "sentences", "organs", "text_source", "labels",
             "label_mask", "z0", "z1", "spacing"} <= set(s)
     assert s["labels"].dtype == np.float32 and s["label_mask"].tolist() == [True, True, False]
@@ -205,7 +205,17 @@ def test_sample_dict_keys_labels_and_window():
     assert s["spacing"].tolist() == [3.0, 1.5, 1.5]
 
 
-@pytest.mark.parametrize("kwargs", [{"mode": "slab"}, {"padding": "edge"}, {"text": "x"}, {"chunk_depth": 0}])
+def test_windows_give_one_channel_each_with_golden_values():
+    """Slice z holds 10 z HU: (-1000, 1000) maps 200 HU to 0.2; (0, 100) maps 50 HU to 0 and clips above."""
+    s = draw_sample(VolumeRecord(FakeVolume(40)), SamplerConfig(mode="whole", windows=((-1000, 1000), (0, 100))),
+                    np.random.default_rng(0))
+    assert s["image"].shape == (2, 40, 6, 8)
+    np.testing.assert_allclose(s["image"][0, 20, 0, 0], 0.2, atol=1e-6)
+    np.testing.assert_allclose(s["image"][1, [0, 5, 10, 30], 0, 0], [-1.0, 0.0, 1.0, 1.0], atol=1e-6)
+    assert SamplerConfig(windows=((-1000, 1000), (0, 100))).channels == 2 and SamplerConfig().channels == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"windows": ((100, 0),)}, {"windows": ()}, {"mode": "slab"}, {"padding": "edge"}, {"text": "x"}, {"chunk_depth": 0}])
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         SamplerConfig(**kwargs)

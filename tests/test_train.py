@@ -198,3 +198,23 @@ def test_data_a_recipe_needs_is_checked_before_the_first_step(cache, tmp_path, c
     err = capsys.readouterr().err
     assert message in err and "datasets that provide" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_two_window_input_trains_and_mismatched_channels_are_refused(cache, tmp_path):
+    """A lung window as a second input channel is three settings that must agree; one missing: refused."""
+    windows = "[[-1000, 1000], [-1000, -500]]"
+    sets = ["steps=2", "model.vision.in_chans=2", f"data.sampler.windows={windows}", f"eval.sampler.windows={windows}"]
+    trainer = Trainer(apply_overrides(get_recipe("demo", debug=True), sets), cache, tmp_path / "w2", progress=False)
+    assert trainer.fit()["steps"] == 2
+    assert next(iter(trainer.loader))["image"].shape[1] == 2
+    with pytest.raises(Exception, match="input channels disagree"):
+        apply_overrides(get_recipe("demo", debug=True), sets[:3])
+
+
+def test_wall_clock_budget_stops_early_and_saves(cache, tmp_path):
+    """max_minutes tiny: the run stops after its first step, logs it and checkpoints it."""
+    cfg = apply_overrides(get_recipe("demo", debug=True), ["steps=50", "max_minutes=0.0001", "ckpt_every=100"])
+    result = Trainer(cfg, cache, tmp_path / "budget", progress=False).fit()
+    assert result["steps"] == 1
+    assert [r["step"] for r in read_metrics(tmp_path / "budget")] == [1]
+    assert [p.name for p in list_checkpoints(tmp_path / "budget" / "checkpoints")] == ["step-0000001.pt"]

@@ -120,14 +120,14 @@ class Collate:
 
     padding: str = "repeat"
     """``repeat`` or ``zero`` (air), as in :class:`SamplerConfig`."""
-    air: float = -1.0
-    """Windowed value of air (-1000 HU) used by ``zero`` padding."""
+    air: tuple[float, ...] = (-1.0,)
+    """Windowed value of air (-1000 HU) in each channel, used by ``zero`` padding."""
 
     @classmethod
     def for_dataset(cls, dataset: CTDataset) -> Collate:
         """The collate for ``dataset``'s padding mode, with air at the dataset's HU window."""
-        lo, hi = dataset.config.window or dataset.hu_window
-        return cls(dataset.config.padding, float(window(np.array(AIR_HU), lo, hi)))
+        air = tuple(float(window(np.array(AIR_HU), lo, hi)) for lo, hi in dataset.config.hu_windows(dataset.hu_window))
+        return cls(dataset.config.padding, air)
 
     def _pad(self, sample: dict, depth: int) -> dict:
         n = int(sample["slice_mask"].sum())
@@ -136,7 +136,7 @@ class Collate:
         if n != sample["image"].shape[1]:
             raise ValueError(f"{sample['id']}: cannot re-pad a sample that is already padded")
         idx, real = pad_index(n, depth, self.padding)
-        out = {**sample, "image": take_padded(sample["image"], idx, 1, self.air), "slice_mask": real}
+        out = {**sample, "image": take_padded(sample["image"], idx, 1, np.asarray(self.air, np.float32)[:, None, None, None]), "slice_mask": real}
         if "masks" in sample:
             out["masks"] = take_padded(sample["masks"], idx, 1, False)
         return out

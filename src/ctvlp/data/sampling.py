@@ -56,8 +56,10 @@ class SamplerConfig:
     """In-plane (H, W) after centre crop / pad with air; None keeps the cached (Y, X)."""
     random_crop: bool = False
     """Train-time option: crop in-plane at a seeded random offset instead of the centre."""
-    window: tuple[float, float] | None = None
-    """HU window mapped to [-1, 1]; None uses the cache's ``hu_window``."""
+    windows: tuple[tuple[float, float], ...] | None = None
+    """HU windows (lo, hi), each mapped to [-1, 1] as one input channel, e.g. ``((-1000, 1000),
+    (-1000, -500))`` adds a lung window in which emphysema and ground glass stand out; None: one
+    channel at the cache's ``hu_window``. The vision tower's ``in_chans`` must equal their number."""
     max_slices: int | None = None
     """``whole`` mode: keep at most this many slices (the centred ones); None keeps all."""
     include_masks: bool = False
@@ -81,6 +83,19 @@ class SamplerConfig:
             self.size = (int(self.size[0]), int(self.size[1]))
         if self.mask_names is not None:
             self.mask_names = tuple(self.mask_names)
+        if self.windows is not None:
+            self.windows = tuple((float(lo), float(hi)) for lo, hi in self.windows)
+            if not self.windows or any(lo >= hi for lo, hi in self.windows):
+                raise ValueError(f"windows must be non-empty (lo, hi) pairs with lo < hi, got {self.windows}")
+
+    @property
+    def channels(self) -> int:
+        """Input channels of a sample's image (one per HU window)."""
+        return len(self.windows) if self.windows else 1
+
+    def hu_windows(self, cache_window: tuple[float, float]) -> tuple[tuple[float, float], ...]:
+        """The windows, or the cache's one when none are set."""
+        return self.windows or (tuple(cache_window),)
 
 
 @dataclass
@@ -206,8 +221,8 @@ def draw_sample(record: VolumeRecord, config: SamplerConfig, rng: np.random.Gene
     offsets = None if config.size is None else (_fit_axis(y_count, config.size[0], crop_rng),
                                                 _fit_axis(x_count, config.size[1], crop_rng))
     hu = take_padded(volume.slab(z0, z1), idx, 0, AIR_HU)  # (D, Y, X)
-    lo, hi = config.window or hu_window
-    image = window(fit_inplane(hu, config.size, AIR_HU, offsets), lo, hi)[None]  # (1, D, H, W)
+    hu = fit_inplane(hu, config.size, AIR_HU, offsets)
+    image = np.stack([window(hu, lo, hi) for lo, hi in config.hu_windows(hu_window)])  # (C, D, H, W)
     sample = {"id": volume.vid, "image": image, "slice_mask": real, "z0": z0, "z1": z1,
               "spacing": np.asarray(volume.spacing_zyx, np.float32),
               "labels": np.asarray(record.labels, np.float32), "label_mask": np.asarray(record.label_mask, bool),

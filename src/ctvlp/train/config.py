@@ -115,13 +115,21 @@ class TrainConfig:
     """Steps with a NaN/inf loss that are skipped before training stops with an error."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """``auto``: bf16 autocast on CUDA, fp32 on the CPU."""
+    max_minutes: float = 0.0
+    """Wall-clock budget: stop (and save) after the first step that ends past it; 0: no limit. The
+    schedule still spans ``steps``: set ``steps`` to what fits (``ctvlp compare`` measures it)."""
     grad_checkpointing: bool = False
     """Recompute the vision tower's blocks in the backward pass (less memory, ~30 % more compute)."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.grad_accum < 1 or self.log_every < 1 or self.ckpt_every < 1 or self.keep_last < 1:
             raise ValueError("steps, grad_accum, log_every, ckpt_every and keep_last must be >= 1")
-        if self.max_bad_steps < 0:
-            raise ValueError("max_bad_steps must be >= 0")
+        if self.max_bad_steps < 0 or self.max_minutes < 0:
+            raise ValueError("max_bad_steps and max_minutes must be >= 0")
+        channels = {"model.vision.in_chans": self.model.vision.in_chans, "data.sampler.windows":
+                    self.data.sampler.channels, "eval.sampler.windows": self.eval.sampler.channels}
+        if len(set(channels.values())) > 1 or self.data.sampler.windows != self.eval.sampler.windows:
+            raise ValueError(f"input channels disagree: {channels} (one channel per HU window; train and eval "
+                             f"samplers need the same windows)")
         if "sentence_sigmoid" in self.loss.terms and self.model.text_input != "sentences":
             raise ValueError("the sentence_sigmoid loss needs model.text_input='sentences'")

@@ -60,6 +60,11 @@ def all_true(flag: bool, place: Place) -> bool:
     return bool(t.item() == 0)
 
 
+def any_true(flag: bool, place: Place) -> bool:
+    """True when ``flag`` is true on some process (so all stop together)."""
+    return not all_true(not flag, place)
+
+
 def barrier(place: Place) -> None:
     if place.world > 1:
         dist.barrier()

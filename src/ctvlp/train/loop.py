@@ -152,6 +152,7 @@ class Trainer:
                    dynamic_ncols=True)
         stream = batches(self.loader, self.epoch, self.batch_in_epoch)
         window = {"loss": 0.0, "n": 0, "samples": 0, "start": time.perf_counter()}
+        deadline = time.monotonic() + 60 * cfg.max_minutes
         self.model.train()
         try:
             while self.step < cfg.steps:
@@ -172,13 +173,17 @@ class Trainer:
                     window["n"] += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(loss):.4f}", epoch=self.epoch)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                last = self.step == cfg.steps or (cfg.max_minutes > 0 and distributed.any_true(
+                    time.monotonic() > deadline, self.place))
+                if self.step % cfg.log_every == 0 or last:
                     record = self._record(window, lr, grad_norm)
                     if log is not None:
                         log.write(record)
                     window = {"loss": 0.0, "n": 0, "samples": 0, "start": time.perf_counter()}
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.ckpt_every == 0 or last:
                     self.save()
+                if last:
+                    break
         finally:
             bar.close()
             if log is not None:
