@@ -1,9 +1,12 @@
 """`ctvlp synth`: write a synthetic chest-CT cohort in CT-RATE's layout (+ RadGenome regions and masks).
 
     ctvlp synth --out DIR --n N [--seed S] [--difficulty large|easy|medium|hard] [--workers K]
-                [--val-fraction F] [--matrix M] [--raw-fraction R] [--visibility V]
+                [--val-fraction F] [--matrix M] [--raw-fraction R] [--visibility V] [--site rad_chestct]
 
 Then ``ctvlp manifest ctrate DIR --radgenome DIR/radgenome --out M.parquet`` reads it like CT-RATE.
+``--site rad_chestct`` also writes DIR/rad_chestct.csv, the cohort as a second site with RAD-ChestCT's
+label names and without the labels it lacks (mosaic attenuation, arterial / coronary calcification):
+``ctvlp manifest generic DIR/rad_chestct.csv --label-map rad_chestct --source rad-chestct --out M.parquet``.
 ``--visibility V`` measures, on the first V training volumes written, how large and how contrasted
 each finding is after resampling to 64 x 64 in-plane (DIR/visibility.csv, DIR/visibility_lesions.csv).
 """
@@ -17,6 +20,7 @@ from pathlib import Path
 
 def register(subparsers) -> argparse.ArgumentParser:
     from ctvlp.data.synth.findings import DIFFICULTIES
+    from ctvlp.data.synth.sites import SITES
 
     parser = subparsers.add_parser("synth", help="write a synthetic chest-CT cohort in CT-RATE's layout",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,10 +34,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="share of patients in CT-RATE's 'valid' split (default 0.2)")
     parser.add_argument("--matrix", type=int, default=128, help="in-plane matrix (default 128)")
-    parser.add_argument("--raw-fraction", type=float, default=0.2,
-                        help="share of volumes stored as HU + 1024 (default 0.2)")
+    parser.add_argument("--raw-fraction", type=float, default=None,
+                        help="share of volumes stored as HU + 1024 (default 0.2; 0 with --site)")
     parser.add_argument("--visibility", type=int, default=0, metavar="V",
                         help="measure finding visibility on the first V training volumes (default 0: skip)")
+    parser.add_argument("--site", choices=sorted(SITES), default=None,
+                        help="also write DIR/SITE.csv: the cohort as a second site for the generic adapter, "
+                             "with that dataset's label columns (docs/synthetic_cohort.md)")
     parser.set_defaults(func=run)
     return parser
 
@@ -42,10 +49,14 @@ def run(args: argparse.Namespace) -> int:
     from ctvlp.data.synth.cohort import SynthConfig, write_cohort
     from ctvlp.errors import BadDatasetError
 
+    raw_fraction = args.raw_fraction if args.raw_fraction is not None else (0.0 if args.site else 0.2)
+    if args.site and raw_fraction > 0:
+        raise BadDatasetError(None, "--site needs --raw-fraction 0: the generic adapter reads volumes as stored "
+                                    "(the HU + 1024 trap is CT-RATE's, fixed only by the ctrate adapter)")
     try:
         cfg = SynthConfig(out=str(args.out), n=args.n, seed=args.seed, difficulty=args.difficulty,
                           workers=args.workers, val_fraction=args.val_fraction, matrix=args.matrix,
-                          raw_fraction=args.raw_fraction)
+                          raw_fraction=raw_fraction)
     except ValueError as err:
         raise BadDatasetError(None, str(err)) from None
     start = time.perf_counter()
@@ -56,9 +67,19 @@ def run(args: argparse.Namespace) -> int:
           f"{summary['raw_volumes']} stored raw) to {args.out} in {seconds:.1f} s "
           f"({100 * seconds / summary['volumes']:.1f} s per 100 volumes, {cfg.workers} worker(s))")
     print("label prevalence (per scan): " + ", ".join(f"{k} {v:.2f}" for k, v in summary["prevalence"].items()))
+    if args.site:
+        _site(args.out, args.site)
     if args.visibility > 0:
         _visibility(args.out, args.visibility)
     return 0
+
+
+def _site(out: Path, site: str) -> None:
+    from ctvlp.data.synth.sites import write_site_table
+
+    path = write_site_table(out, site)
+    print(f"wrote {path}: the cohort as site {site!r}; read it with `ctvlp manifest generic {path} "
+          f"--label-map {site} --source {site.replace('_', '-')} --out M.parquet`")
 
 
 def _visibility(out: Path, count: int) -> None:
