@@ -121,13 +121,14 @@ class Collate:
     padding: str = "repeat"
     """``repeat`` or ``zero`` (air), as in :class:`SamplerConfig`."""
     air: tuple[float, ...] = (-1.0,)
-    """Windowed value of air (-1000 HU) in each channel, used by ``zero`` padding."""
+    """Windowed value of air (-1000 HU) in each channel, used by ``zero`` padding (the body channel's
+    "outside" is -1 too)."""
 
     @classmethod
     def for_dataset(cls, dataset: CTDataset) -> Collate:
         """The collate for ``dataset``'s padding mode, with air at the dataset's HU window."""
         air = tuple(float(window(np.array(AIR_HU), lo, hi)) for lo, hi in dataset.config.hu_windows(dataset.hu_window))
-        return cls(dataset.config.padding, air)
+        return cls(dataset.config.padding, air + ((-1.0,) if dataset.config.body_channel else ()))  # body: outside
 
     def _pad(self, sample: dict, depth: int) -> dict:
         n = int(sample["slice_mask"].sum())

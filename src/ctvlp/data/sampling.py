@@ -16,6 +16,11 @@ Depth padding (:func:`pad_index`), used by the sampler and by the collate alike:
 
 Either way ``slice_mask`` marks the real slices: with ``repeat`` padding it is True at the first copy
 of each slice, so ``slice_mask.sum()`` is always the number of distinct real slices.
+
+Body channel (``SamplerConfig.body_channel``, Uniferum's optional input): the body mask as one more
+channel after the HU windows, +1 inside the body and -1 outside. -1 is also air's value in every window
+channel, so a ``zero``-padded slice or an in-plane pad is "air, outside the body" in every channel;
+``repeat`` padding repeats the mask with its slice.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Literal, Protocol, Sequence
 
 import numpy as np
 
-from ctvlp.data.preprocess import AIR_HU, window
+from ctvlp.data.preprocess import AIR_HU, PreprocessConfig, body_mask, window
 
 
 class VolumeSource(Protocol):
@@ -69,6 +74,10 @@ class SamplerConfig:
     None: every mask of the volume (batching then needs the same names in every volume)."""
     text: Literal["report", "organs"] = "organs"
     """``report``: findings + impressions; ``organs``: sentences of the organs in the sampled slices."""
+    body_channel: bool = False
+    """Append the body mask as the last input channel: +1 inside, -1 outside (see the module docstring).
+    From the cache's ``body`` mask (``prepare`` stores it for every volume); a volume without one gets
+    ``preprocess.body_mask`` of the sampled slab at the default ``body_threshold``."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("whole", "chunk"):
@@ -90,8 +99,8 @@ class SamplerConfig:
 
     @property
     def channels(self) -> int:
-        """Input channels of a sample's image (one per HU window)."""
-        return len(self.windows) if self.windows else 1
+        """Input channels of a sample's image (one per HU window, plus the body channel if set)."""
+        return (len(self.windows) if self.windows else 1) + int(self.body_channel)
 
     def hu_windows(self, cache_window: tuple[float, float]) -> tuple[tuple[float, float], ...]:
         """The windows, or the cache's one when none are set."""
@@ -210,6 +219,19 @@ def _masks(volume: VolumeSource, config: SamplerConfig, z0: int, z1: int) -> tup
     return names, out, np.array([n in have for n in names], bool)
 
 
+BODY = "body"
+"""Name of the body mask in a cache (``preprocess`` stores it for every volume)."""
+
+
+def body_slab(volume: VolumeSource, z0: int, z1: int, hu: np.ndarray | None = None) -> np.ndarray:
+    """(z1 - z0, Y, X) bool body mask: the cached ``body`` mask, else :func:`~ctvlp.data.preprocess.body_mask`
+    of the HU slab ``hu`` (read when not given; holes filled per axial slice as in ``preprocess``)."""
+    if BODY in volume.mask_names:
+        return volume.mask_slab(z0, z1, [BODY])[0]
+    hu = volume.slab(z0, z1) if hu is None else hu
+    return body_mask(hu.transpose(2, 1, 0), PreprocessConfig.body_threshold).transpose(2, 1, 0)  # axial = last
+
+
 def draw_sample(record: VolumeRecord, config: SamplerConfig, rng: np.random.Generator,
                 hu_window: tuple[float, float] = (-1000.0, 1000.0)) -> dict:
     """One sample dict (numpy arrays); see docs/architecture.md for the keys."""
@@ -220,9 +242,13 @@ def draw_sample(record: VolumeRecord, config: SamplerConfig, rng: np.random.Gene
     crop_rng = rng if config.random_crop else None
     offsets = None if config.size is None else (_fit_axis(y_count, config.size[0], crop_rng),
                                                 _fit_axis(x_count, config.size[1], crop_rng))
-    hu = take_padded(volume.slab(z0, z1), idx, 0, AIR_HU)  # (D, Y, X)
-    hu = fit_inplane(hu, config.size, AIR_HU, offsets)
-    image = np.stack([window(hu, lo, hi) for lo, hi in config.hu_windows(hu_window)])  # (C, D, H, W)
+    slab = volume.slab(z0, z1)  # (z1 - z0, Y, X)
+    hu = fit_inplane(take_padded(slab, idx, 0, AIR_HU), config.size, AIR_HU, offsets)  # (D, H, W)
+    channels = [window(hu, lo, hi) for lo, hi in config.hu_windows(hu_window)]
+    if config.body_channel:
+        body = fit_inplane(take_padded(body_slab(volume, z0, z1, slab), idx, 0, False), config.size, False, offsets)
+        channels.append(np.where(body, np.float32(1.0), np.float32(-1.0)))  # (D, H, W)
+    image = np.stack(channels)  # (C, D, H, W)
     sample = {"id": volume.vid, "image": image, "slice_mask": real, "z0": z0, "z1": z1,
               "spacing": np.asarray(volume.spacing_zyx, np.float32),
               "labels": np.asarray(record.labels, np.float32), "label_mask": np.asarray(record.label_mask, bool),
