@@ -16,7 +16,7 @@ import sys
 from ctvlp import __version__
 from ctvlp.errors import CtvlpError
 
-SUBCOMMANDS: tuple[str, ...] = ("info", "manifest", "synth", "prepare", "train", "demo")
+SUBCOMMANDS: tuple[str, ...] = ("info", "manifest", "synth", "prepare", "train", "demo", "compare")
 
 EXIT_USAGE = 2
 

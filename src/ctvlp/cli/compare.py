@@ -1,0 +1,225 @@
+"""`ctvlp compare --recipes A,B,... --data CACHE --out DIR [--budget-minutes M] [--seed S] [--set a.b=v ...]`
+
+Trains each recipe for the same wall-clock budget on the same cache and seed and evaluates all of them
+on the same held-out split. A recipe runs at its cohort size (``ctvlp.recipes.cohort``: the demo's
+model, input and batch size with the recipe's objective, sampler, positions, pooling and optimiser;
+``--debug``: its tiny debug variant). Per recipe: a probe times a few steps on the cache (2 warm-up, 5
+timed); ``steps`` is set to what fits in the budget less the ``EVAL_RESERVE`` (15 %) kept for
+evaluation, and ``max_minutes`` stops training there in any case; then it trains and evaluates
+(``ctvlp.cli.demo.train_and_evaluate``). ``--set`` applies to every recipe; ``--seed`` is every run's.
+
+Writes DIR/<recipe>/ (run/ with checkpoints and metrics.jsonl, config.yaml, report.html),
+DIR/compare.json (per recipe: metrics, steps, samples/s, budget, seed and the command) and
+DIR/compare.md (the table). A recipe that fails is recorded as failed and the others still run;
+exit code 0 when all succeeded, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+EVAL_RESERVE = 0.15
+"""Fraction of each recipe's budget left for evaluation; training gets the rest."""
+PROBE_WARMUP, PROBE_TIMED = 2, 5
+"""Probe steps: untimed (loader start, first allocations), then timed."""
+
+COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("zero-shot mean AUROC", ("zero_shot", "mean_auroc")),
+    ("mean F1", ("zero_shot", "mean_f1")),
+    ("R@1 v->r", ("retrieval", "volume_to_report", "recall@1")),
+    ("R@5 v->r", ("retrieval", "volume_to_report", "recall@5")),
+    ("R@1 r->v", ("retrieval", "report_to_volume", "recall@1")),
+    ("R@5 r->v", ("retrieval", "report_to_volume", "recall@5")),
+    ("organ AUROC", ("organs", "mean_auroc")),
+    ("seg Dice", ("segmentation", "mean_dice")),
+    ("BLEU-4", ("generation", "bleu4")),
+    ("ROUGE-L", ("generation", "rouge_l")),
+    ("label F1", ("generation", "label_f1")),
+)
+"""The table's metric columns: header and key path into a recipe's metrics dict (absent: "—")."""
+MISSING = "—"
+
+
+def register(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("compare", help="train several recipes for the same wall-clock budget and tabulate them",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", required=True, help="comma-separated recipe names, e.g. ctclip,sigvlp,scalevlp")
+    p.add_argument("--data", type=Path, required=True, help="cache folder written by `ctvlp prepare`")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--budget-minutes", type=float, default=10.0,
+                   help="wall-clock minutes per recipe, training and evaluation (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every recipe's run (default 0)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field of every recipe (repeatable)")
+    p.add_argument("--debug", action="store_true", help="the recipes' tiny debug variants (seconds, for tests)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+    return p
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def recipe_names(spec: str) -> list[str]:
+    """``"a, b,a"`` -> ``["a", "b"]`` (order kept, duplicates dropped)."""
+    from ctvlp.config import ConfigError
+
+    names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    if not names:
+        raise ConfigError(f"--recipes names no recipe: {spec!r}")
+    return names
+
+
+def resolve_config(name: str, args: argparse.Namespace):
+    """The recipe at cohort size (debug size with ``--debug``) with ``--set`` and ``--seed`` applied."""
+    from ctvlp.config import apply_overrides
+    from ctvlp.recipes import get_recipe
+    from ctvlp.recipes.cohort import cohort_variant
+
+    cfg = get_recipe(name, debug=True) if args.debug else cohort_variant(get_recipe(name))
+    return apply_overrides(cfg, [*args.overrides, f"seed={args.seed}"])
+
+
+def command(args: argparse.Namespace, names: list[str]) -> str:
+    """The `ctvlp compare` command line that reruns ``names`` with these arguments."""
+    argv = ["ctvlp", "compare", "--recipes", ",".join(names), "--data", str(args.data), "--out", str(args.out),
+            "--budget-minutes", f"{args.budget_minutes:g}", "--seed", str(args.seed)]
+    argv += [x for o in args.overrides for x in ("--set", o)] + (["--debug"] if args.debug else [])
+    return shlex.join(argv)
+
+
+# -- the budget ---------------------------------------------------------------------------------
+def probe_step_seconds(cfg, cache_dir: Path, out: Path) -> float:
+    """Mean seconds of a training step of ``cfg`` on the cache: PROBE_WARMUP untimed steps, then
+    PROBE_TIMED timed ones (from the per-step samples/s of metrics.jsonl). ``out`` is deleted after."""
+    from ctvlp.train.loop import Trainer
+    from ctvlp.train.metrics_log import read_metrics
+
+    probe = dataclasses.replace(cfg, steps=PROBE_WARMUP + PROBE_TIMED, log_every=1, ckpt_every=10**9,
+                                max_minutes=0.0)
+    try:
+        Trainer(probe, cache_dir, out, progress=False).fit()
+        timed = read_metrics(out)[PROBE_WARMUP:]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    samples = cfg.data.batch_size * cfg.grad_accum
+    return sum(samples / r["samples_per_s"] for r in timed) / len(timed)
+
+
+def plan_steps(step_seconds: float, budget_minutes: float) -> tuple[int, float]:
+    """(steps, training seconds): the steps that fit the budget less EVAL_RESERVE (at least 1)."""
+    train_seconds = 60.0 * budget_minutes * (1.0 - EVAL_RESERVE)
+    return max(1, int(train_seconds // step_seconds)), train_seconds
+
+
+def budgeted(cfg, steps: int, train_seconds: float):
+    """``cfg`` training for ``steps`` with a hard stop at ``train_seconds``; warm-up at most 10 % of it."""
+    optim = dataclasses.replace(cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, steps // 10))
+    return dataclasses.replace(cfg, steps=steps, max_minutes=train_seconds / 60.0, optim=optim)
+
+
+# -- one recipe ---------------------------------------------------------------------------------
+def run_recipe(name: str, cfg, args: argparse.Namespace) -> dict:
+    """Probe, plan, train and evaluate one recipe in DIR/<name>/; the record of compare.json."""
+    import yaml
+
+    from ctvlp.cli.demo import train_and_evaluate
+    from ctvlp.config import to_dict
+
+    out = args.out / name
+    for stale in ("run", "probe"):
+        shutil.rmtree(out / stale, ignore_errors=True)
+    step_seconds = probe_step_seconds(cfg, args.data, out / "probe")
+    steps, train_budget = plan_steps(step_seconds, args.budget_minutes)
+    cfg = budgeted(cfg, steps, train_budget)
+    print(f"\n== {name}: {step_seconds:.3f} s/step in the probe -> {steps} steps in {train_budget:.0f} s", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    start = time.perf_counter()
+    metrics = train_and_evaluate(cfg, args.data, out, progress=not args.no_progress)
+    samples = metrics["steps"] * cfg.data.batch_size * cfg.grad_accum
+    return {"status": "ok", "steps": metrics["steps"], "planned_steps": steps,
+            "samples_per_s": samples / max(metrics["train_seconds"], 1e-9),
+            "train_seconds": metrics["train_seconds"], "train_budget_seconds": train_budget,
+            "probe_step_seconds": step_seconds, "seconds": time.perf_counter() - start,
+            "run_dir": str(out / "run"), "metrics": metrics}
+
+
+def run_safely(name: str, cfg, args: argparse.Namespace) -> dict:
+    """``run_recipe``'s record, or a failed one with the error (the traceback goes to stderr)."""
+    common = {"recipe": name, "budget_minutes": args.budget_minutes, "seed": args.seed,
+              "command": command(args, [name])}
+    try:
+        return {**common, **run_recipe(name, cfg, args)}
+    except Exception as err:  # noqa: BLE001 - one recipe's failure must not stop the comparison
+        traceback.print_exc(file=sys.stderr)
+        reason = " ".join(str(err).split()) or type(err).__name__
+        print(f"ctvlp compare: {name} failed: {reason}", file=sys.stderr)
+        return {**common, "status": "failed", "error": f"{type(err).__name__}: {reason}", "reason": reason}
+
+
+# -- outputs ------------------------------------------------------------------------------------
+def metric(metrics: dict, path: tuple[str, ...]):
+    """The value at ``path`` in a metrics dict, or None when the recipe does not produce it."""
+    value = metrics
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def table_row(record: dict) -> list[str]:
+    if record["status"] != "ok":
+        reason = record["reason"].replace("|", "\\|")
+        return [record["recipe"], f"failed: {reason}"] + [MISSING] * (len(COLUMNS) + 1)
+    values = [metric(record["metrics"], path) for _, path in COLUMNS]
+    return [record["recipe"], str(record["steps"]), f"{record['samples_per_s']:.1f}",
+            *(MISSING if v is None else f"{v:.3f}" for v in values)]
+
+
+def markdown(summary: dict) -> str:
+    header = ["recipe", "steps", "samples/s", *(title for title, _ in COLUMNS)]
+    rows = [header, ["---"] * len(header)] + [table_row(r) for r in summary["recipes"].values()]
+    ok = [r["metrics"] for r in summary["recipes"].values() if r["status"] == "ok"]
+    cohort = (f"; {ok[0]['n_train']} training and {ok[0]['n_test']} held-out volumes" if ok else "")
+    return (f"# Recipes at an equal wall-clock budget\n\n`{summary['command']}`\n\n"
+            f"{summary['budget_minutes']:g} min per recipe ({100 * (1 - EVAL_RESERVE):.0f} % for training), "
+            f"seed {summary['seed']}, cache `{summary['data']}`{cohort}. Zero-shot and retrieval on the "
+            f"held-out split; \"{MISSING}\": the recipe does not produce the metric.\n\n"
+            + "".join("| " + " | ".join(row) + " |\n" for row in rows))
+
+
+def write_outputs(summary: dict, out: Path) -> None:
+    from ctvlp.eval.run import jsonable
+
+    (out / "compare.json").write_text(json.dumps(jsonable(summary), indent=2))
+    (out / "compare.md").write_text(markdown(summary))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ctvlp.errors import BadDatasetError, CtvlpError
+
+    names = recipe_names(args.recipes)
+    if not args.budget_minutes > 0:
+        raise CtvlpError(None, f"--budget-minutes must be > 0, got {args.budget_minutes:g}")
+    if not (args.data / "index").is_dir():
+        raise BadDatasetError(args.data, "not a cache folder (no index/); run `ctvlp prepare` first")
+    configs = {name: resolve_config(name, args) for name in names}  # every bad name or --set before training
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = {"command": command(args, names), "data": str(args.data), "budget_minutes": args.budget_minutes,
+               "seed": args.seed, "eval_reserve": EVAL_RESERVE, "debug": args.debug, "recipes": {}}
+    for name, cfg in configs.items():
+        summary["recipes"][name] = run_safely(name, cfg, args)
+        write_outputs(summary, args.out)  # after every recipe: a stopped comparison keeps what it has
+    failed = [n for n, r in summary["recipes"].items() if r["status"] != "ok"]
+    print(f"\n{markdown(summary)}\n{args.out / 'compare.json'}\n{args.out / 'compare.md'}")
+    if failed:
+        print(f"ctvlp compare: failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0

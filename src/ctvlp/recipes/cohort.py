@@ -1,0 +1,79 @@
+"""Cohort-size variants of the recipes: what `ctvlp compare` trains on the synthetic cohort.
+
+The registered recipes are paper-sized (ViT-base over 256^2 or 480^2 inputs) and do not take one step
+in a CPU minute. ``cohort_variant(cfg)`` keeps what makes a recipe itself -- the objective (loss terms,
+weights, options, logit initialisation, text input and sentence matching), the sampler kind (chunk or
+whole volume, padding, text source, crop, HU windows), the position mode of the ViT (and its RoPE base,
+MLP, LayerScale, stem), the image pooling, the projection and the optimiser family -- and takes from
+the ``demo`` recipe everything that is a matter of size: the vision tower's width, depth, heads and
+patch, the embedding dimension, the in-plane size and chunk depth, the batch size, the frozen packaged
+MiniLM text tower (the recipe's pooling kept) and the learning-rate schedule. Every variant is evaluated
+the same way: whole volumes of at most ``COHORT_MAX_SLICES`` slices at the demo's in-plane size, on the
+recipe's (or the default) prompt style.
+
+The learning rate is the demo's for every recipe (the papers' rates, e.g. CT-CLIP's 1.25e-5 for a
+ViT-base at batch 8 over 100k+ steps, leave a 4-block model at chance in a few hundred steps); Muon's own
+rate and every other optimiser hyper-parameter stay the recipe's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from ctvlp.models.resnet3d import ResNet3dConfig
+from ctvlp.models.vit3d import ViT3dConfig
+from ctvlp.train.config import TrainConfig
+
+COHORT_MAX_SLICES = 32
+"""Whole-volume depth cap (train and eval) of the cohort variants: a synthetic chest prepared at the
+demo's 3 x 3 x 6 mm has 10-20 slices, so no volume is cut; twice the demo's chunk depth."""
+
+RESNET_WIDTHS = (16, 32, 64, 128)
+"""Stage widths of a ResNet tower's cohort variant (ResNet-10 at 1/4 of MONAI's width), about the
+demo ViT's cost per sample."""
+
+
+def _demo() -> TrainConfig:
+    from ctvlp.recipes import get_recipe  # the registry imports nothing from here
+
+    return get_recipe("demo")
+
+
+def learned_grid_for(patch: tuple[int, int, int], depth: int, size: tuple[int, int]) -> tuple[int, int, int]:
+    """Token grid (gz, gy, gx) of the largest input (``depth`` slices, in-plane ``size``) at ``patch``."""
+    return (math.ceil(depth / patch[0]), math.ceil(size[0] / patch[1]), math.ceil(size[1] / patch[2]))
+
+
+def _vision(vision, demo: ViT3dConfig, max_depth: int, size: tuple[int, int]):
+    """The recipe's tower at the demo's size: same position mode, RoPE base, MLP, stem, pooling inputs."""
+    if isinstance(vision, ResNet3dConfig):
+        return dataclasses.replace(vision, depth=10, widths=RESNET_WIDTHS)
+    head_dim_same = vision.width // vision.heads == demo.width // demo.heads
+    grid = learned_grid_for(demo.patch, max_depth, size) if vision.pos == "learned" else None
+    return dataclasses.replace(vision, size="cohort", width=demo.width, depth=demo.depth, heads=demo.heads,
+                               patch=demo.patch, learned_grid=grid,
+                               rope_split=vision.rope_split if head_dim_same else None)
+
+
+def cohort_variant(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` (a paper-sized recipe) at the ``demo`` recipe's size, keeping its method (module docstring).
+
+    Returns a new config; ``cfg`` is not changed. ``steps`` is the demo's: `ctvlp compare` sets it from
+    the wall-clock budget."""
+    demo = _demo()
+    size, chunk_depth = demo.data.sampler.size, demo.data.sampler.chunk_depth
+    whole = cfg.data.sampler.mode == "whole"
+    max_depth = max(chunk_depth, COHORT_MAX_SLICES)
+    text = dataclasses.replace(demo.model.text, pooling=cfg.model.text.pooling)
+    model = dataclasses.replace(cfg.model, vision=_vision(cfg.model.vision, demo.model.vision, max_depth, size),
+                                text=text, embed_dim=demo.model.embed_dim)
+    sampler = dataclasses.replace(cfg.data.sampler, size=size, chunk_depth=chunk_depth,
+                                  max_slices=COHORT_MAX_SLICES if whole else None)
+    data = dataclasses.replace(cfg.data, sampler=sampler, batch_size=demo.data.batch_size)
+    eval_sampler = dataclasses.replace(cfg.eval.sampler, size=size, max_slices=COHORT_MAX_SLICES)
+    evaluation = dataclasses.replace(cfg.eval, sampler=eval_sampler, batch_size=demo.eval.batch_size)
+    optim = dataclasses.replace(cfg.optim, lr=demo.optim.lr, warmup_steps=demo.optim.warmup_steps,
+                                min_lr_ratio=demo.optim.min_lr_ratio)
+    return dataclasses.replace(cfg, model=model, data=data, eval=evaluation, optim=optim, steps=demo.steps,
+                               log_every=demo.log_every, ckpt_every=demo.ckpt_every)
