@@ -41,9 +41,29 @@ def test_options_reach_the_loss_module_and_unknown_ones_are_named():
         Objective(LossConfig(options={"siglip": {"temperature": 1.0}}))
 
 
+def test_main_term_weight_and_the_outputs_an_objective_reads():
+    """SegVL's mask steps weigh their main term by alpha_seg; each objective names the model outputs it reads."""
+    masks = Objective(LossConfig(name="tversky", weights={"tversky": 0.75}))
+    assert masks.weights == {"tversky": 0.75} and masks.outputs == ("seg",)
+    colipri = Objective(LossConfig(name="clip", weights={"osl": 0.5, "caption": 1.0}))
+    assert colipri.outputs == ("pairs", "osl", "caption")
+
+
+def test_stages_give_each_step_its_kind():
+    cfg = apply_overrides(get_recipe("demo"), ["steps=10", "tasks={masks: {name: tversky}}",
+                                               "stages=[{fraction: 0.3}, {cycle: [pairs, masks], frozen: [seg.]}]"])
+    kinds = [cfg.task_at(step)[0] for step in range(8)]
+    assert kinds == ["pairs"] * 3 + ["pairs", "masks", "pairs", "masks", "pairs"]
+    assert cfg.task_at(0)[1].frozen == () and cfg.task_at(5)[1].frozen == ("seg.",)
+    assert cfg.all_terms == ["sentence_sigmoid", "siglip", "tversky"]
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["loss.weights={focal: 1.0}"], "unknown term 'focal'"),
-    (["loss.weights={sentence_sigmoid: 1.0}"], "already the main term"),
+    (["loss.name=tversky"], "image-report objective.*must be one of siglip, clip, sentence_sigmoid, swca"),
+    (["stages=[{cycle: [pairs, masks]}]"], r"names \['masks'\], which are not in tasks"),
+    (["tasks={masks: {name: tversky}}", "stages=[{cycle: [masks]}, {fraction: 0.5}]"], "only allowed for the last stage"),
+    (["tasks={pairs: {name: tversky}}"], "'pairs' is the name of the image-report objective"),
     (["loss.weights={osl: -1.0}"], "must be >= 0"),
     (["loss.options={tversky: {alpha: 0.3}}"], "'tversky' is not a term"),
     (["loss.name=sentence_sigmoid", "model.text_input=text"], "needs model.text_input='sentences'"),

@@ -105,7 +105,8 @@ def test_corrupt_checkpoint_is_a_clear_error(cache, tmp_path, capsys):
 def test_non_finite_losses_are_skipped_then_stop(cache, tmp_path, monkeypatch):
     cfg = get_recipe("demo", debug=True)
     trainer = Trainer(cfg, cache, tmp_path / "nan", progress=False)
-    real = trainer.loss_fn
+    objective = trainer.objectives["pairs"]
+    real = objective.forward
     calls = {"n": 0}
 
     def sometimes_nan(**kw):
@@ -113,7 +114,7 @@ def test_non_finite_losses_are_skipped_then_stop(cache, tmp_path, monkeypatch):
         parts = real(**kw)
         return {k: v * float("nan") for k, v in parts.items()} if calls["n"] in (2, 3) else parts
 
-    trainer.loss_fn = sometimes_nan
+    objective.forward = sometimes_nan
     trainer.cfg.max_bad_steps = 2
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     summary = trainer.fit()
@@ -121,7 +122,7 @@ def test_non_finite_losses_are_skipped_then_stop(cache, tmp_path, monkeypatch):
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
 
     trainer2 = Trainer(cfg, cache, tmp_path / "nan2", progress=False)
-    trainer2.loss_fn = lambda **kw: {k: v * float("nan") for k, v in real(**kw).items()}
+    trainer2.objectives["pairs"].forward = lambda **kw: {k: v * float("nan") for k, v in real(**kw).items()}
     trainer2.cfg.max_bad_steps = 3
     with pytest.raises(TrainingError, match="4 steps with a non-finite loss"):
         trainer2.fit()

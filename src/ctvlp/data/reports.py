@@ -222,6 +222,24 @@ def parse_report(text: str) -> list[Sentence]:
     return sentences
 
 
+def structure_report(text: str) -> str:
+    """A report rewritten into anatomical sections with positive and negative findings, by rules
+    (COLIPRI restructured CT-RATE's reports with GPT-4o): one line per organ in order of first mention,
+    ``"<Organ>: positive: <sentences> negative: <sentences>"`` (empty parts left out); sentences that name
+    no organ go to a last ``"Other:"`` line. A sentence about several organs appears under each."""
+    sections: dict[str, dict[bool, list[str]]] = {}
+    for sentence in parse_report(_text(text)):
+        for organ in sentence.organs or ["other"]:
+            sections.setdefault(organ, {False: [], True: []})[sentence.negated].append(sentence.text)
+    order = [o for o in sections if o != "other"] + (["other"] if "other" in sections else [])
+    lines = []
+    for organ in order:
+        parts = [f"{kind}: {' '.join(sections[organ][negated])}"
+                 for kind, negated in (("positive", False), ("negative", True)) if sections[organ][negated]]
+        lines.append(f"{organ.replace('_', ' ').capitalize()}: {' '.join(parts)}")
+    return "\n".join(lines)
+
+
 def organ_sentences(text: str) -> dict[str, list[str]]:
     """Organ id -> the sentences of ``text`` assigned to it (a sentence may serve several organs)."""
     out: dict[str, list[str]] = {}

@@ -72,8 +72,10 @@ class SamplerConfig:
     mask_names: tuple[str, ...] | None = None
     """Which masks (fixed order, absent ones are all False with ``mask_available`` False);
     None: every mask of the volume (batching then needs the same names in every volume)."""
-    text: Literal["report", "organs"] = "organs"
-    """``report``: findings + impressions; ``organs``: sentences of the organs in the sampled slices."""
+    text: Literal["report", "organs", "structured"] = "organs"
+    """``report``: findings + impressions; ``organs``: sentences of the organs in the sampled slices;
+    ``structured``: the findings rewritten into organ sections with positive and negative findings
+    (``reports.structure_report``, COLIPRI), then the impressions."""
     body_channel: bool = False
     """Append the body mask as the last input channel: +1 inside, -1 outside (see the module docstring).
     From the cache's ``body`` mask (``prepare`` stores it for every volume); a volume without one gets
@@ -84,8 +86,8 @@ class SamplerConfig:
             raise ValueError(f"mode must be 'whole' or 'chunk', got {self.mode!r}")
         if self.padding not in ("repeat", "zero"):
             raise ValueError(f"padding must be 'repeat' or 'zero', got {self.padding!r}")
-        if self.text not in ("report", "organs"):
-            raise ValueError(f"text must be 'report' or 'organs', got {self.text!r}")
+        if self.text not in ("report", "organs", "structured"):
+            raise ValueError(f"text must be 'report', 'organs' or 'structured', got {self.text!r}")
         if self.chunk_depth < 1 or (self.max_slices is not None and self.max_slices < 1):
             raise ValueError("chunk_depth and max_slices must be positive")
         if self.size is not None:
@@ -161,11 +163,24 @@ def organs_in(z_extents: dict[str, tuple[int, int]], organ_sentences: dict[str, 
             if sents and o in z_extents and z_extents[o][0] < z1 and z_extents[o][1] > z0]
 
 
+def structured_report(findings: str, impressions: str) -> str:
+    """COLIPRI's text: the findings as organ sections (``reports.structure_report``), then the impressions."""
+    from ctvlp.data.reports import structure_report
+
+    lines = structure_report(findings).splitlines()
+    if impressions.strip():
+        lines.append(f"Impression: {impressions.strip()}")
+    return "\n".join(lines)
+
+
 def choose_text(record: VolumeRecord, text_mode: str, z0: int, z1: int) -> dict:
     """text, sentences, organs and ``text_source`` ('organs', 'impressions' or 'report')."""
     from ctvlp.data.reports import split_sentences
 
     organs = organs_in(record.volume.z_extents, record.organ_sentences, z0, z1)
+    if text_mode == "structured":
+        lines = structured_report(record.findings, record.impressions).splitlines()
+        return {"text": "\n".join(lines), "sentences": lines, "organs": organs, "text_source": "structured"}
     if text_mode == "organs" and organs:
         sentences = [s for o in organs for s in record.organ_sentences[o]]
         source = "organs"

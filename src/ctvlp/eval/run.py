@@ -18,6 +18,7 @@ import torch
 from ctvlp.data.cache import Cache
 from ctvlp.data.loader import make_loader
 from ctvlp.data.manifest import LABEL_PREFIX
+from ctvlp.data.sampling import structured_report
 from ctvlp.eval.prompts import build_prompts
 from ctvlp.eval.retrieval import retrieval_both
 from ctvlp.eval.zeroshot import evaluate_zero_shot, zero_shot_scores
@@ -57,7 +58,8 @@ def encode_split(model, cache: Cache, cfg, split: str, device: torch.device, num
     position = {vid: i for i, vid in enumerate(dataset.index["id"])}
     order = [position[vid] for vid in rows]  # loader order -> index rows
     index = dataset.index.iloc[order]
-    texts = [f"{f} {i}".strip() for f, i in zip(index["findings"], index["impressions"])]
+    texts = [structured_report(f, i) if cfg.sampler.text == "structured" else f"{f} {i}".strip()
+             for f, i in zip(index["findings"], index["impressions"])]  # the text the model trained on
     return Encoded(ids=rows, image_emb=torch.cat(images), report_emb=encode_texts(model, texts),
                    labels=dataset.labels[order], available=dataset.label_mask[order],
                    scans=[f"{p}/{s}" for p, s in zip(index["patient_id"], index["scan_id"])], texts=texts)

@@ -80,9 +80,12 @@ class TverskyLoss(nn.Module):
     (0.5, 0.5) otherwise. ``forward`` reads ``seg_probs``, ``seg_targets`` and optionally
     ``seg_available`` from the model's output dict."""
 
-    def __init__(self, alpha: torch.Tensor | float = 0.5, beta: torch.Tensor | float = 0.5, eps: float = 1e-5):
+    def __init__(self, alpha: torch.Tensor | list[float] | float = 0.5, beta: torch.Tensor | list[float] | float = 0.5,
+                 eps: float = 1e-5):
         super().__init__()
         for name, value in (("alpha", alpha), ("beta", beta)):
+            if isinstance(value, (list, tuple)):  # per-class values from a config file
+                value = torch.tensor(value, dtype=torch.float32)
             if isinstance(value, torch.Tensor):
                 if value.ndim > 1:
                     raise ValueError(f"{name} must be a scalar or a (C,) tensor; got shape {tuple(value.shape)}")

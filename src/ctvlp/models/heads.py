@@ -23,6 +23,23 @@ def masked_max(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return tokens.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
 
 
+def multiscale_pool(tokens: torch.Tensor, mask: torch.Tensor | None, grid: tuple[int, int, int],
+                    cells: tuple[int, int, int] = (2, 2, 2)) -> torch.Tensor:
+    """Uniferum's multi-scale token pooling: the masked mean over all tokens concatenated with the masked
+    means over a coarse ``cells`` grid (adaptive bins of the token grid, z-major):
+    tokens (B, N, C) on ``grid`` (gz, gy, gx), mask (B, N) -> (B, (1 + prod(cells)) C). A cell with no
+    valid token gives zeros."""
+    b, n, c = tokens.shape
+    gz, gy, gx = grid
+    if n != gz * gy * gx:
+        raise ValueError(f"tokens (B, {n}, C) do not fill the grid {tuple(grid)}")
+    weights = torch.ones(b, n, device=tokens.device, dtype=tokens.dtype) if mask is None else mask.to(tokens.dtype)
+    x = (tokens * weights[..., None]).transpose(1, 2).reshape(b, c, gz, gy, gx)  # (B, C, gz, gy, gx)
+    w = weights.reshape(b, 1, gz, gy, gx)
+    sums = F.adaptive_avg_pool3d(x, cells) / F.adaptive_avg_pool3d(w, cells).clamp_min(1e-6)  # (B, C, *cells)
+    return torch.cat((masked_mean(tokens, mask), sums.flatten(2).transpose(1, 2).flatten(1)), dim=1)
+
+
 class AttentionPool(nn.Module):
     """Multi-head attention pooling with the masked mean token as the query (COLIPRI's image and text
     heads): out = softmax(q K^T / sqrt(d)) V over the valid tokens, q = masked_mean(tokens)."""

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -18,10 +19,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctvlp.data.reports import sentence_findings
-from ctvlp.models.heads import AttentionPool, Projection, masked_max
+from ctvlp.losses.caption import next_token_targets
+from ctvlp.models.decoder import DecoderConfig, ReportDecoder
+from ctvlp.models.heads import AttentionPool, Projection, masked_max, multiscale_pool
+from ctvlp.models.mae import MaeDecoder, MaeDecoderConfig, masked_autoencoder_step
 from ctvlp.models.resnet3d import ResNet3dConfig
 from ctvlp.models.text import TextTower, TextTowerConfig
 from ctvlp.models.vit3d import ViT3dConfig, create_vision_tower
+from ctvlp.models.voxel_head import (AnchorHead, VisualEnhancement, VoxelHead, VoxelHeadConfig, anchor_prompts,
+                                     segmentation_outputs)
+
+OUTPUT_GROUPS = ("pairs", "seg", "labels", "caption", "osl", "mae")
+"""What ``VisionLanguageModel.forward`` can compute; a step asks for the groups its losses read."""
 
 
 @dataclass
@@ -35,9 +44,10 @@ class ModelConfig:
     """The text tower (default: the packaged all-MiniLM-L6-v2)."""
     embed_dim: int = 256
     """Dimension of the shared embedding space."""
-    image_pool: Literal["mean", "max", "attention"] = "mean"
+    image_pool: Literal["mean", "max", "attention", "multiscale"] = "mean"
     """How image tokens become one vector: masked mean, masked channel-wise max (small findings are not
-    diluted by the volume's size) or attention pooling (COLIPRI)."""
+    diluted by the volume's size), attention pooling (COLIPRI) or the global mean concatenated with the
+    means of a 2 x 2 x 2 grid of cells (Uniferum; 9 x the width into the projection)."""
     projection: Literal["linear", "mlp", "mlp_bn"] = "linear"
     """Projection head of both towers (see :class:`~ctvlp.models.heads.Projection`)."""
     init_logit_scale: float = math.log(10.0)
@@ -63,13 +73,39 @@ class ModelConfig:
     """Give the sentence-level loss its own logit scale and bias (``sentence_logit_scale/_bias``, same
     initial values) instead of sharing the sample-level loss's: the two see different positive rates."""
 
+    seg: VoxelHeadConfig | None = None
+    """SegVL's voxel head and mask-name anchors (``seg`` outputs: Tversky on masks, zero-shot
+    segmentation); its ``patch`` is the ViT's (leave it None)."""
+    visual_enhancement: bool = False
+    """With ``seg``: z = z_img + lambda AvgPool(f_VE(V)) before the image embedding is normalised
+    (lambda learnable, initialised at 0)."""
+    label_prompts: bool = False
+    """Uniferum's labels as prompts: label k is scored sigmoid(t_l cos(v, u_k) + b_l), u_k the text
+    embedding of "<label>." (``labels`` outputs, trained by ``masked_bce``; own scale and bias)."""
+    decoder: DecoderConfig | None = None
+    """COLIPRI's report decoder cross-attending to the vision tokens (``caption`` outputs); its
+    ``vocab_size`` and ``memory_width`` are taken from the text tokenizer and the vision tower."""
+    mae: MaeDecoderConfig | None = None
+    """MAE decoder for image-only steps (``mae`` outputs; the encoder sees only visible patches)."""
+    mae_ratio: float = 0.75
+    """Fraction of patches masked in an MAE step."""
+
     def __post_init__(self) -> None:
+        if (self.seg is not None or self.mae is not None) and not isinstance(self.vision, ViT3dConfig):
+            raise ValueError("model.seg and model.mae need a ViT vision tower (token grid of patches)")
+        if self.seg is not None and self.seg.patch is not None and tuple(self.seg.patch) != tuple(self.vision.patch):
+            raise ValueError(f"model.seg.patch {tuple(self.seg.patch)} must equal model.vision.patch "
+                             f"{tuple(self.vision.patch)}")
+        if self.visual_enhancement and self.seg is None:
+            raise ValueError("model.visual_enhancement needs model.seg (the voxel head)")
+        if not 0.0 < self.mae_ratio < 1.0:
+            raise ValueError(f"mae_ratio must be in (0, 1), got {self.mae_ratio}")
         if self.sentence_match not in ("text", "findings"):
             raise ValueError(f"sentence_match must be 'text' or 'findings', got {self.sentence_match!r}")
         if self.embed_dim < 1:
             raise ValueError("embed_dim must be positive")
-        if self.image_pool not in ("mean", "max", "attention"):
-            raise ValueError(f"image_pool must be 'mean', 'max' or 'attention', got {self.image_pool!r}")
+        if self.image_pool not in ("mean", "max", "attention", "multiscale"):
+            raise ValueError(f"image_pool must be 'mean', 'max', 'attention' or 'multiscale', got {self.image_pool!r}")
         if self.text_input not in ("text", "sentences"):
             raise ValueError(f"text_input must be 'text' or 'sentences', got {self.text_input!r}")
         if self.max_logit_scale <= 0 or math.exp(self.init_logit_scale) > self.max_logit_scale:
@@ -98,7 +134,8 @@ class VisionLanguageModel(nn.Module):
         self.vision = create_vision_tower(cfg.vision)
         self.text = TextTower(cfg.text)
         self.image_pool = AttentionPool(self.vision.width) if cfg.image_pool == "attention" else None
-        self.image_proj = Projection(self.vision.width, cfg.embed_dim, cfg.projection)
+        pooled_width = self.vision.width * (9 if cfg.image_pool == "multiscale" else 1)
+        self.image_proj = Projection(pooled_width, cfg.embed_dim, cfg.projection)
         self.text_proj = Projection(self.text.width, cfg.embed_dim, cfg.projection)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
@@ -106,6 +143,20 @@ class VisionLanguageModel(nn.Module):
             self.sentence_logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
             self.sentence_logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
         self._sentence_features: dict[str, torch.Tensor] = {}  # memo of the frozen tower, sentence -> (width,)
+        if cfg.seg is not None:
+            self.seg = nn.ModuleDict({"voxel": VoxelHead.for_tower(cfg.seg, self.vision),
+                                      "anchor": AnchorHead(cfg.embed_dim, cfg.seg.embed_dim)})
+            if cfg.visual_enhancement:
+                self.seg["enhance"] = VisualEnhancement(cfg.seg.embed_dim, self.vision.width)
+        if cfg.label_prompts:
+            self.label_logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+            self.label_logit_bias = nn.Parameter(torch.tensor(0.0))
+        if cfg.decoder is not None:
+            vocab = len(self.text.tokenizer)
+            self.decoder = ReportDecoder(dataclasses.replace(cfg.decoder, vocab_size=vocab,
+                                                             memory_width=self.vision.width))
+        if cfg.mae is not None:
+            self.mae_decoder = MaeDecoder.for_tower(cfg.mae, self.vision)
 
     @property
     def text_frozen(self) -> bool:
@@ -117,20 +168,45 @@ class VisionLanguageModel(nn.Module):
             self.text.eval()  # a frozen tower is a fixed function: no dropout
         return self
 
-    def image_features(self, image: torch.Tensor, slice_mask: torch.Tensor | None = None) -> dict:
-        """Vision tower output (tokens, token_mask, grid) plus ``pooled`` (B, width)."""
+    @property
+    def enhancing(self) -> bool:
+        """Visual enhancement changes the image embedding (lambda trains or is not 0)."""
+        enhance = self.seg["enhance"] if self.cfg.visual_enhancement else None
+        return enhance is not None and (enhance.scale.requires_grad or bool(enhance.scale != 0))
+
+    def image_features(self, image: torch.Tensor, slice_mask: torch.Tensor | None = None,
+                       voxels: bool = False) -> dict:
+        """Vision tower output (tokens, token_mask, grid) plus ``pooled`` (B, width), visually enhanced
+        when configured, and with ``voxels`` (or enhancement) the voxel embeddings ``voxel_emb``
+        (B, E, D, H, W) on the image's grid."""
         out = self.vision(image, slice_mask=slice_mask)
         if self.image_pool is not None:
             out["pooled"] = self.image_pool(out["tokens"], out["token_mask"])
         elif self.cfg.image_pool == "max":
             out["pooled"] = masked_max(out["tokens"], out["token_mask"])
+        elif self.cfg.image_pool == "multiscale":
+            out["pooled"] = multiscale_pool(out["tokens"], out["token_mask"], out["grid"])
+        if voxels or self.enhancing:
+            out["voxel_emb"] = self.seg["voxel"](out["tokens"], out["grid"], image.shape[2:])
+        if self.enhancing:
+            out["pooled"] = self.seg["enhance"](out["pooled"], out["voxel_emb"], slice_mask)
         return out
 
     def encode_image(self, image: torch.Tensor, slice_mask: torch.Tensor | None = None,
                      normalize: bool = True) -> torch.Tensor:
-        """image (B, 1, D, H, W) windowed to [-1, 1] -> (B, embed_dim)."""
+        """image (B, C, D, H, W) windowed to [-1, 1] -> (B, embed_dim)."""
         emb = self.image_proj(self.image_features(image, slice_mask)["pooled"])
         return F.normalize(emb, dim=-1) if normalize else emb
+
+    def encode_anchors(self, names: list[str]) -> torch.Tensor:
+        """SegVL's mask-name anchors M = f_text(text embedding of "This is <name>.") (K, E)."""
+        return self.seg["anchor"](self.encode_texts(anchor_prompts(names)))
+
+    def label_logits(self, image_emb: torch.Tensor, label_names: list[str]) -> torch.Tensor:
+        """Uniferum's label logits t_l cos(v, u_k) + b_l (B, K), u_k the embedding of "<label>."."""
+        prompts = self.encode_texts([f"{name}." for name in label_names])  # (K, E)
+        scale = self.label_logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
+        return scale * image_emb @ prompts.T + self.label_logit_bias
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     normalize: bool = True) -> torch.Tensor:
@@ -205,21 +281,72 @@ class VisionLanguageModel(nn.Module):
 
     def forward(self, image: torch.Tensor, slice_mask: torch.Tensor | None = None,
                 input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                sentences: list[list[str]] | None = None, **_) -> dict[str, torch.Tensor]:
-        """image (B, 1, D, H, W) and either token ids (``text_input="text"``) or each sample's sentences.
-        Besides the embeddings, the output carries the vision tokens (``tokens`` (B, N, C), ``token_mask``)
-        and ``report_emb`` (the text tower's pooled features, detached) for losses that use them (SWCA)."""
+                sentences: list[list[str]] | None = None, masks: torch.Tensor | None = None,
+                mask_available: torch.Tensor | None = None, mask_names: list[str] | None = None,
+                label_names: list[str] | None = None, osl: dict | None = None,
+                outputs: tuple[str, ...] = ("pairs",), **_) -> dict[str, torch.Tensor]:
+        """image (B, C, D, H, W) and what the requested ``outputs`` groups read -> the losses' keyword
+        arguments:
+
+        - ``pairs`` (token ids, or each sample's sentences): ``image_emb``, ``text_emb``, ``logit_scale``,
+          ``logit_bias``, the vision ``tokens``/``token_mask`` and ``report_emb`` (the text tower's pooled
+          features, detached; SWCA), sentence-level outputs with ``text_input="sentences"``;
+        - ``seg`` (``masks`` (B, M, D, H, W), ``mask_available`` (B, M), ``mask_names``): ``seg_probs``,
+          ``seg_targets``, ``seg_available``;
+        - ``labels`` (``label_names``): ``label_logits`` (B, K);
+        - ``caption`` (token ids of the report): ``caption_logits`` (B, L, V), ``caption_targets`` (B, L);
+        - ``osl`` (``osl``: a ``build_osl_pairs`` result as a dict): ``osl_pos_emb``/``osl_neg_emb``
+          (B, K, E), ``osl_is_true``, ``osl_mask`` (B, K);
+        - ``mae`` alone: ``mae_pred``, ``mae_target``, ``mae_mask`` (the encoder sees visible patches only).
+        """
+        unknown = set(outputs) - set(OUTPUT_GROUPS)
+        if unknown:
+            raise ValueError(f"unknown output groups {sorted(unknown)}; groups: {', '.join(OUTPUT_GROUPS)}")
+        if "mae" in outputs:
+            if len(outputs) > 1:
+                raise ValueError("an MAE step computes only the 'mae' outputs (the encoder sees visible patches)")
+            return masked_autoencoder_step(self.vision, self.mae_decoder, image, self.cfg.mae_ratio,
+                                           slice_mask=slice_mask)
+        vision = self.image_features(image, slice_mask, voxels="seg" in outputs)
+        image_emb = F.normalize(self.image_proj(vision["pooled"]), dim=-1)
+        out = {"image_emb": image_emb, "tokens": vision["tokens"], "token_mask": vision["token_mask"],
+               "logit_scale": self.scale(), "logit_bias": self.logit_bias}
+        if "pairs" in outputs:
+            out.update(self._pair_outputs(input_ids, attention_mask, sentences))
+        if "seg" in outputs:
+            out.update(segmentation_outputs(vision["voxel_emb"], self.encode_anchors(mask_names), masks,
+                                            mask_available, slice_mask))
+        if "labels" in outputs:
+            out["label_logits"] = self.label_logits(image_emb, label_names)
+        if "caption" in outputs:
+            out["caption_logits"] = self.decoder(input_ids, vision["tokens"], vision["token_mask"], attention_mask)
+            out["caption_targets"] = next_token_targets(input_ids, attention_mask)
+        if "osl" in outputs:
+            out.update(self._osl_outputs(osl))
+        return out
+
+    def _pair_outputs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                      sentences: list[list[str]] | None) -> dict[str, torch.Tensor]:
         if self.cfg.text_input == "sentences":
-            text = self._sentence_outputs(sentences)
+            out = self._sentence_outputs(sentences)
         else:
             features = self.text(input_ids, attention_mask)  # (B, width)
-            text = {"text_emb": F.normalize(self.text_proj(features), dim=-1), "report_emb": features.detach()}
-        vision = self.image_features(image, slice_mask)
-        out = {"image_emb": F.normalize(self.image_proj(vision["pooled"]), dim=-1), **text,
-               "tokens": vision["tokens"], "token_mask": vision["token_mask"],
-               "logit_scale": self.scale(), "logit_bias": self.logit_bias}
+            out = {"text_emb": F.normalize(self.text_proj(features), dim=-1), "report_emb": features.detach()}
         if self.cfg.sentence_logits:
             out["sentence_logit_scale"] = self.sentence_logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
             out["sentence_logit_bias"] = self.sentence_logit_bias
         return out
 
+    def _osl_outputs(self, osl: dict) -> dict[str, torch.Tensor]:
+        """Embeds the valid pairs' sentences once each (invalid slots get zero vectors and are masked)."""
+        valid = torch.tensor(osl["valid"], dtype=torch.bool, device=self.logit_scale.device)  # (B, K)
+        b, k = valid.shape
+        texts = [t for side in ("pos_texts", "neg_texts") for row in osl[side] for t in row]  # 2 B K
+        flat = torch.cat((valid.flatten(), valid.flatten()))
+        emb = torch.zeros(2 * b * k, self.cfg.embed_dim, device=valid.device)
+        if flat.any():
+            emb = emb.index_put((flat.nonzero()[:, 0],),
+                                self.encode_texts([t for t, v in zip(texts, flat.tolist()) if v]).to(emb.dtype))
+        pos, neg = emb.view(2, b, k, -1)
+        return {"osl_pos_emb": pos, "osl_neg_emb": neg, "osl_mask": valid,
+                "osl_is_true": torch.tensor(osl["is_true"], dtype=torch.bool, device=valid.device)}

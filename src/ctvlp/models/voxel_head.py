@@ -33,6 +33,7 @@ hidden width small as well.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -54,11 +55,13 @@ class VoxelHeadConfig:
     linearly with it (see the module docstring); 32-64 is the useful range."""
     hidden: int = 256
     """Hidden width of the per-token MLP."""
-    patch: Triple = (8, 16, 16)
-    """The vision tower's patch (pz, py, px): each token becomes pz * py * px voxels."""
+    patch: Triple | None = None
+    """The vision tower's patch (pz, py, px): each token becomes pz * py * px voxels; None: taken from
+    the tower by :meth:`VoxelHead.for_tower` (how the model builds it, so a recipe's patch change carries)."""
 
     def __post_init__(self) -> None:
-        self.patch = as_triple(self.patch, "patch")
+        if self.patch is not None:
+            self.patch = as_triple(self.patch, "patch")
         if self.embed_dim < 1 or self.hidden < 1:
             raise ValueError(f"embed_dim and hidden must be positive, got {self.embed_dim}, {self.hidden}")
 
@@ -73,16 +76,18 @@ class VoxelHead(nn.Module):
 
     def __init__(self, cfg: VoxelHeadConfig, width: int):
         super().__init__()
-        if width < 1:
-            raise ValueError(f"token width must be positive, got {width}")
+        if width < 1 or cfg.patch is None:
+            raise ValueError(f"need a positive token width and a patch; got {width}, {cfg.patch}")
         self.cfg, self.width = cfg, width
         self.mlp = nn.Sequential(nn.Linear(width, cfg.hidden), nn.GELU(),
                                  nn.Linear(cfg.hidden, cfg.voxels_per_token * cfg.embed_dim))
 
     @classmethod
     def for_tower(cls, cfg: VoxelHeadConfig, vision_tower: nn.Module) -> "VoxelHead":
-        """A head for a ``VisionTransformer3d`` (its width; its patch must equal ``cfg.patch``)."""
+        """A head for a ``VisionTransformer3d`` (its width; its patch, which ``cfg.patch`` must equal when set)."""
         patch = tuple(vision_tower.cfg.patch)
+        if cfg.patch is None:
+            cfg = dataclasses.replace(cfg, patch=patch)
         if patch != cfg.patch:
             raise ValueError(f"tower patch {patch} != voxel head patch {cfg.patch}")
         return cls(cfg, vision_tower.width)

@@ -12,11 +12,14 @@ from typing import Callable
 
 from ctvlp.config import ConfigError
 from ctvlp.data.sampling import SamplerConfig
+from ctvlp.models.decoder import DecoderConfig
+from ctvlp.models.mae import MaeDecoderConfig
 from ctvlp.models.resnet3d import ResNet3dConfig
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
-from ctvlp.train.config import DataConfig, EvalConfig, LossConfig, TrainConfig
+from ctvlp.models.voxel_head import VoxelHeadConfig
+from ctvlp.train.config import DataConfig, EvalConfig, LossConfig, StageConfig, TrainConfig
 from ctvlp.train.optim import OptimConfig
 
 RECIPES: dict[str, Callable[[], TrainConfig]] = {}
@@ -47,8 +50,12 @@ def debug_variant(cfg: TrainConfig) -> TrainConfig:
     else:
         grid = {"learned_grid": (8, 8, 8)} if cfg.model.vision.pos == "learned" else {}
         vision = vit_config("debug", pos=cfg.model.vision.pos, patch=(4, 8, 8), **grid)
-    model = dataclasses.replace(cfg.model, vision=vision, text=TextTowerConfig(name="tiny", pooling="mean"),
-                                embed_dim=32)
+    vision = dataclasses.replace(vision, in_chans=cfg.model.vision.in_chans)
+    model = dataclasses.replace(
+        cfg.model, vision=vision, text=TextTowerConfig(name="tiny", pooling=cfg.model.text.pooling), embed_dim=32,
+        seg=cfg.model.seg and VoxelHeadConfig(embed_dim=8, hidden=16),
+        decoder=cfg.model.decoder and DecoderConfig(width=32, depth=1, heads=2, max_length=64),
+        mae=cfg.model.mae and MaeDecoderConfig(width=32, depth=1, heads=2))
     sampler = dataclasses.replace(cfg.data.sampler, size=(32, 32), chunk_depth=8,
                                   max_slices=16 if cfg.data.sampler.mode == "whole" else None)
     data = dataclasses.replace(cfg.data, sampler=sampler, batch_size=4, num_workers=0, max_text_tokens=64)
@@ -142,4 +149,88 @@ def scalevlp() -> TrainConfig:
                                                        "knowledge": "report_emb"}}),
         optim=OptimConfig(name="adamw", lr=1e-4, warmup_steps=1000),
         eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), max_slices=64, text="report")),
+        steps=100_000)
+
+
+SEGVL_MASKS = ("lung", "heart", "aorta", "trachea_bronchi", "esophagus", "bone", "pleura", "mediastinum",
+               "lung_nodule", "pleural_effusion")
+"""Masks SegVL's image-mask steps train on (the synthetic cohort's names; a volume without one of them
+has it marked unavailable, so it adds no loss term)."""
+
+
+@register
+def segvl() -> TrainConfig:
+    """SegVL (METHODS.md): ViT-B over 20 x 20 x 10 patches with learned positions (CT-CLIP's input:
+    480 x 480, at most 240 slices), InfoNCE, a light per-token MLP voxel head (E = 32) scored against
+    "This is <mask name>" anchors, visual enhancement (lambda from 0). Stage 1 (first half): image-report
+    steps only, segmentation heads frozen. Stage 2: one image-report step, then one image-mask step with
+    the standard Tversky loss (alpha_seg 0.75; (alpha, beta) = (0.3, 0.7) for nodules, (0.4, 0.6) for
+    effusion, (0.5, 0.5) otherwise)."""
+    patch = (10, 20, 20)
+    vision = vit_config("base", width=768, patch=patch, pos="learned", learned_grid=(24, 24, 24))
+    alpha = [0.3 if m == "lung_nodule" else 0.4 if m == "pleural_effusion" else 0.5 for m in SEGVL_MASKS]
+    sampler = SamplerConfig(mode="whole", size=(480, 480), max_slices=240, text="report", include_masks=True,
+                            mask_names=SEGVL_MASKS)
+    return TrainConfig(
+        recipe="segvl",
+        model=ModelConfig(vision=vision, text=TextTowerConfig(name="minilm", pooling="cls"), embed_dim=512,
+                          projection="mlp", init_logit_scale=math.log(1 / 0.07),
+                          seg=VoxelHeadConfig(embed_dim=32, hidden=256), visual_enhancement=True),
+        data=DataConfig(sampler=sampler, batch_size=8),
+        loss=LossConfig(name="clip"),
+        tasks={"masks": LossConfig(name="tversky", weights={"tversky": 0.75},
+                                   options={"tversky": {"alpha": alpha, "beta": [1 - a for a in alpha]}})},
+        stages=(StageConfig(fraction=0.5, frozen=("seg.",)), StageConfig(cycle=("pairs", "masks"))),
+        optim=OptimConfig(name="adamw", lr=1.25e-5, warmup_steps=1000),
+        eval=EvalConfig(prompt_style="ctclip", sampler=SamplerConfig(mode="whole", size=(480, 480), max_slices=240,
+                                                                     text="report")),
+        steps=100_000)
+
+
+@register
+def uniferum() -> TrainConfig:
+    """Uniferum (METHODS.md; our reading of the released code plus the seed's options): one objective over
+    every annotation a dataset has — report-volume SigLIP, labels as prompts (sigmoid(t cos + b), BCE on
+    the labels the sample's dataset annotates only; train on a merged multi-site manifest, see
+    docs/synthetic_cohort.md) and masks as prompts (Tversky through SegVL's voxel head) — with the body
+    mask as an extra input channel and multi-scale token pooling; a RoPE ViT on whole volumes."""
+    patch = (16, 16, 16)
+    vision = vit_config("base", patch=patch, pos="rope", rope_base=1000.0, in_chans=2)
+    sampler = SamplerConfig(mode="whole", size=(256, 256), max_slices=128, text="report", body_channel=True,
+                            include_masks=True, mask_names=SEGVL_MASKS)
+    return TrainConfig(
+        recipe="uniferum",
+        model=ModelConfig(vision=vision, text=TextTowerConfig(name="minilm", pooling="mean"), embed_dim=512,
+                          image_pool="multiscale", projection="mlp", label_prompts=True,
+                          seg=VoxelHeadConfig(embed_dim=32, hidden=256)),
+        data=DataConfig(sampler=sampler, batch_size=8),
+        loss=LossConfig(name="siglip", weights={"masked_bce": 1.0, "tversky": 1.0}),
+        optim=OptimConfig(name="adamw", lr=1e-4, warmup_steps=1000),
+        eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), max_slices=128, text="report",
+                                              body_channel=True)),
+        steps=100_000)
+
+
+@register
+def colipri() -> TrainConfig:
+    """COLIPRI (METHODS.md): Primus-M encoder (8^3 patches, SwiGLU, RoPE on 2/3 of the head dimensions,
+    LayerScale 0.1, drop-path 0.2) on 2 mm volumes cropped to 160^3, attention pooling for image and text,
+    reports rewritten into organ sections with positive and negative findings; image-report steps
+    optimise CLIP + 0.5 x Opposite Sentence Loss (K = 8) + report generation (a 4-layer decoder
+    cross-attending to the image tokens) and alternate 1:1 with MAE steps (75 % masking, light decoder)."""
+    vision = vit_config("primus-m")
+    sampler = SamplerConfig(mode="whole", size=(160, 160), max_slices=160, text="structured")
+    return TrainConfig(
+        recipe="colipri",
+        model=ModelConfig(vision=vision, text=TextTowerConfig(name="minilm", pooling="attention"), embed_dim=768,
+                          image_pool="attention", init_logit_scale=math.log(1 / 0.07),
+                          decoder=DecoderConfig(width=512, depth=4, heads=8, max_length=256),
+                          mae=MaeDecoderConfig(width=256, depth=2, heads=8), mae_ratio=0.75),
+        data=DataConfig(sampler=sampler, batch_size=8, max_text_tokens=256, osl_pairs=8),
+        loss=LossConfig(name="clip", weights={"osl": 0.5, "caption": 1.0}),
+        tasks={"mae": LossConfig(name="mae")},
+        stages=(StageConfig(cycle=("pairs", "mae")),),
+        optim=OptimConfig(name="adamw", lr=1e-4, warmup_steps=1000),
+        eval=EvalConfig(prompt_style="colipri", sampler=SamplerConfig(mode="whole", size=(160, 160), max_slices=160,
+                                                                      text="structured")),
         steps=100_000)

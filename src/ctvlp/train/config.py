@@ -26,40 +26,51 @@ class DataConfig:
     """Split of the cache index the model trains on."""
     max_text_tokens: int = 128
     """Token budget of a sample's text (longer texts are truncated)."""
+    osl_pairs: int = 8
+    """K sentence pairs per image for the Opposite Sentence Loss, drawn from each batch's reports
+    (``ctvlp.data.osl_pairs``; ceil(K/2) true, floor(K/2) false)."""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.num_workers < 0 or self.pool_batches < 1 or self.max_text_tokens < 8:
-            raise ValueError("batch_size, pool_batches >= 1, num_workers >= 0, max_text_tokens >= 8")
+        if self.batch_size < 1 or self.num_workers < 0 or self.pool_batches < 1 or self.max_text_tokens < 8 \
+                or self.osl_pairs < 1:
+            raise ValueError("batch_size, pool_batches, osl_pairs >= 1, num_workers >= 0, max_text_tokens >= 8")
 
 
 LOSS_NAMES = ("siglip", "clip", "sentence_sigmoid", "swca", "tversky", "masked_bce", "osl", "caption", "mae")
 """Terms a :class:`LossConfig` can name (``ctvlp.train.objective.LOSSES`` maps them to ``ctvlp.losses``)."""
 
 
+CONTRASTIVE = ("siglip", "clip", "sentence_sigmoid", "swca")
+"""Image-text terms; one of them is the main term of the image-report objective (``TrainConfig.loss``)."""
+
+
 @dataclass
 class LossConfig:
-    """The objective: a main term plus weighted extra terms, each a loss of ``ctvlp.losses``."""
+    """An objective: a main term plus weighted extra terms, each a loss of ``ctvlp.losses``."""
 
-    name: Literal["siglip", "clip", "sentence_sigmoid", "swca"] = "siglip"
-    """Main (contrastive) term, weight 1: ``siglip`` pairwise sigmoid, ``clip`` symmetric InfoNCE,
-    ``sentence_sigmoid`` images against the batch's distinct report sentences, ``swca`` SCALE-VLP."""
+    name: Literal["siglip", "clip", "sentence_sigmoid", "swca", "tversky", "masked_bce", "osl", "caption",
+                  "mae"] = "siglip"
+    """Main term: ``siglip`` pairwise sigmoid, ``clip`` symmetric InfoNCE, ``sentence_sigmoid`` images
+    against the batch's distinct report sentences, ``swca`` SCALE-VLP; the objectives of other kinds of
+    step (``TrainConfig.tasks``) may have a non-contrastive main term (``tversky``, ``mae``, ...)."""
     weights: dict[str, float] = field(default_factory=dict)
-    """Extra terms and their weights, e.g. ``{sentence_sigmoid: 1.0}`` (names from ``LOSS_NAMES``)."""
+    """Term weights, e.g. ``{sentence_sigmoid: 1.0}`` (names from ``LOSS_NAMES``); the main term has
+    weight 1 unless listed here (SegVL's mask steps: ``{tversky: 0.75}``)."""
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Keyword arguments of a term's loss module, e.g. ``{swca: {alpha: 0.3, variant: soft_targets}}``."""
     gather: bool = True
     """Under torch.distributed, score local samples against every process's (all-gather with gradients)."""
 
     def __post_init__(self) -> None:
-        if self.name not in ("siglip", "clip", "sentence_sigmoid", "swca"):
-            raise ValueError(f"loss.name must be 'siglip', 'clip', 'sentence_sigmoid' or 'swca', got {self.name!r}")
+        if self.name not in LOSS_NAMES:
+            raise ValueError(f"loss.name must be one of {', '.join(LOSS_NAMES)}; got {self.name!r}")
         for term, weight in self.weights.items():
             if term not in LOSS_NAMES:
                 raise ValueError(f"loss.weights: unknown term {term!r}; terms: {', '.join(LOSS_NAMES)}")
-            if term == self.name:
-                raise ValueError(f"loss.weights: {term!r} is already the main term (weight 1)")
             if weight < 0:
                 raise ValueError(f"loss.weights.{term} must be >= 0, got {weight}")
+        if not self.terms:
+            raise ValueError(f"loss: every term has weight 0 ({self.name!r} included)")
         for term in self.options:
             if term not in self.terms:
                 raise ValueError(f"loss.options: {term!r} is not a term of this objective ({', '.join(self.terms)})")
@@ -67,7 +78,28 @@ class LossConfig:
     @property
     def terms(self) -> dict[str, float]:
         """Every term with a positive weight, the main one first."""
-        return {self.name: 1.0, **{k: v for k, v in self.weights.items() if v > 0}}
+        weights = {self.name: 1.0, **self.weights}
+        return {k: v for k, v in weights.items() if v > 0}
+
+
+@dataclass
+class StageConfig:
+    """A stretch of training with its own cycle of step kinds (SegVL: stage 1 image-report steps only,
+    stage 2 alternating image-report and image-mask steps; COLIPRI: image-report and MAE steps)."""
+
+    fraction: float = 0.0
+    """Share of ``TrainConfig.steps`` in this stage (so ``--steps`` scales every stage); 0 (allowed for
+    the last stage only): until the end."""
+    cycle: tuple[str, ...] = ("pairs",)
+    """Step kinds taken in turn: ``pairs`` is the image-report objective ``TrainConfig.loss``, any other
+    name a key of ``TrainConfig.tasks``; ``(pairs, masks)`` alternates one step of each."""
+    frozen: tuple[str, ...] = ()
+    """Parameter-name prefixes that do not train in this stage (``seg.``: SegVL's heads in stage 1)."""
+
+    def __post_init__(self) -> None:
+        self.cycle, self.frozen = tuple(self.cycle), tuple(self.frozen)
+        if not 0.0 <= self.fraction <= 1.0 or not self.cycle:
+            raise ValueError(f"a stage needs 0 <= fraction <= 1 and a non-empty cycle; got {self.fraction}, {self.cycle}")
 
 
 @dataclass
@@ -97,6 +129,12 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    """The image-report objective (the ``pairs`` steps)."""
+    tasks: dict[str, LossConfig] = field(default_factory=dict)
+    """Objectives of other kinds of step by name, e.g. ``{masks: {name: tversky, weights: {tversky: 0.75}},
+    mae: {name: mae}}``; ``stages`` say when each runs."""
+    stages: tuple[StageConfig, ...] = ()
+    """Stages in order (none: every step is a ``pairs`` step)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     steps: int = 1000
@@ -128,8 +166,44 @@ class TrainConfig:
             raise ValueError("max_bad_steps and max_minutes must be >= 0")
         channels = {"model.vision.in_chans": self.model.vision.in_chans, "data.sampler.windows":
                     self.data.sampler.channels, "eval.sampler.windows": self.eval.sampler.channels}
-        if len(set(channels.values())) > 1 or self.data.sampler.windows != self.eval.sampler.windows:
-            raise ValueError(f"input channels disagree: {channels} (one channel per HU window; train and eval "
-                             f"samplers need the same windows)")
-        if "sentence_sigmoid" in self.loss.terms and self.model.text_input != "sentences":
+        inputs = [(s.windows, s.body_channel) for s in (self.data.sampler, self.eval.sampler)]
+        if len(set(channels.values())) > 1 or inputs[0] != inputs[1]:
+            raise ValueError(f"input channels disagree: {channels} (one channel per HU window, plus the body "
+                             f"mask with body_channel; train and eval samplers need the same windows and "
+                             f"body_channel)")
+        if self.loss.name not in CONTRASTIVE:
+            raise ValueError(f"loss.name (the image-report objective) must be one of {', '.join(CONTRASTIVE)}; "
+                             f"got {self.loss.name!r} (other objectives go in tasks)")
+        for i, stage in enumerate(self.stages):
+            unknown = [k for k in stage.cycle if k != "pairs" and k not in self.tasks]
+            if unknown:
+                raise ValueError(f"stages[{i}].cycle names {unknown}, which are not in tasks ({', '.join(self.tasks)})")
+            if stage.fraction == 0 and i != len(self.stages) - 1:
+                raise ValueError(f"stages[{i}]: fraction 0 (until the end) is only allowed for the last stage")
+        if sum(stage.fraction for stage in self.stages) > 1.0 + 1e-9:
+            raise ValueError("stages: the fractions add up to more than 1")
+        if "pairs" in self.tasks:
+            raise ValueError("tasks: 'pairs' is the name of the image-report objective (loss)")
+        if "sentence_sigmoid" in self.all_terms and self.model.text_input != "sentences":
             raise ValueError("the sentence_sigmoid loss needs model.text_input='sentences'")
+
+    @property
+    def objectives(self) -> dict[str, LossConfig]:
+        """Every step kind's objective: ``pairs`` (``loss``) and ``tasks``."""
+        return {"pairs": self.loss, **self.tasks}
+
+    @property
+    def all_terms(self) -> list[str]:
+        """Every loss term some step uses, in first-use order."""
+        return list(dict.fromkeys(t for objective in self.objectives.values() for t in objective.terms))
+
+    def task_at(self, step: int) -> tuple[str, StageConfig | None]:
+        """The kind of step ``step`` (0-based) and its stage."""
+        start, share = 0, 0.0
+        for stage in self.stages:
+            share += stage.fraction
+            end = round(share * self.steps)
+            if stage.fraction == 0 or step < end:
+                return stage.cycle[(step - start) % len(stage.cycle)], stage
+            start = end
+        return "pairs", None

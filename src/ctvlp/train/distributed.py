@@ -43,12 +43,13 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: nn.Module, place: Place) -> nn.Module:
-    """DDP around ``model`` when there are several processes (gradients averaged over them)."""
+def wrap(model: nn.Module, place: Place, find_unused: bool = False) -> nn.Module:
+    """DDP around ``model`` when there are several processes (gradients averaged over them);
+    ``find_unused`` when some steps leave parameters out of the graph (alternating objectives, stages)."""
     if place.world == 1:
         return model
     ids = [place.local_rank] if place.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
 
 
 def all_true(flag: bool, place: Place) -> bool:

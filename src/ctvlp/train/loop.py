@@ -12,11 +12,13 @@ import contextlib
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from ctvlp.config import to_dict
 from ctvlp.data.cache import Cache
+from ctvlp.data.osl_pairs import build_osl_pairs
 from ctvlp.errors import CtvlpError
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.train import distributed
@@ -68,11 +70,13 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = VisionLanguageModel(cfg.model).to(self.place.device)
         self.model.vision.set_grad_checkpointing(cfg.grad_checkpointing)
-        self.loss_fn = Objective(cfg.loss)
-        self.loss_terms = list(self.loss_fn.terms)
-        if self.loss_terms == ["clip"]:  # the softmax loss has no bias; DDP needs every trainable parameter used
-            self.model.logit_bias.requires_grad_(False)
+        self.objectives = {kind: Objective(loss) for kind, loss in cfg.objectives.items()}
+        self.loss_terms = cfg.all_terms
+        if not {"siglip", "swca", "sentence_sigmoid"} & set(self.loss_terms) and "clip" in self.loss_terms:
+            self.model.logit_bias.requires_grad_(False)  # the softmax loss has no bias
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
+        self.frozen: tuple[str, ...] | None = None
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.steps)
         tokenizer = self.model.text.tokenizer if cfg.model.text_input == "text" else None
         self.loader = train_loader(self.cache, cfg.data, tokenizer, cfg.seed, self.place.rank, self.place.world)
@@ -80,7 +84,8 @@ class Trainer:
         self.tokenizer = tokenizer_files(self.model) if self.place.is_main else {}  # carried by every checkpoint
         if resume:
             self._resume()
-        self.ddp = distributed.wrap(self.model, self.place)
+        # a step kind or stage that leaves parameters unused needs DDP's unused-parameter search
+        self.ddp = distributed.wrap(self.model, self.place, find_unused=bool(cfg.tasks or cfg.stages))
 
     # -- checkpoints -------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -112,17 +117,32 @@ class Trainer:
         return list(self.loader.dataset.label_names)
 
     # -- one optimiser step --------------------------------------------------------------------
-    def _micro_step(self, batch: dict, sync: bool) -> dict[str, torch.Tensor]:
-        dev = self.place.device
-        inputs = {k: batch[k].to(dev, non_blocking=True) for k in ("image", "slice_mask", "input_ids", "attention_mask")
-                  if k in batch}
-        inputs["sentences"] = batch["sentences"]
+    def _set_stage(self, frozen: tuple[str, ...]) -> None:
+        """Freeze the parameters under the stage's prefixes, unfreeze the other trainable ones."""
+        if frozen == self.frozen:
+            return
+        for name, p in self.model.named_parameters():
+            if name in self.trainable:
+                p.requires_grad_(not name.startswith(frozen) if frozen else True)
+        self.frozen = frozen
+
+    def _micro_step(self, batch: dict, kind: str, sync: bool) -> dict[str, torch.Tensor]:
+        dev, objective = self.place.device, self.objectives[kind]
+        tensors = ("image", "slice_mask", "input_ids", "attention_mask", "masks", "mask_available")
+        inputs = {k: batch[k].to(dev, non_blocking=True) for k in tensors if k in batch}
+        inputs.update(sentences=batch["sentences"], mask_names=batch.get("mask_names"),
+                      label_names=self.label_names(), outputs=objective.outputs)
+        if "osl" in objective.outputs:  # pairs drawn from the batch's reports, seeded by the step (exact resume)
+            rng = np.random.default_rng([self.cfg.seed, self.step, self.place.rank])
+            inputs["osl"] = build_osl_pairs(batch["text"], self.cfg.data.osl_pairs, rng)._asdict()
         ctx = contextlib.nullcontext() if sync or self.ddp is self.model else self.ddp.no_sync()
         with ctx:
             with autocast(self.cfg, dev):
                 out = self.ddp(**inputs)
                 targets = {k: batch[k].to(dev) for k in ("labels", "label_mask") if k in batch}  # for label-aware losses
-                parts = self.loss_fn(**targets, **{k: v.float() if v.is_floating_point() else v for k, v in out.items()})
+                if "labels" in targets:
+                    targets.update(label_targets=targets["labels"], label_available=targets["label_mask"])
+                parts = objective(**targets, **{k: v.float() if v.is_floating_point() else v for k, v in out.items()})
             (parts["loss"] / self.cfg.grad_accum).backward()
         return {k: v.detach() for k, v in parts.items()}
 
@@ -151,15 +171,17 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (is_main and self.progress), unit="step",
                    dynamic_ncols=True)
         stream = batches(self.loader, self.epoch, self.batch_in_epoch)
-        window = {"loss": 0.0, "n": 0, "samples": 0, "start": time.perf_counter()}
+        window = {"samples": 0, "start": time.perf_counter()}
         deadline = time.monotonic() + 60 * cfg.max_minutes
         self.model.train()
         try:
             while self.step < cfg.steps:
+                kind, stage = cfg.task_at(self.step)
+                self._set_stage(stage.frozen if stage else ())
                 parts = []
                 for k in range(cfg.grad_accum):
                     epoch, index, batch = next(stream)
-                    parts.append(self._micro_step(batch, sync=k == cfg.grad_accum - 1))
+                    parts.append(self._micro_step(batch, kind, sync=k == cfg.grad_accum - 1))
                     window["samples"] += len(batch["id"]) * self.place.world
                     self.epoch, self.batch_in_epoch = epoch, index + 1
                 terms = {name: torch.stack([p[name] for p in parts]).mean() for name in parts[0]}
@@ -170,7 +192,7 @@ class Trainer:
                 if finite:
                     for name, value in terms.items():
                         window[name] = window.get(name, 0.0) + float(value)
-                    window["n"] += 1
+                        window[f"n_{name}"] = window.get(f"n_{name}", 0) + 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(loss):.4f}", epoch=self.epoch)
                 last = self.step == cfg.steps or (cfg.max_minutes > 0 and distributed.any_true(
@@ -179,7 +201,7 @@ class Trainer:
                     record = self._record(window, lr, grad_norm)
                     if log is not None:
                         log.write(record)
-                    window = {"loss": 0.0, "n": 0, "samples": 0, "start": time.perf_counter()}
+                    window = {"samples": 0, "start": time.perf_counter()}
                 if self.step % cfg.ckpt_every == 0 or last:
                     self.save()
                 if last:
@@ -192,8 +214,8 @@ class Trainer:
 
     def _record(self, window: dict, lr: dict[str, float], grad_norm: float) -> dict:
         seconds = time.perf_counter() - window["start"]
-        means = {name: window.get(name, 0.0) / window["n"] if window["n"] else float("nan")
-                 for name in ("loss", *self.loss_terms)}
+        means = {name: window.get(name, 0.0) / window[f"n_{name}"] if window.get(f"n_{name}") else float("nan")
+                 for name in ("loss", *self.loss_terms)}  # each term over the steps that computed it
         lrs = {"lr": lr.get("decay", next(iter(lr.values())))} | ({"lr_muon": lr["muon"]} if "muon" in lr else {})
         return {"step": self.step, "loss": means["loss"], **{f"loss_{n}": means[n] for n in self.loss_terms}, **lrs,
                 "samples_per_s": window["samples"] / max(seconds, 1e-9), "grad_norm": grad_norm,

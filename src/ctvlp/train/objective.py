@@ -20,6 +20,9 @@ LOSSES = {"siglip": SigLipLoss, "clip": ClipLoss, "sentence_sigmoid": SentenceSi
           "tversky": TverskyLoss, "masked_bce": MaskedBCELoss, "osl": OppositeSentenceLoss, "caption": CaptionLoss,
           "mae": MaeLoss}
 assert set(LOSSES) == set(LOSS_NAMES)
+READS = {"siglip": ("pairs",), "clip": ("pairs",), "sentence_sigmoid": ("pairs",), "swca": ("pairs",),
+         "tversky": ("seg",), "masked_bce": ("labels",), "osl": ("osl",), "caption": ("caption",), "mae": ("mae",)}
+"""The model output groups (``ctvlp.models.vlp.OUTPUT_GROUPS``) each loss reads."""
 
 
 def build_term(name: str, cfg: LossConfig) -> nn.Module:
@@ -41,6 +44,11 @@ class Objective(nn.Module):
         super().__init__()
         self.weights = cfg.terms
         self.terms = nn.ModuleDict({name: build_term(name, cfg) for name in self.weights})
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The model output groups this objective reads."""
+        return tuple(dict.fromkeys(group for name in self.weights for group in READS[name]))
 
     def forward(self, **outputs) -> dict[str, torch.Tensor]:
         parts = {name: term(**outputs) for name, term in self.terms.items()}

@@ -31,10 +31,11 @@ TEXT_TERMS = ("siglip", "clip", "sentence_sigmoid", "swca", "osl", "caption")
 def needs(cfg: TrainConfig) -> dict[str, list[str]]:
     """What the config's objective needs -> the terms that need it."""
     out: dict[str, list[str]] = {}
-    for term in cfg.loss.terms:
+    label_affinity = any(loss.options.get("swca", {}).get("knowledge") == "labels" for loss in cfg.objectives.values())
+    for term in cfg.all_terms:
         if term in TEXT_TERMS:
             out.setdefault("report text", []).append(term)
-        if term == "masked_bce" or (term == "swca" and cfg.loss.options.get("swca", {}).get("knowledge") == "labels"):
+        if term == "masked_bce" or (term == "swca" and label_affinity):
             out.setdefault("labels", []).append(term)
         if term == "tversky":
             out.setdefault("masks", []).append(term)

@@ -1,0 +1,116 @@
+"""Recipes with several kinds of step (SegVL, Uniferum, COLIPRI): the model's output groups, stages,
+alternation, freezing, structured reports and multi-scale pooling."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctvlp.cli import main
+from ctvlp.config import apply_overrides
+from ctvlp.data.reports import structure_report
+from ctvlp.models.heads import masked_mean, multiscale_pool
+from ctvlp.recipes import get_recipe
+from ctvlp.train.checkpoint import load_checkpoint
+from ctvlp.train.loop import Trainer
+from ctvlp.train.metrics_log import read_metrics
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("multitask")
+    assert main(["synth", "--out", str(root / "cohort"), "--n", "16", "--matrix", "64", "--seed", "5"]) == 0
+    assert main(["manifest", "ctrate", str(root / "cohort"), "--radgenome", str(root / "cohort" / "radgenome"),
+                 "--val-fraction", "0.25", "--out", str(root / "m.parquet")]) == 0
+    assert main(["prepare", "--manifest", str(root / "m.parquet"), "--out", str(root / "cache")]) == 0
+    return root / "cache"
+
+
+def _fit(cache: Path, out: Path, name: str, *sets: str) -> tuple[Trainer, list[dict]]:
+    cfg = apply_overrides(get_recipe(name, debug=True), ["steps=4", "log_every=1", *sets])
+    trainer = Trainer(cfg, cache, out, progress=False)
+    trainer.fit()
+    return trainer, read_metrics(out)
+
+
+def test_segvl_stage_one_freezes_the_heads_then_alternates(cache, tmp_path):
+    """Steps 1-2: image-report only, segmentation heads untouched (lambda stays 0); steps 3-4: one
+    image-report step, then one image-mask step with the Tversky loss weighted 0.75."""
+    cfg = apply_overrides(get_recipe("segvl", debug=True), ["steps=4", "log_every=1", "ckpt_every=2", "keep_last=3"])
+    trainer = Trainer(cfg, cache, tmp_path / "segvl", progress=False)
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith("seg.")}
+    trainer.fit()
+    after_stage1 = load_checkpoint(tmp_path / "segvl" / "checkpoints" / "step-0000002.pt")["model"]
+    assert all(torch.equal(v, after_stage1[k]) for k, v in start.items()), "stage 1 trained a segmentation head"
+    records = read_metrics(tmp_path / "segvl")
+    kinds = [("clip" if math.isfinite(r["loss_clip"]) else "") + ("tversky" if math.isfinite(r["loss_tversky"]) else "")
+             for r in records]
+    assert kinds == ["clip", "clip", "clip", "tversky"]
+    assert records[3]["loss"] == pytest.approx(0.75 * records[3]["loss_tversky"], rel=1e-5)
+    changed = [k for k, v in trainer.model.state_dict().items() if k in start and not torch.equal(start[k], v)]
+    assert any(k.startswith("seg.voxel.") for k in changed) and any(k.startswith("seg.anchor.") for k in changed)
+
+
+def test_uniferum_trains_labels_masks_and_reports_in_one_step(cache, tmp_path):
+    trainer, records = _fit(cache, tmp_path / "uni", "uniferum")
+    assert all(math.isfinite(r[f"loss_{t}"]) for r in records for t in ("siglip", "masked_bce", "tversky"))
+    batch = next(iter(trainer.loader))
+    assert batch["image"].shape[1] == 2  # HU window + body mask
+    assert set(batch["image"][:, 1].unique().tolist()) <= {-1.0, 1.0}
+
+
+def test_colipri_alternates_image_report_and_mae_steps(cache, tmp_path):
+    trainer, records = _fit(cache, tmp_path / "colipri", "colipri")
+    pairs = [all(math.isfinite(r[f"loss_{t}"]) for t in ("clip", "osl", "caption")) for r in records]
+    mae = [math.isfinite(r["loss_mae"]) for r in records]
+    assert pairs == [True, False, True, False] and mae == [False, True, False, True]
+    assert "positive:" in next(iter(trainer.loader))["text"][0] or "negative:" in next(iter(trainer.loader))["text"][0]
+
+
+def test_model_output_groups_have_the_losses_shapes(cache):
+    cfg = get_recipe("colipri", debug=True)
+    from ctvlp.models.vlp import VisionLanguageModel
+
+    model = VisionLanguageModel(apply_overrides(cfg, ["model.label_prompts=true"]).model).eval()  # no dropout
+    image = torch.randn(2, 1, 8, 32, 32)
+    tokens = model.tokenize(["Lungs are clear.", "A 7 mm nodule in the left lung. No pleural effusion."])
+    osl = {"pos_texts": [["a", ""], ["b", "c"]], "neg_texts": [["No a.", ""], ["No b.", "No c."]],
+           "is_true": [[True, False], [True, False]], "valid": [[True, False], [True, True]]}
+    out = model(image, input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], osl=osl,
+                label_names=["Emphysema", "Cardiomegaly", "Lung nodule"], outputs=("pairs", "labels", "caption", "osl"))
+    length = tokens["input_ids"].shape[1]
+    assert out["label_logits"].shape == (2, 3) and out["caption_logits"].shape[:2] == (2, length)
+    assert out["caption_targets"][:, :-1].tolist() == torch.where(
+        tokens["attention_mask"][:, 1:].bool(), tokens["input_ids"][:, 1:], -100).tolist()
+    assert out["osl_pos_emb"].shape == (2, 2, 32) and not out["osl_pos_emb"][0, 1].any()  # invalid slot: zeros
+    assert torch.allclose(out["osl_pos_emb"][1, 0], model.encode_texts(["b"])[0], atol=1e-5)
+    mae = model(image, outputs=("mae",))
+    assert mae["mae_mask"].float().mean().item() == pytest.approx(0.75, abs=0.13)
+    with pytest.raises(ValueError, match="only the 'mae' outputs"):
+        model(image, outputs=("mae", "pairs"))
+
+
+def test_multiscale_pool_golden():
+    """Grid (2, 2, 2), one channel holding the token index: the global mean and each token as its own cell."""
+    tokens = torch.arange(8, dtype=torch.float32).view(1, 8, 1)
+    out = multiscale_pool(tokens, None, (2, 2, 2))
+    assert out.tolist() == [[3.5, 0, 1, 2, 3, 4, 5, 6, 7]]
+    mask = torch.tensor([[True] * 4 + [False] * 4])  # the second z row is padding
+    out = multiscale_pool(tokens, mask, (2, 2, 2))
+    assert out[0, 0] == masked_mean(tokens, mask)[0, 0] == 1.5
+    assert out[0, 1:5].tolist() == [0, 1, 2, 3] and out[0, 5:].tolist() == [0, 0, 0, 0]
+
+
+def test_structure_report_sections_positive_and_negative_findings():
+    text = ("Heart size is normal. There is no pericardial effusion. A 7 mm nodule is present in the left lung "
+            "lower lobe. No pleural effusion. The study was performed without contrast.")
+    lines = structure_report(text).splitlines()
+    assert lines[0].startswith("Heart: negative: Heart size is normal. There is no pericardial effusion.")
+    lung = next(line for line in lines if line.startswith("Lung:"))
+    assert "positive: A 7 mm nodule" in lung and "negative:" not in lung
+    assert lines[-1].startswith("Other:") and "without contrast" in lines[-1]
