@@ -11,8 +11,11 @@ import torch
 
 from ctvlp.cli import main
 from ctvlp.config import apply_overrides
+from ctvlp.data.cache import Cache
 from ctvlp.data.reports import structure_report
+from ctvlp.eval.run import evaluate_model
 from ctvlp.models.heads import masked_mean, multiscale_pool
+from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import get_recipe
 from ctvlp.train.checkpoint import load_checkpoint
 from ctvlp.train.loop import Trainer
@@ -74,8 +77,6 @@ def test_colipri_alternates_image_report_and_mae_steps(cache, tmp_path):
 
 def test_model_output_groups_have_the_losses_shapes(cache):
     cfg = get_recipe("colipri", debug=True)
-    from ctvlp.models.vlp import VisionLanguageModel
-
     model = VisionLanguageModel(apply_overrides(cfg, ["model.label_prompts=true"]).model).eval()  # no dropout
     image = torch.randn(2, 1, 8, 32, 32)
     tokens = model.tokenize(["Lungs are clear.", "A 7 mm nodule in the left lung. No pleural effusion."])
@@ -114,3 +115,12 @@ def test_structure_report_sections_positive_and_negative_findings():
     lung = next(line for line in lines if line.startswith("Lung:"))
     assert "positive: A 7 mm nodule" in lung and "negative:" not in lung
     assert lines[-1].startswith("Other:") and "without contrast" in lines[-1]
+
+
+def test_sigvlp_evaluation_includes_organ_classification(cache):
+    """eval.tasks=[organs]: the metrics gain the organ task's numbers, chunks of organ_chunk_depth slices."""
+    cfg = apply_overrides(get_recipe("sigvlp", debug=True), ["eval.organ_chunk_depth=4"])
+    metrics = evaluate_model(VisionLanguageModel(cfg.model), Cache(cache), cfg.eval)
+    organs = metrics["organs"]
+    assert organs["chunk_depth"] == 4 and organs["n_chunks"] > metrics["n_test"]
+    assert organs["per_organ"] and all(v["auroc"] is None or 0 <= v["auroc"] <= 1 for v in organs["per_organ"].values())

@@ -8,6 +8,7 @@ one scan share a report, so a hit on any reconstruction of the query's scan coun
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from ctvlp.data.cache import Cache
 from ctvlp.data.loader import make_loader
 from ctvlp.data.manifest import LABEL_PREFIX
 from ctvlp.data.sampling import structured_report
+from ctvlp.eval.organs import evaluate_organs
 from ctvlp.eval.prompts import build_prompts
 from ctvlp.eval.retrieval import retrieval_both
 from ctvlp.eval.zeroshot import evaluate_zero_shot, zero_shot_scores
@@ -90,6 +92,15 @@ def chance_recall(groups: list[str], k: int) -> float:
     return float(np.mean(1 - miss))
 
 
+def _organs(model, cache: Cache, cfg, device: torch.device) -> dict:
+    sampler = dataclasses.replace(cfg.sampler, mode="chunk", chunk_depth=cfg.organ_chunk_depth, max_slices=None)
+    return evaluate_organs(model, cache, sampler, cfg.val_split, cfg.test_split, device, batch_size=cfg.batch_size)
+
+
+EXTRA_TASKS = {"organs": _organs}
+"""``EvalConfig.tasks`` -> function(model, cache, eval config, device) -> the task's metrics."""
+
+
 @torch.no_grad()
 def evaluate_model(model, cache: Cache, cfg, device: torch.device | str = "cpu", details: bool = False):
     """Zero-shot classification (thresholds on ``cfg.val_split``) and retrieval on ``cfg.test_split``.
@@ -113,11 +124,12 @@ def evaluate_model(model, cache: Cache, cfg, device: torch.device | str = "cpu",
         zero_shot = evaluate_zero_shot(scores["val"], val.labels, val.available, scores["test"], test.labels,
                                        test.available, labels)
         retrieval = retrieval_both(test.image_emb, test.report_emb, ks=(1, 5, 10, 50), groups=test.scans)
+        extra = {task: EXTRA_TASKS[task](model, cache, cfg, device) for task in cfg.tasks}
     finally:
         model.train(was_training)
     metrics = {"n_val": len(val.ids), "n_test": len(test.ids), "prompt_style": cfg.prompt_style,
                "zero_shot": zero_shot, "retrieval": retrieval,
-               "chance_recall@5": chance_recall(test.scans, 5),
+               "chance_recall@5": chance_recall(test.scans, 5), **extra,
                "seconds": {"encode": encoded - start, "total": time.perf_counter() - start}}
     return (metrics, test, scores["test"], labels) if details else metrics
 

@@ -128,7 +128,8 @@ def sigvlp() -> TrainConfig:
         data=DataConfig(sampler=sampler, batch_size=32),
         loss=LossConfig(name="siglip"),
         optim=OptimConfig(name="muon", lr=1e-4, warmup_steps=1000),
-        eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), text="report")),
+        eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), text="report"), tasks=("organs",),
+                        organ_chunk_depth=32),
         steps=100_000)
 
 

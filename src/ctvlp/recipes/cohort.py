@@ -29,6 +29,10 @@ COHORT_MAX_SLICES = 32
 """Whole-volume depth cap (train and eval) of the cohort variants: a synthetic chest prepared at the
 demo's 3 x 3 x 6 mm has 10-20 slices, so no volume is cut; twice the demo's chunk depth."""
 
+COHORT_ORGAN_CHUNK = 4
+"""Chunk depth of the organ-classification task on the cohort: 4 slices of 6 mm (SigVLP's 32 x 1.5 mm is
+48 mm; a whole synthetic chest is only 10-20 cohort slices, so deeper chunks would contain every organ)."""
+
 RESNET_WIDTHS = (16, 32, 64, 128)
 """Stage widths of a ResNet tower's cohort variant (ResNet-10 at 1/4 of MONAI's width), about the
 demo ViT's cost per sample."""
@@ -72,7 +76,8 @@ def cohort_variant(cfg: TrainConfig) -> TrainConfig:
                                   max_slices=COHORT_MAX_SLICES if whole else None)
     data = dataclasses.replace(cfg.data, sampler=sampler, batch_size=demo.data.batch_size)
     eval_sampler = dataclasses.replace(cfg.eval.sampler, size=size, max_slices=COHORT_MAX_SLICES)
-    evaluation = dataclasses.replace(cfg.eval, sampler=eval_sampler, batch_size=demo.eval.batch_size)
+    evaluation = dataclasses.replace(cfg.eval, sampler=eval_sampler, batch_size=demo.eval.batch_size,
+                                     organ_chunk_depth=COHORT_ORGAN_CHUNK)
     optim = dataclasses.replace(cfg.optim, lr=demo.optim.lr, warmup_steps=demo.optim.warmup_steps,
                                 min_lr_ratio=demo.optim.min_lr_ratio)
     return dataclasses.replace(cfg, model=model, data=data, eval=evaluation, optim=optim, steps=demo.steps,

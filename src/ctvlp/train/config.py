@@ -102,6 +102,9 @@ class StageConfig:
             raise ValueError(f"a stage needs 0 <= fraction <= 1 and a non-empty cycle; got {self.fraction}, {self.cycle}")
 
 
+EVAL_TASKS = ("organs",)
+
+
 @dataclass
 class EvalConfig:
     """Zero-shot classification and retrieval on held-out splits."""
@@ -118,6 +121,19 @@ class EvalConfig:
     """Volumes per encoder forward."""
     every: int = 0
     """Evaluate every this many steps during training (0: only at the end)."""
+    tasks: tuple[str, ...] = ()
+    """Evaluations besides zero-shot classification and retrieval: ``organs`` (zero-shot organ
+    classification of z-chunks, SigVLP)."""
+    organ_chunk_depth: int = 8
+    """Slices per chunk of the ``organs`` task (thresholds on ``val_split`` as for abnormalities)."""
+
+    def __post_init__(self) -> None:
+        self.tasks = tuple(self.tasks)
+        unknown = set(self.tasks) - set(EVAL_TASKS)
+        if unknown:
+            raise ValueError(f"eval.tasks: unknown {sorted(unknown)}; tasks: {', '.join(EVAL_TASKS)}")
+        if self.organ_chunk_depth < 1:
+            raise ValueError("eval.organ_chunk_depth must be >= 1")
 
 
 @dataclass
