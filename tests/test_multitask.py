@@ -124,3 +124,15 @@ def test_sigvlp_evaluation_includes_organ_classification(cache):
     organs = metrics["organs"]
     assert organs["chunk_depth"] == 4 and organs["n_chunks"] > metrics["n_test"]
     assert organs["per_organ"] and all(v["auroc"] is None or 0 <= v["auroc"] <= 1 for v in organs["per_organ"].values())
+
+
+@pytest.mark.parametrize("name, task, key", [("segvl", "segmentation", "mean_dice"),
+                                             ("colipri", "generation", "rouge_l")])
+def test_recipes_evaluate_their_own_tasks(cache, name, task, key):
+    """SegVL's evaluation adds zero-shot segmentation Dice, COLIPRI's report generation, on task_volumes."""
+    cfg = apply_overrides(get_recipe(name, debug=True), ["eval.task_volumes=2"])
+    assert cfg.eval.tasks == (task,)
+    metrics = evaluate_model(VisionLanguageModel(cfg.model), Cache(cache), cfg.eval)
+    result = metrics[task]
+    assert result[key] is None or 0.0 <= result[key] <= 1.0
+    assert result["n_volumes" if task == "segmentation" else "n"] == 2

@@ -20,9 +20,11 @@ from ctvlp.data.cache import Cache
 from ctvlp.data.loader import make_loader
 from ctvlp.data.manifest import LABEL_PREFIX
 from ctvlp.data.sampling import structured_report
+from ctvlp.eval.generation import evaluate_generation
 from ctvlp.eval.organs import evaluate_organs
 from ctvlp.eval.prompts import build_prompts
 from ctvlp.eval.retrieval import retrieval_both
+from ctvlp.eval.segmentation import evaluate_segmentation
 from ctvlp.eval.zeroshot import evaluate_zero_shot, zero_shot_scores
 from ctvlp.train.data import split_dataset
 
@@ -97,7 +99,16 @@ def _organs(model, cache: Cache, cfg, device: torch.device) -> dict:
     return evaluate_organs(model, cache, sampler, cfg.val_split, cfg.test_split, device, batch_size=cfg.batch_size)
 
 
-EXTRA_TASKS = {"organs": _organs}
+def _segmentation(model, cache: Cache, cfg, device: torch.device) -> dict:
+    return evaluate_segmentation(model, cache, cfg.sampler, cfg.test_split, device, max_volumes=cfg.task_volumes)
+
+
+def _generation(model, cache: Cache, cfg, device: torch.device) -> dict:
+    return evaluate_generation(model, cache, cfg.sampler, cfg.test_split, device, max_volumes=cfg.task_volumes,
+                               batch_size=cfg.batch_size)
+
+
+EXTRA_TASKS = {"organs": _organs, "segmentation": _segmentation, "generation": _generation}
 """``EvalConfig.tasks`` -> function(model, cache, eval config, device) -> the task's metrics."""
 
 

@@ -184,7 +184,8 @@ def segvl() -> TrainConfig:
         stages=(StageConfig(fraction=0.5, frozen=("seg.",)), StageConfig(cycle=("pairs", "masks"))),
         optim=OptimConfig(name="adamw", lr=1.25e-5, warmup_steps=1000),
         eval=EvalConfig(prompt_style="ctclip", sampler=SamplerConfig(mode="whole", size=(480, 480), max_slices=240,
-                                                                     text="report")),
+                                                                     text="report", mask_names=SEGVL_MASKS),
+                        tasks=("segmentation",)),
         steps=100_000)
 
 
@@ -208,7 +209,7 @@ def uniferum() -> TrainConfig:
         loss=LossConfig(name="siglip", weights={"masked_bce": 1.0, "tversky": 1.0}),
         optim=OptimConfig(name="adamw", lr=1e-4, warmup_steps=1000),
         eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), max_slices=128, text="report",
-                                              body_channel=True)),
+                                              body_channel=True, mask_names=SEGVL_MASKS), tasks=("segmentation",)),
         steps=100_000)
 
 
@@ -233,5 +234,5 @@ def colipri() -> TrainConfig:
         stages=(StageConfig(cycle=("pairs", "mae")),),
         optim=OptimConfig(name="adamw", lr=1e-4, warmup_steps=1000),
         eval=EvalConfig(prompt_style="colipri", sampler=SamplerConfig(mode="whole", size=(160, 160), max_slices=160,
-                                                                      text="structured")),
+                                                                      text="structured"), tasks=("generation",)),
         steps=100_000)

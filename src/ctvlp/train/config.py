@@ -102,7 +102,7 @@ class StageConfig:
             raise ValueError(f"a stage needs 0 <= fraction <= 1 and a non-empty cycle; got {self.fraction}, {self.cycle}")
 
 
-EVAL_TASKS = ("organs",)
+EVAL_TASKS = ("organs", "segmentation", "generation")
 
 
 @dataclass
@@ -123,7 +123,10 @@ class EvalConfig:
     """Evaluate every this many steps during training (0: only at the end)."""
     tasks: tuple[str, ...] = ()
     """Evaluations besides zero-shot classification and retrieval: ``organs`` (zero-shot organ
-    classification of z-chunks, SigVLP)."""
+    classification of z-chunks, SigVLP), ``segmentation`` (zero-shot Dice of the mask-name anchors,
+    SegVL/Uniferum), ``generation`` (greedy report generation: BLEU, ROUGE-L, label F1; COLIPRI)."""
+    task_volumes: int = 200
+    """Test volumes the per-volume tasks (segmentation, generation) use, the first in index order."""
     organ_chunk_depth: int = 8
     """Slices per chunk of the ``organs`` task (thresholds on ``val_split`` as for abnormalities)."""
 
@@ -132,8 +135,8 @@ class EvalConfig:
         unknown = set(self.tasks) - set(EVAL_TASKS)
         if unknown:
             raise ValueError(f"eval.tasks: unknown {sorted(unknown)}; tasks: {', '.join(EVAL_TASKS)}")
-        if self.organ_chunk_depth < 1:
-            raise ValueError("eval.organ_chunk_depth must be >= 1")
+        if self.organ_chunk_depth < 1 or self.task_volumes < 1:
+            raise ValueError("eval.organ_chunk_depth and eval.task_volumes must be >= 1")
 
 
 @dataclass
