@@ -338,15 +338,27 @@ class VisionLanguageModel(nn.Module):
         return out
 
     def _osl_outputs(self, osl: dict) -> dict[str, torch.Tensor]:
-        """Embeds the valid pairs' sentences once each (invalid slots get zero vectors and are masked)."""
+        """Embeds the valid pairs' sentences (invalid slots get zero vectors and are masked).
+
+        Each distinct sentence is encoded once per batch: a batch's pairs repeat (a false pair's s+ is
+        another patient's finding, and the same findings recur across patients), so on the synthetic
+        cohort 442 valid slots of a batch of 32 (K = 8) hold ~104 distinct sentences. The distinct
+        sentences go through the text tower shortest first in chunks of 16, so a chunk pads
+        to its own longest sentence, not the batch's. The embeddings equal encoding every slot (up to
+        float rounding; in train mode a repeated sentence shares one dropout draw)."""
         valid = torch.tensor(osl["valid"], dtype=torch.bool, device=self.logit_scale.device)  # (B, K)
         b, k = valid.shape
         texts = [t for side in ("pos_texts", "neg_texts") for row in osl[side] for t in row]  # 2 B K
         flat = torch.cat((valid.flatten(), valid.flatten()))
         emb = torch.zeros(2 * b * k, self.cfg.embed_dim, device=valid.device)
         if flat.any():
-            emb = emb.index_put((flat.nonzero()[:, 0],),
-                                self.encode_texts([t for t, v in zip(texts, flat.tolist()) if v]).to(emb.dtype))
+            kept = [t for t, v in zip(texts, flat.tolist()) if v]
+            distinct = sorted(set(kept), key=lambda t: (len(t), t))  # by length: chunks pad little
+            chunk = 16
+            encoded = torch.cat([self.encode_texts(distinct[i:i + chunk]) for i in range(0, len(distinct), chunk)])
+            row = {t: n for n, t in enumerate(distinct)}
+            index = torch.tensor([row[t] for t in kept], device=valid.device)
+            emb = emb.index_put((flat.nonzero()[:, 0],), encoded[index].to(emb.dtype))
         pos, neg = emb.view(2, b, k, -1)
         return {"osl_pos_emb": pos, "osl_neg_emb": neg, "osl_mask": valid,
                 "osl_is_true": torch.tensor(osl["is_true"], dtype=torch.bool, device=valid.device)}
