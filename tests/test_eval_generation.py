@@ -18,9 +18,8 @@ from torch import nn
 
 from ctvlp.cli import main
 from ctvlp.data.cache import Cache
-from ctvlp.data.sampling import SamplerConfig, structured_report
-from ctvlp.eval.generation import (bleu_scores, evaluate_generation, label_f1, reference_text, rouge_l,
-                                   words)
+from ctvlp.data.sampling import SamplerConfig, report_text, structured_report
+from ctvlp.eval.generation import bleu_scores, evaluate_generation, label_f1, rouge_l, words
 from ctvlp.models.text import minilm_dir
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import get_recipe
@@ -75,9 +74,9 @@ def test_label_f1_golden_micro_and_macro_over_labels_in_references():
 
 def test_reference_is_the_text_the_model_trained_on():
     f, i = "There is a small left pleural effusion. The heart is normal.", "Pleural effusion."
-    assert reference_text(f, i, "structured") == structured_report(f, i)
-    assert reference_text(f, i, "report") == f"{f} {i}"
-    assert reference_text(f, "", "organs") == f
+    assert report_text(f, i, "structured") == structured_report(f, i)
+    assert report_text(f, i, "report") == f"{f} {i}"
+    assert report_text(f, "", "organs") == f
 
 
 # ---- a fake decoder that writes the reference ----------------------------------------------------
@@ -139,7 +138,7 @@ class _FakeCaptionModel(nn.Module):
 
 @pytest.mark.parametrize("text", ["structured", "report"])
 def test_a_decoder_that_writes_the_reference_scores_one(text):
-    reference = reference_text(FINDINGS, IMPRESSIONS, text)
+    reference = report_text(FINDINGS, IMPRESSIONS, text)
     model = _FakeCaptionModel(reference)
     sampler = SamplerConfig(mode="whole", padding="zero", text=text)
     metrics = evaluate_generation(model, _Cache(), sampler, "test", max_new_tokens=40, beams=2)

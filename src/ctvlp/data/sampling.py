@@ -173,6 +173,13 @@ def structured_report(findings: str, impressions: str) -> str:
     return "\n".join(lines)
 
 
+def report_text(findings: str, impressions: str, text_mode: str) -> str:
+    """A volume's whole-report text as a model with ``text_mode`` trained on it (evaluation's reports):
+    the structured report for ``structured``, else findings + impressions."""
+    findings, impressions = str(findings or ""), str(impressions or "")
+    return structured_report(findings, impressions) if text_mode == "structured" else f"{findings} {impressions}".strip()
+
+
 def choose_text(record: VolumeRecord, text_mode: str, z0: int, z1: int) -> dict:
     """text, sentences, organs and ``text_source`` ('organs', 'impressions' or 'report')."""
     from ctvlp.data.reports import split_sentences

@@ -47,7 +47,7 @@ from sklearn.metrics import f1_score
 from ctvlp.data.labels import CTRATE_LABELS
 from ctvlp.data.loader import Collate
 from ctvlp.data.reports import extract_labels
-from ctvlp.data.sampling import SamplerConfig, structured_report
+from ctvlp.data.sampling import SamplerConfig, report_text
 from ctvlp.models.decoder import special_token_ids
 from ctvlp.train.data import split_dataset
 
@@ -108,12 +108,6 @@ def label_f1(generated: Sequence[str], references: Sequence[str],
             "per_label": {name: (float(per_label[j]) if j in present else None) for j, name in enumerate(labels)}}
 
 
-def reference_text(findings: str, impressions: str, text_mode: str) -> str:
-    """The text the model trained on for a volume (see :func:`ctvlp.eval.run.encode_split`)."""
-    findings, impressions = str(findings or ""), str(impressions or "")
-    return structured_report(findings, impressions) if text_mode == "structured" else f"{findings} {impressions}".strip()
-
-
 def generation_metrics(generated: Sequence[str], references: Sequence[str]) -> dict:
     """BLEU-1..4, ROUGE-L and label F1 (micro and macro) of generated texts against their references."""
     return {**bleu_scores(generated, references), "rouge_l": rouge_l(generated, references),
@@ -171,7 +165,7 @@ def generate_reports(model, cache, sampler_cfg: SamplerConfig, split: str = "tes
     finally:
         model.train(was_training)
     index = dataset.index.iloc[:n]
-    references = [reference_text(f, i, sampler.text) for f, i in zip(index["findings"], index["impressions"])]
+    references = [report_text(f, i, sampler.text) for f, i in zip(index["findings"], index["impressions"])]
     return [str(v) for v in index["id"]], [str(g) for g in generated], references
 
 

@@ -19,7 +19,7 @@ import torch
 from ctvlp.data.cache import Cache
 from ctvlp.data.loader import make_loader
 from ctvlp.data.manifest import LABEL_PREFIX
-from ctvlp.data.sampling import structured_report
+from ctvlp.data.sampling import report_text
 from ctvlp.eval.generation import evaluate_generation
 from ctvlp.eval.organs import evaluate_organs
 from ctvlp.eval.prompts import build_prompts
@@ -62,8 +62,7 @@ def encode_split(model, cache: Cache, cfg, split: str, device: torch.device, num
     position = {vid: i for i, vid in enumerate(dataset.index["id"])}
     order = [position[vid] for vid in rows]  # loader order -> index rows
     index = dataset.index.iloc[order]
-    texts = [structured_report(f, i) if cfg.sampler.text == "structured" else f"{f} {i}".strip()
-             for f, i in zip(index["findings"], index["impressions"])]  # the text the model trained on
+    texts = [report_text(f, i, cfg.sampler.text) for f, i in zip(index["findings"], index["impressions"])]
     return Encoded(ids=rows, image_emb=torch.cat(images), report_emb=encode_texts(model, texts),
                    labels=dataset.labels[order], available=dataset.label_mask[order],
                    scans=[f"{p}/{s}" for p, s in zip(index["patient_id"], index["scan_id"])], texts=texts)
