@@ -134,3 +134,8 @@ def test_opposite_flips_negation_and_round_trips(finding, negative):
     assert R.is_negated(flipped) is not negative
     assert finding in flipped.lower()
     assert R.opposite_sentence(flipped) == sentence
+
+
+def test_canonical_organ_accepts_its_own_ids():
+    """Mask names are written as organ ids; every id maps to itself (``trachea_bronchi`` did not)."""
+    assert all(R.canonical_organ(organ) == organ for organ in R.ORGANS)

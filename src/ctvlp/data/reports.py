@@ -95,7 +95,10 @@ ORGANS: tuple[str, ...] = lexicon().organs
 
 
 def canonical_organ(name: str) -> str | None:
-    """Organ id of an organ or region name ("trachea and bronchie", "Left lung", "others"), else None."""
+    """Organ id of an organ or region name ("trachea and bronchie", "Left lung", "others") or of an id
+    itself (``trachea_bronchi``, as mask names are written), else None."""
+    if str(name) in lexicon().aliases:
+        return str(name)
     norm = " ".join(_WORD.findall(str(name).lower().replace("_", " ")))
     for oid, pattern in lexicon().aliases.items():
         if pattern.fullmatch(norm):

@@ -52,17 +52,12 @@ RULE = ("a chunk [z0, z1) contains an organ when O > 0 and O >= min_fraction * m
         "E the organ's slices (union of its masks' z-extents), O = |E within [z0, z1)|")
 
 
-def organ_id(mask_name: str) -> str | None:
-    """Canonical organ id of a mask name (``trachea_bronchi``, ``Left lung``), None if not an organ."""
-    return mask_name if mask_name in ORGANS else canonical_organ(mask_name)
-
-
 def organ_extents(mask_names: Sequence[str], z_extents: dict[str, Sequence[int]]) -> dict[str, list[tuple[int, int]]]:
     """organ id -> the ``[z0, z1)`` extents of the volume's masks of that organ (``[]``: the masks
     exist but are empty, so the organ is absent). Organs without a mask are not keys (unavailable)."""
     out: dict[str, list[tuple[int, int]]] = {}
     for name in mask_names:
-        organ = organ_id(name)
+        organ = canonical_organ(name)  # None: not an organ (body, finding masks)
         if organ is None:
             continue
         out.setdefault(organ, [])
