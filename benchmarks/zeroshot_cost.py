@@ -25,7 +25,7 @@ from machine import median_seconds, save_result
 
 from ctvlp.data.labels import CTRATE_LABELS
 from ctvlp.eval.prompts import build_prompts
-from ctvlp.eval.run import encode_texts
+from ctvlp.eval.zeroshot import encode_texts
 from ctvlp.eval.zeroshot import zero_shot_scores
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import get_recipe

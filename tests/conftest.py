@@ -23,3 +23,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def make_synthetic_cache(root: Path, n: int, seed: int) -> Path:
+    """A prepared cache of an ``n``-volume synthetic cohort (64 x 64 matrix, a quarter of the training
+    patients held out for validation) under ``root``, made by the CLI as a user would: synth ->
+    manifest ctrate -> prepare. Returns the cache folder."""
+    from ctvlp.cli import main
+
+    assert main(["synth", "--out", str(root / "cohort"), "--n", str(n), "--matrix", "64", "--seed", str(seed)]) == 0
+    assert main(["manifest", "ctrate", str(root / "cohort"), "--radgenome", str(root / "cohort" / "radgenome"),
+                 "--val-fraction", "0.25", "--out", str(root / "m.parquet")]) == 0
+    assert main(["prepare", "--manifest", str(root / "m.parquet"), "--out", str(root / "cache")]) == 0
+    return root / "cache"

@@ -15,6 +15,7 @@ from ctvlp.config import ConfigError
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import get_recipe, list_recipes
 from ctvlp.recipes.cohort import COHORT_MAX_SLICES, cohort_variant
+from conftest import make_synthetic_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,12 +24,7 @@ BUDGET = 0.05  # minutes per recipe: 2.55 s of training
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("compare")
-    assert main(["synth", "--out", str(root / "cohort"), "--n", "24", "--matrix", "64", "--seed", "3"]) == 0
-    assert main(["manifest", "ctrate", str(root / "cohort"), "--radgenome", str(root / "cohort" / "radgenome"),
-                 "--val-fraction", "0.25", "--out", str(root / "m.parquet")]) == 0
-    assert main(["prepare", "--manifest", str(root / "m.parquet"), "--out", str(root / "cache")]) == 0
-    return root / "cache"
+    return make_synthetic_cache(tmp_path_factory.mktemp("compare"), 24, 3)
 
 
 def _compare(cache: Path, out: Path, recipes: str, *extra: str) -> int:

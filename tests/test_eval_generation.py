@@ -16,13 +16,13 @@ import torch
 import transformers
 from torch import nn
 
-from ctvlp.cli import main
 from ctvlp.data.cache import Cache
 from ctvlp.data.sampling import SamplerConfig, report_text, structured_report
 from ctvlp.eval.generation import bleu_scores, evaluate_generation, label_f1, rouge_l, words
 from ctvlp.models.text import minilm_dir
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import get_recipe
+from conftest import make_synthetic_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -169,12 +169,7 @@ def test_max_volumes_and_missing_decoder():
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Cache:
-    root = tmp_path_factory.mktemp("geneval")
-    assert main(["synth", "--out", str(root / "cohort"), "--n", "16", "--matrix", "64", "--seed", "5"]) == 0
-    assert main(["manifest", "ctrate", str(root / "cohort"), "--radgenome", str(root / "cohort" / "radgenome"),
-                 "--val-fraction", "0.25", "--out", str(root / "m.parquet")]) == 0
-    assert main(["prepare", "--manifest", str(root / "m.parquet"), "--out", str(root / "cache")]) == 0
-    return Cache(root / "cache")
+    return Cache(make_synthetic_cache(tmp_path_factory.mktemp("geneval"), 16, 5))
 
 
 def test_debug_colipri_generates_and_scores_finite_numbers(cache):

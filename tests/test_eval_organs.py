@@ -17,6 +17,7 @@ from ctvlp.data.cache import Cache
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.errors import BadDatasetError
 from ctvlp.eval.organs import chunk_contains, chunk_ranges, evaluate_organs, organ_extents, split_chunks
+from conftest import make_synthetic_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -290,14 +291,7 @@ def test_split_without_organ_extents_is_a_clear_error():
 
 @pytest.fixture(scope="module")
 def synthetic_cache(tmp_path_factory) -> Cache:
-    from ctvlp.cli import main
-
-    root = tmp_path_factory.mktemp("organs")
-    assert main(["synth", "--out", str(root / "cohort"), "--n", "8", "--matrix", "64", "--seed", "3"]) == 0
-    assert main(["manifest", "ctrate", str(root / "cohort"), "--radgenome", str(root / "cohort" / "radgenome"),
-                 "--val-fraction", "0.25", "--out", str(root / "m.parquet")]) == 0
-    assert main(["prepare", "--manifest", str(root / "m.parquet"), "--out", str(root / "cache")]) == 0
-    return Cache(root / "cache")
+    return Cache(make_synthetic_cache(tmp_path_factory.mktemp("organs"), 8, 3))
 
 
 def test_tiny_random_model_on_a_synthetic_cache(synthetic_cache):

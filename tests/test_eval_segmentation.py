@@ -15,12 +15,12 @@ import pytest
 import torch
 from torch import nn
 
-from ctvlp.cli import main
 from ctvlp.data.cache import Cache
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.segmentation import evaluate_segmentation, structure_scores, volume_windows
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import SEGVL_MASKS, get_recipe
+from conftest import make_synthetic_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -187,12 +187,7 @@ def test_model_without_voxel_head_and_bad_split_are_clear_errors():
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Cache:
-    root = tmp_path_factory.mktemp("segeval")
-    assert main(["synth", "--out", str(root / "cohort"), "--n", "16", "--matrix", "64", "--seed", "5"]) == 0
-    assert main(["manifest", "ctrate", str(root / "cohort"), "--radgenome", str(root / "cohort" / "radgenome"),
-                 "--val-fraction", "0.25", "--out", str(root / "m.parquet")]) == 0
-    assert main(["prepare", "--manifest", str(root / "m.parquet"), "--out", str(root / "cache")]) == 0
-    return Cache(root / "cache")
+    return Cache(make_synthetic_cache(tmp_path_factory.mktemp("segeval"), 16, 5))
 
 
 @pytest.mark.parametrize("recipe", ["segvl", "uniferum"])

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from ctvlp.cli import main
 from ctvlp.config import apply_overrides
 from ctvlp.data.cache import Cache
 from ctvlp.data.reports import structure_report
@@ -20,18 +19,14 @@ from ctvlp.recipes import get_recipe
 from ctvlp.train.checkpoint import load_checkpoint
 from ctvlp.train.loop import Trainer
 from ctvlp.train.metrics_log import read_metrics
+from conftest import make_synthetic_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("multitask")
-    assert main(["synth", "--out", str(root / "cohort"), "--n", "16", "--matrix", "64", "--seed", "5"]) == 0
-    assert main(["manifest", "ctrate", str(root / "cohort"), "--radgenome", str(root / "cohort" / "radgenome"),
-                 "--val-fraction", "0.25", "--out", str(root / "m.parquet")]) == 0
-    assert main(["prepare", "--manifest", str(root / "m.parquet"), "--out", str(root / "cache")]) == 0
-    return root / "cache"
+    return make_synthetic_cache(tmp_path_factory.mktemp("multitask"), 16, 5)
 
 
 def _fit(cache: Path, out: Path, name: str, *sets: str) -> tuple[Trainer, list[dict]]:

@@ -10,19 +10,7 @@ from ctvlp.data.osl_pairs import build_osl_pairs
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig, VisionLanguageModel
-
-REPORTS = [
-    "FINDINGS: Trachea and both main bronchi are open. Cardiomegaly is present. There is pleural effusion on "
-    "the right. A 6 mm nodule is seen in the right upper lobe. Centrilobular emphysema is seen in the upper "
-    "lobes. No lytic or destructive lesion in the bones.\nIMPRESSION: Cardiomegaly. Right pleural effusion.",
-    "FINDINGS: Mediastinal lymph nodes are enlarged. Calcified plaques in the wall of the thoracic aorta. "
-    "Heart size is normal. No pleural effusion. Both lungs are clear. Degenerative changes in the thoracic "
-    "spine.\nIMPRESSION: Lymphadenopathy.",
-    "Findings: Trachea and main bronchi are patent. Heart contour and size are normal. No pericardial "
-    "effusion. Lungs are clear. No pleural effusion. Upper abdominal organs are unremarkable.",
-    "Findings: A sliding hiatal hernia is seen. Consolidation in the left lung lower lobe. Thyroid gland is "
-    "enlarged. Heart is normal.",
-]
+from test_losses_colipri import REPORTS
 
 
 def _model(text_input: str = "text", freeze: str = "none", pooling: str = "mean") -> VisionLanguageModel:

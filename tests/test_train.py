@@ -20,16 +20,12 @@ from ctvlp.recipes import get_recipe, list_recipes
 from ctvlp.train.checkpoint import list_checkpoints, load_checkpoint
 from ctvlp.train.loop import Trainer, TrainingError
 from ctvlp.train.metrics_log import read_metrics
+from conftest import make_synthetic_cache
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("train")
-    assert main(["synth", "--out", str(root / "cohort"), "--n", "24", "--matrix", "64", "--seed", "3"]) == 0
-    assert main(["manifest", "ctrate", str(root / "cohort"), "--radgenome", str(root / "cohort" / "radgenome"),
-                 "--val-fraction", "0.25", "--out", str(root / "m.parquet")]) == 0
-    assert main(["prepare", "--manifest", str(root / "m.parquet"), "--out", str(root / "cache")]) == 0
-    return root / "cache"
+    return make_synthetic_cache(tmp_path_factory.mktemp("train"), 24, 3)
 
 
 def _train(cache: Path, out: Path, *extra: str) -> int:

@@ -197,7 +197,7 @@ def markdown(summary: dict) -> str:
 
 
 def write_outputs(summary: dict, out: Path) -> None:
-    from ctvlp.eval.run import jsonable
+    from ctvlp.eval.metrics import jsonable
 
     (out / "compare.json").write_text(json.dumps(jsonable(summary), indent=2))
     (out / "compare.md").write_text(markdown(summary))

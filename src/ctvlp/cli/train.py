@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             (args.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         summary = trainer.fit()
         if not args.no_eval and trainer.place.is_main:
-            from ctvlp.eval.run import evaluate_model, jsonable
+            from ctvlp.eval.metrics import jsonable
+            from ctvlp.eval.run import evaluate_model
 
             metrics = evaluate_model(trainer.model, trainer.cache, cfg.eval, device=trainer.place.device)
             summary["eval"] = metrics

@@ -109,6 +109,25 @@ class SamplerConfig:
         return self.windows or (tuple(cache_window),)
 
 
+class ZWindow:
+    """Slices ``[z0, z1)`` of a volume, masks included, seen as a volume of its own (evaluation draws
+    fixed windows of a volume through :func:`draw_sample`; no z-extents, so text is the whole report's)."""
+
+    def __init__(self, volume, z0: int, z1: int):
+        self._volume, self._z0 = volume, z0
+        self.vid = volume.vid
+        self.shape = (z1 - z0, *tuple(volume.shape)[1:])
+        self.spacing_zyx = volume.spacing_zyx
+        self.mask_names: list[str] = list(volume.mask_names)
+        self.z_extents: dict[str, tuple[int, int]] = {}
+
+    def slab(self, a: int, b: int) -> np.ndarray:
+        return self._volume.slab(self._z0 + a, self._z0 + b)
+
+    def mask_slab(self, a: int, b: int, names: Sequence[str] | None = None) -> np.ndarray:
+        return self._volume.mask_slab(self._z0 + a, self._z0 + b, names)
+
+
 @dataclass
 class VolumeRecord:
     """One index row's worth of what a sample needs besides the pixels."""

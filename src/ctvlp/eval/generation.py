@@ -48,6 +48,7 @@ from ctvlp.data.labels import CTRATE_LABELS
 from ctvlp.data.loader import Collate
 from ctvlp.data.reports import extract_labels
 from ctvlp.data.sampling import SamplerConfig, report_text
+from ctvlp.eval.metrics import jsonable
 from ctvlp.models.decoder import special_token_ids
 from ctvlp.train.data import split_dataset
 
@@ -113,17 +114,6 @@ def generation_metrics(generated: Sequence[str], references: Sequence[str]) -> d
     return {**bleu_scores(generated, references), "rouge_l": rouge_l(generated, references),
             **label_f1(generated, references)}
 
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 @torch.no_grad()
@@ -197,6 +187,6 @@ def evaluate_generation(model, cache, sampler_cfg: SamplerConfig, split: str = "
                "mean_reference_words": float(np.mean([len(words(t)) for t in references])),
                "text": sampler_cfg.text,
                "seconds": {"decode": decoded - start, "total": time.perf_counter() - start}}
-    metrics = _jsonable(metrics)
+    metrics = jsonable(metrics)
     json.dumps(metrics)  # JSON-able by construction; fail here rather than in the caller's writer
     return metrics

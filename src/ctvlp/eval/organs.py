@@ -40,10 +40,11 @@ import torch
 from ctvlp.data.loader import Collate
 from ctvlp.data.preprocess import AIR_HU, window
 from ctvlp.data.reports import ORGANS, canonical_organ
-from ctvlp.data.sampling import SamplerConfig, VolumeRecord, draw_sample
+from ctvlp.data.sampling import SamplerConfig, VolumeRecord, ZWindow, draw_sample
 from ctvlp.errors import BadDatasetError
 from ctvlp.eval.prompts import PromptSet, PromptStyle, build_prompts
-from ctvlp.eval.zeroshot import evaluate_zero_shot, zero_shot_scores
+from ctvlp.eval.metrics import jsonable
+from ctvlp.eval.zeroshot import encode_texts, evaluate_zero_shot, zero_shot_scores
 
 DEFAULT_STYLE = "organs"
 """Prompt style in ``prompts.yaml``: "This region contains the {label}." / "... does not contain ..."."""
@@ -117,24 +118,6 @@ def chunk_ranges(num_slices: int, sampler: SamplerConfig, chunks_per_volume: int
     else:
         starts = sorted({int(round(s)) for s in np.linspace(0, last, chunks_per_volume)})
     return [(s, s + depth) for s in starts]
-
-
-class _ZWindow:
-    """Slices ``[z0, z1)`` of a cached volume, seen as a volume of its own (for ``draw_sample``)."""
-
-    def __init__(self, volume, z0: int, z1: int):
-        self._volume, self._z0 = volume, z0
-        self.vid = volume.vid
-        self.shape = (z1 - z0, *tuple(volume.shape)[1:])
-        self.spacing_zyx = volume.spacing_zyx
-        self.mask_names: list[str] = []
-        self.z_extents: dict[str, tuple[int, int]] = {}
-
-    def slab(self, a: int, b: int) -> np.ndarray:
-        return self._volume.slab(self._z0 + a, self._z0 + b)
-
-    def mask_slab(self, a: int, b: int, names=None) -> np.ndarray:  # never called: masks are off
-        raise NotImplementedError
 
 
 @dataclasses.dataclass
@@ -231,7 +214,7 @@ def encode_chunks(model, cache, chunks: OrganChunks, sampler: SamplerConfig, dev
             volume = volumes[vid]
             depth = sampler.chunk_depth if sampler.mode == "chunk" else z1 - z0
             config = dataclasses.replace(sampler, mode="chunk", chunk_depth=max(depth, z1 - z0))
-            record = VolumeRecord(volume=_ZWindow(volume, z0, z1))
+            record = VolumeRecord(volume=ZWindow(volume, z0, z1))
             samples.append(draw_sample(record, config, np.random.default_rng(0), hu_window))
         batch = collate(samples)
         emb = model.encode_image(batch["image"].to(device), batch["slice_mask"].to(device)).float().cpu()
@@ -243,24 +226,8 @@ def encode_chunks(model, cache, chunks: OrganChunks, sampler: SamplerConfig, dev
     return out
 
 
-@torch.no_grad()
-def _encode_texts(model, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """(T, D) text embeddings, each text once."""
-    return torch.cat([model.encode_texts(texts[s:s + batch_size]).float().cpu()
-                      for s in range(0, len(texts), batch_size)])
 
 
-def _jsonable(obj):
-    """``obj`` with NaN/inf floats as None and numpy scalars as Python numbers."""
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 @torch.no_grad()
@@ -302,7 +269,7 @@ def evaluate_organs(model, cache, sampler_cfg: SamplerConfig, val_split: str = "
     try:
         val_emb = encode_chunks(model, cache, val, sampler_cfg, device, batch_size)
         test_emb = encode_chunks(model, cache, test, sampler_cfg, device, batch_size)
-        pos, neg = prompt_index.pool(_encode_texts(model, texts))
+        pos, neg = prompt_index.pool(encode_texts(model, texts))
         scale = float(model.scale())
     finally:
         model.train(was_training)
@@ -325,6 +292,6 @@ def evaluate_organs(model, cache, sampler_cfg: SamplerConfig, val_split: str = "
                "chunks_per_volume": chunks_per_volume, "min_fraction": min_fraction, "rule": RULE,
                "prompt_style": prompt_style if isinstance(prompt_style, str) else "custom",
                "seconds": {"encode": encoded - start, "total": time.perf_counter() - start}}
-    metrics = _jsonable(metrics)
+    metrics = jsonable(metrics)
     json.dumps(metrics)  # JSON-able by construction; fail here rather than in the caller's writer
     return (metrics, test, scores_test) if details else metrics

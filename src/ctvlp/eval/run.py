@@ -25,7 +25,7 @@ from ctvlp.eval.organs import evaluate_organs
 from ctvlp.eval.prompts import build_prompts
 from ctvlp.eval.retrieval import retrieval_both
 from ctvlp.eval.segmentation import evaluate_segmentation
-from ctvlp.eval.zeroshot import evaluate_zero_shot, zero_shot_scores
+from ctvlp.eval.zeroshot import encode_texts, evaluate_zero_shot, zero_shot_scores
 from ctvlp.train.data import split_dataset
 
 
@@ -40,14 +40,6 @@ class Encoded:
     available: np.ndarray
     scans: list[str]
     texts: list[str]
-
-
-@torch.no_grad()
-def encode_texts(model, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """(T, D) normalised text embeddings, in batches."""
-    out = [model.encode_texts(texts[start:start + batch_size]).float().cpu()
-           for start in range(0, len(texts), batch_size)]
-    return torch.cat(out) if out else torch.zeros(0, model.cfg.embed_dim)
 
 
 @torch.no_grad()
@@ -66,19 +58,6 @@ def encode_split(model, cache: Cache, cfg, split: str, device: torch.device, num
     return Encoded(ids=rows, image_emb=torch.cat(images), report_emb=encode_texts(model, texts),
                    labels=dataset.labels[order], available=dataset.label_mask[order],
                    scans=[f"{p}/{s}" for p, s in zip(index["patient_id"], index["scan_id"])], texts=texts)
-
-
-def jsonable(obj):
-    """``obj`` with NaN/inf floats replaced by None, so the JSON written is standard (``null``)."""
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def chance_recall(groups: list[str], k: int) -> float:

@@ -44,8 +44,9 @@ from monai.metrics import compute_dice, compute_hausdorff_distance
 
 from ctvlp.data.loader import Collate
 from ctvlp.data.preprocess import AIR_HU, window
-from ctvlp.data.sampling import BODY, SamplerConfig, VolumeRecord, draw_sample
+from ctvlp.data.sampling import BODY, SamplerConfig, VolumeRecord, ZWindow, draw_sample
 from ctvlp.errors import BadDatasetError
+from ctvlp.eval.metrics import jsonable
 from ctvlp.models.voxel_head import zero_shot_segment
 
 RULE = ("P = (cos(voxel embedding, anchor of 'This is <name>.') + 1) / 2 > threshold on the real slices; "
@@ -68,24 +69,6 @@ def volume_windows(num_slices: int, depth: int | None) -> list[tuple[int, int]]:
 def window_depth(sampler: SamplerConfig) -> int | None:
     """W: ``chunk_depth`` in ``chunk`` mode, ``max_slices`` (None: whole volume) in ``whole`` mode."""
     return sampler.chunk_depth if sampler.mode == "chunk" else sampler.max_slices
-
-
-class _ZWindow:
-    """Slices ``[z0, z1)`` of a cached volume, masks included, seen as a volume of its own."""
-
-    def __init__(self, volume, z0: int, z1: int):
-        self._volume, self._z0 = volume, z0
-        self.vid = volume.vid
-        self.shape = (z1 - z0, *tuple(volume.shape)[1:])
-        self.spacing_zyx = volume.spacing_zyx
-        self.mask_names: list[str] = list(volume.mask_names)
-        self.z_extents: dict[str, tuple[int, int]] = {}
-
-    def slab(self, a: int, b: int) -> np.ndarray:
-        return self._volume.slab(self._z0 + a, self._z0 + b)
-
-    def mask_slab(self, a: int, b: int, names: Sequence[str] | None = None) -> np.ndarray:
-        return self._volume.mask_slab(self._z0 + a, self._z0 + b, names)
 
 
 def default_mask_names(cache, split: str, sampler: SamplerConfig) -> list[str]:
@@ -133,17 +116,6 @@ def structure_scores(pred: torch.Tensor, target: torch.Tensor, available: Sequen
         out.append({"dice": dice if np.isfinite(dice) else None, "hd95": dist, "empty": empty})
     return out
 
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _mean(values: list[float]) -> float | None:
@@ -211,7 +183,7 @@ def evaluate_segmentation(model, cache, sampler_cfg: SamplerConfig, split: str =
             for vid, z0, z1 in batch_jobs:
                 config = dataclasses.replace(sampler, mode="chunk", chunk_depth=max(z1 - z0, sampler.chunk_depth)
                                              if sampler.mode == "chunk" else z1 - z0)
-                record = VolumeRecord(volume=_ZWindow(volumes[vid], z0, z1))
+                record = VolumeRecord(volume=ZWindow(volumes[vid], z0, z1))
                 samples.append(draw_sample(record, config, np.random.default_rng(0), hu_window))
             batch = collate(samples)
             slice_mask = batch["slice_mask"].to(device)
@@ -256,6 +228,6 @@ def evaluate_segmentation(model, cache, sampler_cfg: SamplerConfig, split: str =
                "rule": RULE, "seconds": time.perf_counter() - start}
     if hd95:
         metrics["mean_hd95"] = _mean([e["hd95"] for e in scored if e["hd95"] is not None])
-    metrics = _jsonable(metrics)
+    metrics = jsonable(metrics)
     json.dumps(metrics)  # JSON-able by construction; fail here rather than in the caller's writer
     return (metrics, scores) if details else metrics

@@ -16,6 +16,14 @@ from ctvlp.eval.metrics import auroc, best_f1_threshold, binary_metrics, bootstr
 _THRESHOLD_METRICS = ("f1", "precision", "recall", "accuracy", "balanced_accuracy")
 
 
+@torch.no_grad()
+def encode_texts(model, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """(T, D) normalised text embeddings, in batches."""
+    out = [model.encode_texts(texts[start:start + batch_size]).float().cpu()
+           for start in range(0, len(texts), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, model.cfg.embed_dim)
+
+
 def zero_shot_scores(image_emb: torch.Tensor | np.ndarray, pos_emb: torch.Tensor | np.ndarray,
                      neg_emb: torch.Tensor | np.ndarray, logit_scale: float | torch.Tensor = 1.0,
                      ) -> torch.Tensor | np.ndarray:
