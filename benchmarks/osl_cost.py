@@ -28,7 +28,7 @@ shared machine's load hits them alike. Two text-tower configurations, both legit
   still trains, so ``text_frozen`` is False and the sentence memo of ``text_input="sentences"`` does
   not apply: with ``text_input="text"`` the OSL sentences go through the frozen encoder every step).
 
-Measured (2026-11-23, 1 thread, batch 32, 5 repeats, /tmp/d2000/cache, AMD EPYC 2 cores at load ~1):
+Measured (2026-11-23, 1 thread, batch 32, 5 repeats, the 2,000-volume demo cache, AMD EPYC 2 cores at load ~1):
 442 of the 512 slots valid, 104 distinct sentences (<= 28 tokens) vs reports of 256 tokens.
   trainable: CLIP 10.3 s, CLIP + OSL 12.9 s -> 1.25 (1.252: at the goal, within the noise; paired
              per-repeat ratios 1.11-1.27); per-slot encoding (442 sentences) 27.8 s -> 2.69;
@@ -64,7 +64,7 @@ from ctvlp.train.optim import build_optimizer
 
 GOAL = 1.25
 K, OSL_WEIGHT = 8, 0.5
-DEFAULT_DATA = Path("/tmp/d2000/cache")
+DEFAULT_DATA = Path("demo_out/cache")
 
 
 def per_slot_osl_outputs(model: VisionLanguageModel, osl: dict) -> dict[str, torch.Tensor]:
@@ -168,7 +168,7 @@ def bench(text: str, data: Path, batch_size: int, repeats: int, per_slot: bool) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a prepared cache with reports")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a prepared cache with reports (default: the one `make demo` writes)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
