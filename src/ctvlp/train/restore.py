@@ -1,0 +1,55 @@
+"""A trained model back from its checkpoint: the one place that turns a checkpoint into a model.
+
+:func:`load_trained` reads a checkpoint file (or the latest one of a run folder), rebuilds the
+:class:`~ctvlp.models.vlp.VisionLanguageModel` from the saved :class:`~ctvlp.train.config.TrainConfig`
+and loads its weights. The text tower is built with ``pretrained=False``: its weights come from the
+checkpoint, so the packaged encoder is not read twice (a hub-id tower still needs its config from
+the hub cache; ``ctvlp export`` writes everything, for fully offline use).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ctvlp.config import ConfigError, from_dict
+from ctvlp.data.preprocess import PreprocessConfig
+from ctvlp.models.vlp import VisionLanguageModel
+from ctvlp.train.checkpoint import CheckpointError, load_checkpoint
+from ctvlp.train.config import TrainConfig
+
+
+@dataclass
+class Trained:
+    """A model in eval mode with everything its checkpoint carries about it."""
+
+    model: VisionLanguageModel
+    config: TrainConfig
+    preprocess: PreprocessConfig
+    label_names: list[str]
+    step: int
+    path: str
+
+
+def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") -> Trained:
+    """The model of checkpoint ``path`` (a ``step-*.pt`` file, or a run folder: its latest checkpoint)."""
+    state = load_checkpoint(path)
+    where = state["path"]
+    try:
+        cfg = from_dict(TrainConfig, state["config"])
+        preprocess = PreprocessConfig.from_dict(state["preprocess"])
+    except (ConfigError, TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(where, f"its config does not fit this ctvlp: {err}") from None
+    model_cfg = dataclasses.replace(cfg.model, text=dataclasses.replace(cfg.model.text, pretrained=False))
+    model = VisionLanguageModel(model_cfg)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(where, f"weights do not fit the model its config describes: "
+                                     f"{str(err).splitlines()[0]}") from None
+    model.cfg = cfg.model  # the config as trained (pretrained only decided where the weights came from)
+    return Trained(model=model.to(device).eval(), config=cfg, preprocess=preprocess,
+                   label_names=list(state.get("label_names") or []), step=int(state["step"]), path=where)
