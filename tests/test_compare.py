@@ -110,7 +110,29 @@ def test_cohort_variant_keeps_the_method_and_runs(name):
 
 def test_unknown_recipe_is_a_config_error_listing_recipes():
     with pytest.raises(ConfigError, match="unknown recipe 'nope'; recipes: .*ctclip"):
-        compare.resolve_config("nope", argparse.Namespace(debug=False, overrides=[], seed=0))
+        compare.resolve_config(compare.Run("nope", "nope"), argparse.Namespace(debug=False, overrides=[], seed=0))
+
+
+def test_variants_and_fixed_steps(cache, tmp_path):
+    """A --variant is a named row with its own overrides; --steps trains every run exactly that long."""
+    out = tmp_path / "abl"
+    spec = "ctclip-lr=ctclip optim.lr=0.002 'eval.prompt_style=report'"
+    assert main(["compare", "--recipes", "ctclip", "--variant", spec, "--data", str(cache), "--out", str(out),
+                 "--debug", "--no-progress", "--steps", "3", "--set", "data.num_workers=0"]) == 0
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["steps"] == 3 and summary["budget_minutes"] is None
+    plain, variant = summary["recipes"]["ctclip"], summary["recipes"]["ctclip-lr"]
+    assert plain["steps"] == variant["steps"] == 3 and plain["overrides"] == []
+    assert variant["base_recipe"] == "ctclip" and variant["overrides"] == ["optim.lr=0.002", "eval.prompt_style=report"]
+    assert variant["metrics"]["prompt_style"] == "report" and plain["metrics"]["prompt_style"] == "ctclip"
+    configs = {n: (out / n / "config.yaml").read_text() for n in ("ctclip", "ctclip-lr")}
+    assert "lr: 0.002" in configs["ctclip-lr"] and "lr: 0.002" not in configs["ctclip"]
+    assert "max_minutes: 0.0" in configs["ctclip-lr"]  # no clock in --steps mode
+    assert "--variant" in summary["command"] and "--steps 3" in summary["command"]
+    assert "--variant" in variant["command"] and "--recipes" not in variant["command"]
+    table = (out / "compare.md").read_text()
+    assert "equal step count" in table and "| ctclip-lr | 3 |" in table
+    assert "`ctclip-lr`: ctclip with `optim.lr=0.002 eval.prompt_style=report`" in table
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -118,6 +140,11 @@ def test_unknown_recipe_is_a_config_error_listing_recipes():
     (["--recipes", " , "], "--recipes names no recipe"),
     (["--budget-minutes", "0"], "--budget-minutes must be > 0, got 0"),
     (["--budget-minutes", "-1"], "--budget-minutes must be > 0"),
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--variant", "ctclip"], 'expected "NAME=RECIPE KEY=VALUE ..."'),
+    (["--variant", "a/b=ctclip"], 'expected "NAME=RECIPE KEY=VALUE ..."'),
+    (["--variant", "sigvlp=ctclip"], "run names must be unique; repeated: sigvlp"),
+    (["--variant", "x=ctclip optim.lrr=1"], "optim.lrr is not a config field"),
     (["--data", "/nonexistent/cache"], "not a cache folder"),
     (["--set", "optim.lrr=1"], "optim.lrr is not a config field"),
 ])

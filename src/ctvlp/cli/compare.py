@@ -1,7 +1,11 @@
-"""`ctvlp compare --recipes A,B,... --data CACHE --out DIR [--budget-minutes M] [--seed S] [--set a.b=v ...]`
+"""`ctvlp compare --recipes A,B,... [--variant "NAME=RECIPE KEY=VALUE ..."] --data CACHE --out DIR
+[--budget-minutes M | --steps N] [--seed S] [--set a.b=v ...]`
 
 Trains each recipe for the same wall-clock budget on the same cache and seed and evaluates all of them
-on the same held-out split. A recipe runs at its cohort size (``ctvlp.recipes.cohort``: the demo's
+on the same held-out split. A ``--variant`` is a named run of a recipe with its own overrides (an
+ablation: ``--variant "sigvlp-rope10k=sigvlp model.vision.rope_base=10000"``); it runs after the
+``--recipes`` and is a row of the table like them. ``--steps N`` replaces the budget by a fixed step
+count for every run (no probe, no clock), so that the runs of an ablation differ only in their knob. A recipe runs at its cohort size (``ctvlp.recipes.cohort``: the demo's
 model, input and batch size with the recipe's objective, sampler, positions, pooling and optimiser;
 ``--debug``: its tiny debug variant). Per recipe: a probe times a few steps on the cache (2 warm-up, 5
 timed); ``steps`` is set to what fits in the budget less the ``EVAL_RESERVE`` (15 %) kept for
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import shlex
 import shutil
 import sys
@@ -51,11 +56,15 @@ MISSING = "—"
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train several recipes for the same wall-clock budget and tabulate them",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipes", required=True, help="comma-separated recipe names, e.g. ctclip,sigvlp,scalevlp")
+    p.add_argument("--recipes", default="", help="comma-separated recipe names, e.g. ctclip,sigvlp,scalevlp")
+    p.add_argument("--variant", dest="variants", action="append", default=[], metavar='"NAME=RECIPE KEY=VALUE ..."',
+                   help="a named run of RECIPE with these overrides on top of --set (repeatable)")
     p.add_argument("--data", type=Path, required=True, help="cache folder written by `ctvlp prepare`")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--budget-minutes", type=float, default=10.0,
                    help="wall-clock minutes per recipe, training and evaluation (default 10)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train every run for exactly this many steps instead of a wall-clock budget")
     p.add_argument("--seed", type=int, default=0, help="seed of every recipe's run (default 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field of every recipe (repeatable)")
@@ -76,22 +85,62 @@ def recipe_names(spec: str) -> list[str]:
     return names
 
 
-def resolve_config(name: str, args: argparse.Namespace):
-    """The recipe at cohort size (debug size with ``--debug``) with ``--set`` and ``--seed`` applied."""
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One row of the comparison: a recipe, under a name, with overrides of its own."""
+
+    name: str
+    recipe: str
+    overrides: tuple[str, ...] = ()
+    spec: str | None = None
+    """The ``--variant`` text it came from (None: a plain ``--recipes`` entry)."""
+
+
+def parse_variant(spec: str) -> Run:
+    """``"NAME=RECIPE KEY=VALUE ..."`` (shell quoting inside) -> a :class:`Run`."""
+    from ctvlp.config import ConfigError
+
+    words = shlex.split(spec)
+    name, _, recipe = words[0].partition("=") if words else ("", "", "")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name) or not recipe:
+        raise ConfigError(f'--variant {spec!r}: expected "NAME=RECIPE KEY=VALUE ..." (NAME: letters, digits, '
+                          f'"-" and "_"), e.g. '
+                          f'"sigvlp-rope10k=sigvlp model.vision.rope_base=10000"')
+    return Run(name, recipe, tuple(words[1:]), spec)
+
+
+def plan_runs(args: argparse.Namespace) -> list[Run]:
+    """The ``--recipes`` then the ``--variant`` runs; ConfigError when none or a name repeats."""
+    from ctvlp.config import ConfigError
+
+    runs = [Run(n, n) for n in recipe_names(args.recipes)] if args.recipes.strip(", ") or not args.variants else []
+    runs += [parse_variant(v) for v in args.variants]
+    repeated = sorted({r.name for r in runs if [q.name for q in runs].count(r.name) > 1})
+    if repeated:
+        raise ConfigError(f"run names must be unique; repeated: {', '.join(repeated)}")
+    return runs
+
+
+def resolve_config(run: Run, args: argparse.Namespace):
+    """The run's recipe at cohort size (debug size with ``--debug``) with ``--set``, the run's own
+    overrides and ``--seed`` applied."""
     from ctvlp.config import apply_overrides
     from ctvlp.recipes import get_recipe
     from ctvlp.recipes.cohort import cohort_variant
 
-    cfg = get_recipe(name, debug=True) if args.debug else cohort_variant(get_recipe(name))
-    return apply_overrides(cfg, [*args.overrides, f"seed={args.seed}"])
+    cfg = get_recipe(run.recipe, debug=True) if args.debug else cohort_variant(get_recipe(run.recipe))
+    return apply_overrides(cfg, [*args.overrides, *run.overrides, f"seed={args.seed}"])
 
 
-def command(args: argparse.Namespace, names: list[str]) -> str:
-    """The `ctvlp compare` command line that reruns ``names`` with these arguments."""
-    argv = ["ctvlp", "compare", "--recipes", ",".join(names), "--data", str(args.data), "--out", str(args.out),
-            "--budget-minutes", f"{args.budget_minutes:g}", "--seed", str(args.seed)]
-    argv += [x for o in args.overrides for x in ("--set", o)] + (["--debug"] if args.debug else [])
-    return shlex.join(argv)
+def command(args: argparse.Namespace, runs: list[Run]) -> str:
+    """The `ctvlp compare` command line that reruns ``runs`` with these arguments."""
+    recipes = [r.name for r in runs if r.spec is None]
+    argv = ["ctvlp", "compare"] + (["--recipes", ",".join(recipes)] if recipes else [])
+    argv += [x for r in runs if r.spec is not None for x in ("--variant", r.spec)]
+    argv += ["--data", str(args.data), "--out", str(args.out)]
+    argv += ["--steps", str(args.steps)] if args.steps else ["--budget-minutes", f"{args.budget_minutes:g}"]
+    argv += ["--seed", str(args.seed)] + [x for o in args.overrides for x in ("--set", o)]
+    return shlex.join(argv + (["--debug"] if args.debug else []))
 
 
 # -- the budget ---------------------------------------------------------------------------------
@@ -124,9 +173,16 @@ def budgeted(cfg, steps: int, train_seconds: float):
     return dataclasses.replace(cfg, steps=steps, max_minutes=train_seconds / 60.0, optim=optim)
 
 
+def fixed_steps(cfg, steps: int):
+    """``cfg`` training for exactly ``steps`` (no clock); warm-up at most 10 % of it."""
+    optim = dataclasses.replace(cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, steps // 10))
+    return dataclasses.replace(cfg, steps=steps, max_minutes=0.0, optim=optim)
+
+
 # -- one recipe ---------------------------------------------------------------------------------
 def run_recipe(name: str, cfg, args: argparse.Namespace) -> dict:
-    """Probe, plan, train and evaluate one recipe in DIR/<name>/; the record of compare.json."""
+    """Probe, plan, train and evaluate one run in DIR/<name>/ (``--steps``: no probe, that many steps);
+    the record of compare.json."""
     import yaml
 
     from ctvlp.cli.demo import train_and_evaluate
@@ -135,10 +191,16 @@ def run_recipe(name: str, cfg, args: argparse.Namespace) -> dict:
     out = args.out / name
     for stale in ("run", "probe"):
         shutil.rmtree(out / stale, ignore_errors=True)
-    step_seconds = probe_step_seconds(cfg, args.data, out / "probe")
-    steps, train_budget = plan_steps(step_seconds, args.budget_minutes)
-    cfg = budgeted(cfg, steps, train_budget)
-    print(f"\n== {name}: {step_seconds:.3f} s/step in the probe -> {steps} steps in {train_budget:.0f} s", flush=True)
+    if args.steps:
+        step_seconds, steps, train_budget = None, args.steps, None
+        cfg = fixed_steps(cfg, steps)
+        print(f"\n== {name}: {steps} steps", flush=True)
+    else:
+        step_seconds = probe_step_seconds(cfg, args.data, out / "probe")
+        steps, train_budget = plan_steps(step_seconds, args.budget_minutes)
+        cfg = budgeted(cfg, steps, train_budget)
+        print(f"\n== {name}: {step_seconds:.3f} s/step in the probe -> {steps} steps in {train_budget:.0f} s",
+              flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     start = time.perf_counter()
@@ -151,10 +213,12 @@ def run_recipe(name: str, cfg, args: argparse.Namespace) -> dict:
             "run_dir": str(out / "run"), "metrics": metrics}
 
 
-def run_safely(name: str, cfg, args: argparse.Namespace) -> dict:
+def run_safely(run: Run, cfg, args: argparse.Namespace) -> dict:
     """``run_recipe``'s record, or a failed one with the error (the traceback goes to stderr)."""
-    common = {"recipe": name, "budget_minutes": args.budget_minutes, "seed": args.seed,
-              "command": command(args, [name])}
+    name = run.name
+    common = {"recipe": name, "base_recipe": run.recipe, "overrides": list(run.overrides),
+              "budget_minutes": None if args.steps else args.budget_minutes, "seed": args.seed,
+              "command": command(args, [run])}
     try:
         return {**common, **run_recipe(name, cfg, args)}
     except Exception as err:  # noqa: BLE001 - one recipe's failure must not stop the comparison
@@ -189,11 +253,18 @@ def markdown(summary: dict) -> str:
     rows = [header, ["---"] * len(header)] + [table_row(r) for r in summary["recipes"].values()]
     ok = [r["metrics"] for r in summary["recipes"].values() if r["status"] == "ok"]
     cohort = (f"; {ok[0]['n_train']} training and {ok[0]['n_test']} held-out volumes" if ok else "")
-    return (f"# Recipes at an equal wall-clock budget\n\n`{summary['command']}`\n\n"
-            f"{summary['budget_minutes']:g} min per recipe ({100 * (1 - EVAL_RESERVE):.0f} % for training), "
-            f"seed {summary['seed']}, cache `{summary['data']}`{cohort}. Zero-shot and retrieval on the "
+    if summary["steps"]:
+        title, how = "Recipes at an equal step count", f"{summary['steps']} steps per run"
+    else:
+        title = "Recipes at an equal wall-clock budget"
+        how = f"{summary['budget_minutes']:g} min per recipe ({100 * (1 - EVAL_RESERVE):.0f} % for training)"
+    variants = "".join(f"\n- `{r['recipe']}`: {r['base_recipe']} with `{' '.join(r['overrides'])}`"
+                       for r in summary["recipes"].values() if r["overrides"])
+    return (f"# {title}\n\n`{summary['command']}`\n\n"
+            f"{how}, seed {summary['seed']}, cache `{summary['data']}`{cohort}. Zero-shot and retrieval on the "
             f"held-out split; \"{MISSING}\": the recipe does not produce the metric.\n\n"
-            + "".join("| " + " | ".join(row) + " |\n" for row in rows))
+            + "".join("| " + " | ".join(row) + " |\n" for row in rows)
+            + (f"\nVariants:{variants}\n" if variants else ""))
 
 
 def write_outputs(summary: dict, out: Path) -> None:
@@ -206,17 +277,20 @@ def write_outputs(summary: dict, out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from ctvlp.errors import BadDatasetError, CtvlpError
 
-    names = recipe_names(args.recipes)
+    runs = plan_runs(args)
     if not args.budget_minutes > 0:
         raise CtvlpError(None, f"--budget-minutes must be > 0, got {args.budget_minutes:g}")
+    if args.steps is not None and args.steps < 1:
+        raise CtvlpError(None, f"--steps must be >= 1, got {args.steps}")
     if not (args.data / "index").is_dir():
         raise BadDatasetError(args.data, "not a cache folder (no index/); run `ctvlp prepare` first")
-    configs = {name: resolve_config(name, args) for name in names}  # every bad name or --set before training
+    configs = {run: resolve_config(run, args) for run in runs}  # every bad name or --set before training
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = {"command": command(args, names), "data": str(args.data), "budget_minutes": args.budget_minutes,
+    summary = {"command": command(args, runs), "data": str(args.data),
+               "budget_minutes": None if args.steps else args.budget_minutes, "steps": args.steps,
                "seed": args.seed, "eval_reserve": EVAL_RESERVE, "debug": args.debug, "recipes": {}}
-    for name, cfg in configs.items():
-        summary["recipes"][name] = run_safely(name, cfg, args)
+    for run, cfg in configs.items():
+        summary["recipes"][run.name] = run_safely(run, cfg, args)
         write_outputs(summary, args.out)  # after every recipe: a stopped comparison keeps what it has
     failed = [n for n, r in summary["recipes"].items() if r["status"] != "ok"]
     print(f"\n{markdown(summary)}\n{args.out / 'compare.json'}\n{args.out / 'compare.md'}")
