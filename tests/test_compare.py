@@ -155,3 +155,20 @@ def test_bad_input_exits_2(cache, tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()  # nothing trained, nothing written
+
+
+def test_resume_keeps_finished_runs_with_the_same_command(cache, tmp_path):
+    out = tmp_path / "res"
+    base = ["compare", "--data", str(cache), "--out", str(out), "--debug", "--no-progress", "--steps", "2",
+            "--set", "data.num_workers=0"]
+    assert main([*base, "--recipes", "ctclip"]) == 0
+    first = json.loads((out / "compare.json").read_text())["recipes"]["ctclip"]
+    checkpoint = next((out / "ctclip" / "run" / "checkpoints").iterdir())
+    stamp = checkpoint.stat().st_mtime_ns
+    assert main([*base, "--recipes", "ctclip,sigvlp", "--resume"]) == 0
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["recipes"]["ctclip"] == first and checkpoint.stat().st_mtime_ns == stamp  # not retrained
+    assert summary["recipes"]["sigvlp"]["status"] == "ok" and "--resume" not in summary["command"]
+    assert main([*base, "--recipes", "ctclip", "--resume", "--seed", "5"]) == 0  # another command: trained again
+    again = json.loads((out / "compare.json").read_text())["recipes"]["ctclip"]
+    assert again["seed"] == 5 and again["seconds"] != first["seconds"]

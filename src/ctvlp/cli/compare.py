@@ -5,7 +5,9 @@ Trains each recipe for the same wall-clock budget on the same cache and seed and
 on the same held-out split. A ``--variant`` is a named run of a recipe with its own overrides (an
 ablation: ``--variant "sigvlp-rope10k=sigvlp model.vision.rope_base=10000"``); it runs after the
 ``--recipes`` and is a row of the table like them. ``--steps N`` replaces the budget by a fixed step
-count for every run (no probe, no clock), so that the runs of an ablation differ only in their knob. A recipe runs at its cohort size (``ctvlp.recipes.cohort``: the demo's
+count for every run (no probe, no clock), so that the runs of an ablation differ only in their knob.
+``--resume`` keeps the finished runs of an earlier, stopped comparison in DIR (same per-run command,
+status ok) and runs the rest. A recipe runs at its cohort size (``ctvlp.recipes.cohort``: the demo's
 model, input and batch size with the recipe's objective, sampler, positions, pooling and optimiser;
 ``--debug``: its tiny debug variant). Per recipe: a probe times a few steps on the cache (2 warm-up, 5
 timed); ``steps`` is set to what fits in the budget less the ``EVAL_RESERVE`` (15 %) kept for
@@ -69,6 +71,8 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field of every recipe (repeatable)")
     p.add_argument("--debug", action="store_true", help="the recipes' tiny debug variants (seconds, for tests)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the finished runs of DIR/compare.json that had the same command; run the others")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
@@ -259,12 +263,25 @@ def markdown(summary: dict) -> str:
         title = "Recipes at an equal wall-clock budget"
         how = f"{summary['budget_minutes']:g} min per recipe ({100 * (1 - EVAL_RESERVE):.0f} % for training)"
     variants = "".join(f"\n- `{r['recipe']}`: {r['base_recipe']} with `{' '.join(r['overrides'])}`"
-                       for r in summary["recipes"].values() if r["overrides"])
+                       for r in summary["recipes"].values() if r.get("overrides"))
     return (f"# {title}\n\n`{summary['command']}`\n\n"
             f"{how}, seed {summary['seed']}, cache `{summary['data']}`{cohort}. Zero-shot and retrieval on the "
             f"held-out split; \"{MISSING}\": the recipe does not produce the metric.\n\n"
             + "".join("| " + " | ".join(row) + " |\n" for row in rows)
             + (f"\nVariants:{variants}\n" if variants else ""))
+
+
+def finished_runs(path: Path) -> dict[str, dict]:
+    """The runs of an earlier compare.json that finished (status ok), by name; {} when there is none."""
+    from ctvlp.errors import CtvlpError
+
+    if not path.is_file():
+        return {}
+    try:
+        recipes = json.loads(path.read_text())["recipes"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CtvlpError(path, f"--resume: not a compare.json ({err})") from None
+    return {name: r for name, r in recipes.items() if r.get("status") == "ok"}
 
 
 def write_outputs(summary: dict, out: Path) -> None:
@@ -289,8 +306,14 @@ def run(args: argparse.Namespace) -> int:
     summary = {"command": command(args, runs), "data": str(args.data),
                "budget_minutes": None if args.steps else args.budget_minutes, "steps": args.steps,
                "seed": args.seed, "eval_reserve": EVAL_RESERVE, "debug": args.debug, "recipes": {}}
+    done = finished_runs(args.out / "compare.json") if args.resume else {}
     for run, cfg in configs.items():
-        summary["recipes"][run.name] = run_safely(run, cfg, args)
+        earlier = done.get(run.name)
+        if earlier is not None and earlier["command"] == command(args, [run]):
+            print(f"\n== {run.name}: kept from the earlier comparison (--resume)", flush=True)
+            summary["recipes"][run.name] = earlier
+        else:
+            summary["recipes"][run.name] = run_safely(run, cfg, args)
         write_outputs(summary, args.out)  # after every recipe: a stopped comparison keeps what it has
     failed = [n for n, r in summary["recipes"].items() if r["status"] != "ok"]
     print(f"\n{markdown(summary)}\n{args.out / 'compare.json'}\n{args.out / 'compare.md'}")
