@@ -4,6 +4,10 @@ alternation, freezing, structured reports and multi-scale pooling."""
 from __future__ import annotations
 
 import math
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,6 +56,33 @@ def test_segvl_stage_one_freezes_the_heads_then_alternates(cache, tmp_path):
     assert records[3]["loss"] == pytest.approx(0.75 * records[3]["loss_tversky"], rel=1e-5)
     changed = [k for k, v in trainer.model.state_dict().items() if k in start and not torch.equal(start[k], v)]
     assert any(k.startswith("seg.voxel.") for k in changed) and any(k.startswith("seg.anchor.") for k in changed)
+
+
+@pytest.mark.slow
+def test_segvl_stages_under_torchrun_two_processes(cache, tmp_path):
+    """The staged, two-kind SegVL recipe across 2 gloo processes (DDP with unused parameters): stage 1
+    leaves the segmentation heads exactly at their initialisation, stage 2 alternates and trains them."""
+    out = tmp_path / "ddp"
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+           "-m", "ctvlp", "train", "--recipe", "segvl", "--debug", "--data", str(cache), "--out", str(out),
+           "--steps", "4", "--set", "log_every=1", "--set", "ckpt_every=2", "--set", "keep_last=3",
+           "--no-progress", "--no-eval"]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = read_metrics(out)
+    assert [math.isfinite(r["loss_tversky"]) for r in records] == [False, False, False, True]
+    init = Trainer(apply_overrides(get_recipe("segvl", debug=True), ["steps=4"]), cache, tmp_path / "init",
+                   progress=False).model.state_dict()  # same seed: the processes' initial weights
+    stage1 = load_checkpoint(out / "checkpoints" / "step-0000002.pt")["model"]
+    final = load_checkpoint(out / "checkpoints" / "step-0000004.pt")["model"]
+    seg = [k for k in init if k.startswith("seg.")]
+    assert seg and all(torch.equal(init[k], stage1[k]) for k in seg), "stage 1 moved a segmentation head"
+    assert any(not torch.equal(stage1[k], final[k]) for k in seg if k.startswith("seg.voxel."))
+    assert not torch.equal(init["logit_scale"], stage1["logit_scale"])  # stage 1 did train the rest
 
 
 def test_uniferum_trains_labels_masks_and_reports_in_one_step(cache, tmp_path):
