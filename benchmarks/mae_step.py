@@ -24,7 +24,9 @@ Sizes: ``demo``: the demo recipe's tower (192 wide, 4 blocks, 3 heads, 4 x 8 x 8
 stem) on 32 x 1 x 16 x 32 x 40 (80 tokens per volume, 20 kept), decoder 96 wide x 2 blocks;
 ``base``: ViT-base (792 wide, 12 blocks, 12 heads, 16^3 patches, RoPE, no stem) on 4 x 1 x 64 x 128 x
 128 (256 tokens per volume, 64 kept), decoder 384 wide x 4 blocks (MAE's proportions: about 8 % of the
-encoder's per-token compute).
+encoder's per-token compute); ``colipri-cohort``: the tower and MAE decoder of COLIPRI's cohort variant
+(what `ctvlp compare` trains: Primus-M's SwiGLU, LayerScale and partial RoPE at the demo's size, no stem)
+on the demo's batch.
 
 Threads: 1 by default. The 2-core machine is shared with a training job (load 4-6); with 2 torch
 threads every parallel op waits for the second thread to be scheduled (a profile showed element-wise
@@ -53,6 +55,8 @@ from machine import median_seconds, save_result
 from ctvlp.losses.mae import MaeLoss
 from ctvlp.models.mae import MaeDecoder, MaeDecoderConfig, masked_autoencoder_step
 from ctvlp.models.vit3d import VisionTransformer3d, vit_config
+from ctvlp.recipes import get_recipe
+from ctvlp.recipes.cohort import cohort_variant
 
 SIZES = {
     "demo": dict(vit=vit_config("small", width=192, depth=4, heads=3, patch=(4, 8, 8), pos="rope", stem="conv"),
@@ -60,6 +64,8 @@ SIZES = {
     "base": dict(vit=vit_config("base", patch=(16, 16, 16), pos="rope"),
                  decoder=MaeDecoderConfig(width=384, depth=4, heads=12), shape=(4, 1, 64, 128, 128)),
 }
+SIZES["colipri-cohort"] = dict(vit=cohort_variant(get_recipe("colipri")).model.vision,
+                               decoder=cohort_variant(get_recipe("colipri")).model.mae, shape=(32, 1, 16, 32, 40))
 RATIO = 0.75
 GOAL = 0.45
 
@@ -119,10 +125,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
     rows = [bench(name, args.repeats) for name in args.sizes]
-    print(f"{'size':5} {'tokens':>6} {'kept':>5} {'full s':>7} {'mae s':>7} {'embed s':>7} {'mae/full':>8} "
+    print(f"{'size':14} {'tokens':>6} {'kept':>5} {'full s':>7} {'mae s':>7} {'embed s':>7} {'mae/full':>8} "
           f"{'embed/full':>10} {'mae/full if embed scaled':>24}")
     for r in rows:
-        print(f"{r['size']:5} {r['tokens']:>6} {r['kept_tokens']:>5} {r['full_seconds']:>7.3f} {r['mae_seconds']:>7.3f} "
+        print(f"{r['size']:14} {r['tokens']:>6} {r['kept_tokens']:>5} {r['full_seconds']:>7.3f} {r['mae_seconds']:>7.3f} "
               f"{r['embed_seconds']:>7.3f} {r['mae_over_full']:>8.2f} {r['embed_over_full']:>10.2f} "
               f"{r['mae_ratio_if_embed_scaled']:>24.2f}")
     print(f"goal: mae/full <= {GOAL}")

@@ -94,6 +94,8 @@ def test_cohort_variant_keeps_the_method_and_runs(name):
     assert (cfg.model.vision.width, cfg.model.vision.depth, cfg.model.vision.patch) == \
            (demo.model.vision.width, demo.model.vision.depth, demo.model.vision.patch)
     assert cfg.data.sampler.size == demo.data.sampler.size and cfg.data.batch_size == demo.data.batch_size
+    if paper.model.mae is not None:  # MAE's decoder stays lighter than the encoder
+        assert cfg.model.mae.width == cfg.model.vision.width // 2 and cfg.model.mae.depth == paper.model.mae.depth
     assert cfg.model.text.name == "minilm" and cfg.model.text.freeze == "all"
     assert cfg.model.text.pooling == paper.model.text.pooling and cfg.eval.prompt_style == paper.eval.prompt_style
     assert cfg.eval.sampler.size == demo.data.sampler.size and cfg.eval.sampler.max_slices == COHORT_MAX_SLICES

@@ -6,7 +6,9 @@ weights, options, logit initialisation, text input and sentence matching), the s
 whole volume, padding, text source, crop, HU windows), the position mode of the ViT (and its RoPE base,
 MLP, LayerScale, stem), the image pooling, the projection and the optimiser family -- and takes from
 the ``demo`` recipe everything that is a matter of size: the vision tower's width, depth, heads and
-patch, the embedding dimension, the in-plane size and chunk depth, the batch size, the frozen packaged
+patch, the embedding dimension, the MAE decoder's width (half the tower's, as MAE keeps its decoder
+lighter than the encoder; COLIPRI's 256-wide decoder on a 192-wide tower made an MAE step cost as much
+as a full one), the in-plane size and chunk depth, the batch size, the frozen packaged
 MiniLM text tower (the recipe's pooling kept) and the learning-rate schedule. Every variant is evaluated
 the same way: whole volumes of at most ``COHORT_MAX_SLICES`` slices at the demo's in-plane size, on the
 recipe's (or the default) prompt style.
@@ -70,8 +72,9 @@ def cohort_variant(cfg: TrainConfig) -> TrainConfig:
     whole = cfg.data.sampler.mode == "whole"
     max_depth = max(chunk_depth, COHORT_MAX_SLICES)
     text = dataclasses.replace(demo.model.text, pooling=cfg.model.text.pooling)
-    model = dataclasses.replace(cfg.model, vision=_vision(cfg.model.vision, demo.model.vision, max_depth, size),
-                                text=text, embed_dim=demo.model.embed_dim)
+    vision = _vision(cfg.model.vision, demo.model.vision, max_depth, size)
+    mae = cfg.model.mae and dataclasses.replace(cfg.model.mae, width=vision.width // 2, heads=vision.heads)
+    model = dataclasses.replace(cfg.model, vision=vision, text=text, embed_dim=demo.model.embed_dim, mae=mae)
     sampler = dataclasses.replace(cfg.data.sampler, size=size, chunk_depth=chunk_depth,
                                   max_slices=COHORT_MAX_SLICES if whole else None)
     data = dataclasses.replace(cfg.data, sampler=sampler, batch_size=demo.data.batch_size)
