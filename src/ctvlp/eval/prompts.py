@@ -114,7 +114,7 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
             raise ValueError("needs a `styles:` mapping of style name -> templates")
         return PromptSet({str(k): _parse_style(str(k), v) for k, v in styles.items()})
     except (yaml.YAMLError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise CtvlpError(str(source), f"bad prompt file: {err}") from None
+        raise CtvlpError(str(source), "bad prompt file: " + " ".join(str(err).split())) from None
 
 
 @dataclass(frozen=True)
