@@ -59,6 +59,15 @@ def _fmt(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.3f}"
 
 
+def _page(path: Path, title: str, parts: list[str]) -> Path:
+    """Write ``parts`` as one self-contained HTML page."""
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:0.9em}")
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                    f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    return path
+
+
 def write_report(path: Path, metrics: dict, records: list[dict], examples: list[dict]) -> Path:
     """``examples``: dicts with ``id``, ``image`` (D, H, W), ``report`` and ``predicted`` (list of str)."""
     zs, rt = metrics["zero_shot"], metrics["retrieval"]
@@ -83,8 +92,91 @@ def write_report(path: Path, metrics: dict, records: list[dict], examples: list[
         "<h2>Test volumes</h2>",
         _table(example_rows, ["middle slice", "volume", "report", "zero-shot findings (model)"]),
     ]
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:0.9em}")
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>ctvlp run</title>"
-                    f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
-    return path
+    return _page(path, "ctvlp run", parts)
+
+
+def roc_figure(roc: dict[str, tuple[np.ndarray, np.ndarray]], auroc: dict[str, float | None]) -> str:
+    """One ROC curve per label (sklearn's roc_curve) in a grid; labels with one class are left blank."""
+    from sklearn.metrics import roc_curve
+
+    plt = _pyplot()
+    cols = 6
+    rows = max(1, -(-len(roc) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (name, (scores, labels)) in zip(axes.flat, roc.items()):
+        ax.axis("on")
+        ax.plot([0, 1], [0, 1], color="#bbb", lw=0.8)
+        if np.unique(labels).size == 2:
+            fpr, tpr, _ = roc_curve(labels, scores)
+            ax.plot(fpr, tpr)
+        ax.set_title(f"{name[:26]}\nAUROC {_fmt(auroc.get(name))}", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def interval_bars(per_label: dict[str, dict], key: str = "auroc", title: str = "AUROC") -> str:
+    """Horizontal bars of ``per_label[name][key]`` with their ``<key>_ci`` intervals as error bars."""
+    names = [n for n, r in per_label.items() if r.get(key) is not None]
+    values = np.array([per_label[n][key] for n in names], dtype=float)
+    ci = np.array([per_label[n].get(f"{key}_ci") or [v, v] for n, v in zip(names, values)], dtype=float)
+    err = np.abs(np.nan_to_num(ci.T - values, nan=0.0)) if len(names) else None  # (2, L)
+    fig, ax = _pyplot().subplots(figsize=(6, 0.25 * len(names) + 1))
+    ax.barh(names, values, xerr=err, color="#4c72b0", ecolor="#333", capsize=2)
+    ax.axvline(0.5, color="#999", lw=0.8, ls="--")
+    ax.set(xlim=(0, 1), xlabel=f"{title} (95 % interval by patient)")
+    ax.invert_yaxis()
+    ax.tick_params(labelsize=7)
+    return _png(fig)
+
+
+def _ci_text(value, ci) -> str:
+    return _fmt(value) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
+
+
+def write_eval_report(path: Path, metrics: dict, roc: dict, examples: list[dict], overlays: dict) -> Path:
+    """The `ctvlp eval` page: summary, zero-shot ROC curves and AUROC bars with intervals, retrieval
+    table and examples, probe bars, every extra task's metrics and its ``overlays`` (each
+    {``caption``, ``png_base64``}: per-volume figures such as segmentation overlays)."""
+    parts = [f"<h1>ctvlp eval</h1><p>cache {html.escape(metrics['cache'])}, protocol {metrics['protocol']['name']} "
+             f"({len(metrics['protocol']['labels'])} labels), {metrics['n']['test_volumes']} test volumes / "
+             f"{metrics['n']['test_scans']} scans / {metrics['n']['test_patients']} patients; intervals: "
+             f"{metrics['bootstrap']['n']} patient resamples.</p>"]
+    if metrics["protocol"]["skipped"]:
+        parts.append(f"<p>skipped labels: {html.escape(', '.join(metrics['protocol']['skipped']))}</p>")
+    if "zeroshot" in metrics:
+        zs = metrics["zeroshot"]
+        rows = [[level, _ci_text(zs[level]["mean_auroc"], zs[level].get("mean_auroc_ci")),
+                 _ci_text(zs[level]["mean_f1"], zs[level].get("mean_f1_ci"))] for level in ("volume", "scan")]
+        parts += ["<h2>Zero-shot classification (test split, thresholds from validation)</h2>",
+                  _table(rows, ["level", "macro AUROC", "macro F1"]),
+                  f"<p>{html.escape(zs['scan_rule'])}</p>", "<h3>ROC curves (volume level)</h3>",
+                  roc_figure(roc, {n: r["auroc"] for n, r in zs["volume"]["per_label"].items()}),
+                  "<h3>AUROC per label (volume level)</h3>", interval_bars(zs["volume"]["per_label"])]
+    if "retrieval" in metrics:
+        rt = metrics["retrieval"]
+        rows = [[level, d.replace("_", " ")] + [_ci_text(r[f"recall@{k}"], r.get(f"recall@{k}_ci")) for k in (1, 5, 10, 50)]
+                + [_fmt(r["median_rank"])] for level in ("volume", "scan") for d, r in rt[level].items()]
+        ex = [[html.escape(e["query"]), "<ol>" + "".join(
+            f"<li>{'&#10003;' if ok else '&#10007;'} {html.escape(text)}</li>" for text, _, ok in e["retrieved"])
+            + "</ol>"] for e in examples]
+        parts += ["<h2>Retrieval (test split)</h2>",
+                  _table(rows, ["level", "direction", "R@1", "R@5", "R@10", "R@50", "median rank"]),
+                  f"<p>{html.escape(rt['rule'])}</p><h3>Examples (scan level, volume to report)</h3>",
+                  _table(ex, ["query scan's report", "top-3 retrieved reports (&#10003; = the query's scan)"])]
+    if "probe" in metrics:
+        pr = metrics["probe"]
+        parts += ["<h2>Linear probe</h2>", f"<p>macro AUROC {_ci_text(pr['mean_auroc'], pr.get('mean_auroc_ci'))}; "
+                  f"{html.escape(pr['rule'])}</p>", interval_bars(pr["per_label"])]
+    for task in metrics["tasks"]:
+        if task in ("zeroshot", "retrieval", "probe"):
+            continue
+        scalars = [[html.escape(k), _fmt(v) if isinstance(v, float) else html.escape(str(v))]
+                   for k, v in metrics.get(task, {}).items() if not isinstance(v, (dict, list))]
+        figures = "".join(f"<figure><img src='data:image/png;base64,{o['png_base64']}'>"
+                          f"<figcaption>{html.escape(o.get('caption', ''))}</figcaption></figure>"
+                          for o in overlays.get(task, []))
+        parts += [f"<h2>{html.escape(task)}</h2>", _table(scalars, ["metric", "value"]), figures]
+    return _page(path, "ctvlp eval", parts)

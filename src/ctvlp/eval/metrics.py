@@ -100,22 +100,73 @@ def best_f1_threshold(scores: ArrayLike, labels: ArrayLike, available: ArrayLike
     return float(sorted_scores[last[best]])
 
 
+def cluster_resampler(n: int, clusters: ArrayLike | None = None,
+                      ) -> Callable[[np.random.Generator], np.ndarray]:
+    """A function rng -> row indices of one bootstrap resample of ``range(n)``.
+
+    Without ``clusters`` the rows are drawn with replacement (``rng.integers(0, n, n)``). With
+    ``clusters`` (N,) ids (e.g. patients: CT-RATE has several reconstructions per scan and several
+    scans per patient), the C distinct clusters are drawn with replacement (``rng.integers(0, C, C)``,
+    clusters numbered in sorted id order) and every row of each drawn cluster is taken, in row order,
+    once per draw. When every row is its own cluster, in row order, both give the same indices.
+    """
+    if n < 1:
+        raise ValueError(f"need n >= 1, got {n}")
+    if clusters is None:
+        return lambda rng: rng.integers(0, n, n)
+    clusters = np.asarray(clusters)
+    if clusters.shape != (n,):
+        raise ValueError(f"clusters must have shape ({n},), got {clusters.shape}")
+    codes = np.unique(clusters, return_inverse=True)[1].reshape(n)  # (N,) cluster number per row
+    order = np.argsort(codes, kind="stable")  # rows grouped by cluster, row order within a cluster
+    sizes = np.bincount(codes)  # (C,)
+    starts = np.cumsum(sizes) - sizes  # (C,) first position of each cluster in ``order``
+
+    def draw(rng: np.random.Generator) -> np.ndarray:
+        picked = rng.integers(0, sizes.size, sizes.size)  # (C,) clusters with replacement
+        take = sizes[picked]
+        offset = np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)  # position within cluster
+        return order[np.repeat(starts[picked], take) + offset]
+
+    return draw
+
+
+def bootstrap_values(statistic: Callable[[np.ndarray], float | np.ndarray], n: int, n_boot: int = 1000,
+                     seed: int = 0, clusters: ArrayLike | None = None) -> np.ndarray:
+    """(n_boot, *S) values of ``statistic(indices)`` over resamples of ``range(n)``, drawn by
+    :func:`cluster_resampler` (rows, or whole clusters when ``clusters`` is given); ``statistic``
+    returns a float or an array of shape S (several statistics from one resample)."""
+    if n_boot < 1:
+        raise ValueError(f"need n_boot >= 1, got {n_boot}")
+    draw = cluster_resampler(n, clusters)
+    rng = np.random.default_rng(seed)
+    return np.array([np.asarray(statistic(draw(rng)), dtype=np.float64) for _ in range(n_boot)])
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi), each of shape ``values.shape[1:]``: the percentile interval of each column of
+    bootstrap ``values`` (n_boot, ...), non-finite values dropped per column (NaN when none is left)."""
+    if not 0 < level < 1:
+        raise ValueError(f"need 0 < level < 1, got {level}")
+    values = np.where(np.isfinite(values), values, np.nan)
+    tail = (1 - level) / 2 * 100
+    empty = np.isnan(values).all(axis=0)
+    filled = np.where(empty, 0.0, values)  # nanpercentile warns on all-NaN columns
+    lo, hi = np.nanpercentile(filled, [tail, 100 - tail], axis=0)
+    return np.where(empty, np.nan, lo), np.where(empty, np.nan, hi)
+
+
 def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
+                 level: float = 0.95, clusters: ArrayLike | None = None) -> tuple[float, float]:
     """Percentile interval of ``statistic(indices)`` over ``n_boot`` resamples of ``range(n)``.
 
-    ``statistic`` receives row indices drawn with replacement and returns a float (NaN results,
+    ``statistic`` receives row indices drawn with replacement -- whole clusters of rows when
+    ``clusters`` (N,) is given, see :func:`cluster_resampler` -- and returns a float (NaN results,
     e.g. a resample with one class only, are dropped). (NaN, NaN) when every resample is NaN.
     """
     if n < 1 or n_boot < 1 or not 0 < level < 1:
         raise ValueError(f"need n >= 1, n_boot >= 1 and 0 < level < 1, got {n}, {n_boot}, {level}")
-    rng = np.random.default_rng(seed)
-    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(n_boot)])
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan"), float("nan")
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(values, [tail, 100 - tail])
+    lo, hi = percentile_interval(bootstrap_values(statistic, n, n_boot, seed, clusters), level)
     return float(lo), float(hi)
 
 

@@ -27,7 +27,8 @@ class PromptStyle:
     """One way of writing a label as a positive and a negative sentence."""
 
     positive: tuple[str, ...]
-    """Templates stating the finding is present (``{label}`` / ``{Label}`` fields)."""
+    """Templates stating the finding is present (``{label}`` / ``{Label}`` fields); may be empty
+    (with ``negative``) when ``templates`` gives every label its own: the style then covers only those."""
     negative: tuple[str, ...]
     """Templates stating the finding is absent."""
     case: str = "as_is"
@@ -40,8 +41,10 @@ class PromptStyle:
     def __post_init__(self):
         if self.case not in _CASES:
             raise ValueError(f"case must be one of {_CASES}, got {self.case!r}")
-        for name, pair in {"(style)": {"positive": self.positive, "negative": self.negative},
-                           **self.templates}.items():
+        # The style-level pair is required unless per-label templates stand in for it.
+        generic = ({} if self.templates and not (self.positive or self.negative)
+                   else {"(style)": {"positive": self.positive, "negative": self.negative}})
+        for name, pair in {**generic, **self.templates}.items():
             if set(pair) != {"positive", "negative"} or not pair["positive"] or not pair["negative"]:
                 raise ValueError(f"{name}: needs at least one positive and one negative template")
             for template in (*pair["positive"], *pair["negative"]):
@@ -57,8 +60,14 @@ class PromptStyle:
             return self.phrases[label]
         return label.lower() if self.case == "lower" else label
 
+    def covers(self, label: str) -> bool:
+        """Whether the style has templates for ``label`` (its own, or the style's)."""
+        return label in self.templates or bool(self.positive)
+
     def sentences(self, label: str, positive: bool) -> list[tuple[str, str]]:
         """(template, text) for every template of ``label`` with the given polarity."""
+        if not self.covers(label):
+            raise ValueError(f"the prompt style has no templates for label {label!r}")
         pair = self.templates.get(label, {"positive": self.positive, "negative": self.negative})
         phrase = self.phrase(label)
         cap = phrase[:1].upper() + phrase[1:]
@@ -105,7 +114,7 @@ def load_prompts(path: str | Path | None = None) -> PromptSet:
             raise ValueError("needs a `styles:` mapping of style name -> templates")
         return PromptSet({str(k): _parse_style(str(k), v) for k, v in styles.items()})
     except (yaml.YAMLError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise CtvlpError(str(source), f"bad prompt file: {err}") from None
+        raise CtvlpError(str(source), "bad prompt file: " + " ".join(str(err).split())) from None
 
 
 @dataclass(frozen=True)

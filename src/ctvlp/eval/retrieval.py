@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ctvlp.eval.metrics import bootstrap_values, percentile_interval
+
 DEFAULT_KS = (1, 5, 10, 50)
 
 
@@ -73,7 +75,12 @@ def retrieval_metrics(query_emb: torch.Tensor | np.ndarray, gallery_emb: torch.T
     and ``n``; ranks as in :func:`retrieval_ranks` (pessimistic ties, optional groups)."""
     if not ks or any(int(k) < 1 for k in ks):
         raise ValueError(f"ks must be positive integers, got {list(ks)}")
-    ranks = retrieval_ranks(query_emb, gallery_emb, groups, chunk)
+    return rank_summary(retrieval_ranks(query_emb, gallery_emb, groups, chunk), ks)
+
+
+def rank_summary(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """``recall@k`` (fraction of ranks <= k), ``median_rank``, ``mean_rank`` and ``n`` of (N,) ranks."""
+    ranks = np.asarray(ranks)
     out = {f"recall@{int(k)}": float((ranks <= int(k)).mean()) for k in ks}
     out.update(median_rank=float(np.median(ranks)), mean_rank=float(ranks.mean()), n=int(ranks.size))
     return out
@@ -85,3 +92,19 @@ def retrieval_both(image_emb: torch.Tensor | np.ndarray, text_emb: torch.Tensor 
     """{"volume_to_report": metrics with volumes as queries, "report_to_volume": the reverse}."""
     return {"volume_to_report": retrieval_metrics(image_emb, text_emb, ks, groups),
             "report_to_volume": retrieval_metrics(text_emb, image_emb, ks, groups)}
+
+
+def recall_intervals(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS, n_bootstrap: int = 1000, seed: int = 0,
+                     clusters: Sequence | np.ndarray | None = None, level: float = 0.95) -> dict[str, list[float]]:
+    """``recall@k_ci`` and ``median_rank_ci``: percentile intervals over resamples of the *queries*
+    (whole ``clusters``, e.g. patients, when given); the ranks come from the full gallery and are
+    not recomputed, i.e. the gallery is held fixed and only which queries are asked varies."""
+    ranks = np.asarray(ranks)
+    ks = [int(k) for k in ks]
+
+    def statistic(idx: np.ndarray) -> np.ndarray:  # (K + 1,)
+        return np.array([*((ranks[idx] <= k).mean() for k in ks), np.median(ranks[idx])])
+
+    lo, hi = percentile_interval(bootstrap_values(statistic, ranks.size, n_bootstrap, seed, clusters), level)
+    names = [f"recall@{k}_ci" for k in ks] + ["median_rank_ci"]
+    return {name: [float(a), float(b)] for name, a, b in zip(names, lo, hi)}

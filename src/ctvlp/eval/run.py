@@ -40,6 +40,7 @@ class Encoded:
     available: np.ndarray
     scans: list[str]
     texts: list[str]
+    patients: list[str] = dataclasses.field(default_factory=list)
 
 
 @torch.no_grad()
@@ -57,7 +58,8 @@ def encode_split(model, cache: Cache, cfg, split: str, device: torch.device, num
     texts = [report_text(f, i, cfg.sampler.text) for f, i in zip(index["findings"], index["impressions"])]
     return Encoded(ids=rows, image_emb=torch.cat(images), report_emb=encode_texts(model, texts),
                    labels=dataset.labels[order], available=dataset.label_mask[order],
-                   scans=[f"{p}/{s}" for p, s in zip(index["patient_id"], index["scan_id"])], texts=texts)
+                   scans=[f"{p}/{s}" for p, s in zip(index["patient_id"], index["scan_id"])], texts=texts,
+                   patients=[str(p) for p in index["patient_id"]])
 
 
 def chance_recall(groups: list[str], k: int) -> float:
@@ -91,6 +93,16 @@ EXTRA_TASKS = {"organs": _organs, "segmentation": _segmentation, "generation": _
 
 
 @torch.no_grad()
+def prompt_scorer(model, labels: list[str], style, prompts=None):
+    """A function image embeddings (N, D) -> (N, L) zero-shot probabilities of ``labels``: every
+    prompt of ``style`` (a name in ``prompts``, default the packaged set) encoded once, pooled per label."""
+    texts, index = build_prompts(labels, style, prompts)
+    pos, neg = index.pool(encode_texts(model, texts))
+    scale = float(model.scale())
+    return lambda image_emb: zero_shot_scores(image_emb, pos, neg, scale).numpy()
+
+
+@torch.no_grad()
 def evaluate_model(model, cache: Cache, cfg, device: torch.device | str = "cpu", details: bool = False):
     """Zero-shot classification (thresholds on ``cfg.val_split``) and retrieval on ``cfg.test_split``.
 
@@ -105,11 +117,8 @@ def evaluate_model(model, cache: Cache, cfg, device: torch.device | str = "cpu",
         test = encode_split(model, cache, cfg, cfg.test_split, device)
         encoded = time.perf_counter()
         labels = [c[len(LABEL_PREFIX):] for c in cache.index.columns if c.startswith(LABEL_PREFIX)]
-        texts, index = build_prompts(labels, cfg.prompt_style)
-        pos, neg = index.pool(encode_texts(model, texts))
-        scale = float(model.scale())
-        scores = {name: zero_shot_scores(s.image_emb, pos, neg, scale).numpy()
-                  for name, s in (("val", val), ("test", test))}
+        score = prompt_scorer(model, labels, cfg.prompt_style)
+        scores = {name: score(s.image_emb) for name, s in (("val", val), ("test", test))}
         zero_shot = evaluate_zero_shot(scores["val"], val.labels, val.available, scores["test"], test.labels,
                                        test.available, labels)
         retrieval = retrieval_both(test.image_emb, test.report_emb, ks=(1, 5, 10, 50), groups=test.scans)

@@ -11,9 +11,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ctvlp.eval.metrics import auroc, best_f1_threshold, binary_metrics, bootstrap_ci, select_available
+from ctvlp.eval.metrics import (auroc, best_f1_threshold, binary_metrics, bootstrap_values, percentile_interval,
+                                select_available)
 
 _THRESHOLD_METRICS = ("f1", "precision", "recall", "accuracy", "balanced_accuracy")
+METRICS = ("auroc", *_THRESHOLD_METRICS)
+"""Every metric reported per label and as a macro mean (``mean_<metric>``)."""
 
 
 @torch.no_grad()
@@ -74,15 +77,21 @@ def _label_result(val: tuple, test: tuple) -> dict[str, float | int]:
 
 def evaluate_zero_shot(scores_val: np.ndarray, labels_val: np.ndarray, avail_val: np.ndarray | None,
                        scores_test: np.ndarray, labels_test: np.ndarray, avail_test: np.ndarray | None,
-                       label_names: Sequence[str], n_bootstrap: int = 0, seed: int = 0) -> dict:
+                       label_names: Sequence[str], n_bootstrap: int = 0, seed: int = 0,
+                       clusters: Sequence | np.ndarray | None = None, level: float = 0.95) -> dict:
     """Zero-shot metrics on the test split with F1 thresholds chosen on the validation split.
 
     Inputs are (N_split, L) arrays; ``avail_*`` bool masks (None: NaN labels are missing). Per label:
     the threshold maximising F1 on validation (:func:`best_f1_threshold`) is applied unchanged to
     test; the test data never influence it. A label is left out of every mean, and named in
     ``excluded`` with the reason, when its test split has a single class (AUROC undefined) or its
-    validation split has no positive (no threshold). ``n_bootstrap`` > 0 adds ``mean_auroc_ci``, a
-    95 % percentile interval of the mean AUROC over test volumes resampled with replacement.
+    validation split has no positive (no threshold).
+
+    ``n_bootstrap`` > 0 adds percentile intervals at ``level``: ``<metric>_ci`` [lo, hi] per label and
+    ``mean_<metric>_ci`` for the macro means, every metric of every label and the means computed on
+    the same resamples of the test rows (:func:`ctvlp.eval.metrics.bootstrap_values`): rows drawn
+    with replacement, or whole ``clusters`` (N_test,) ids (patients) with all their rows. Thresholds
+    stay the validation ones in every resample.
 
     Returns ``mean_auroc``, ``mean_f1``, ``mean_precision``, ``mean_recall``, ``mean_accuracy``,
     ``mean_balanced_accuracy``, ``labels_in_mean``, ``excluded`` {name: reason} and ``per_label``
@@ -104,13 +113,30 @@ def evaluate_zero_shot(scores_val: np.ndarray, labels_val: np.ndarray, avail_val
         elif np.isnan(result["threshold"]):
             excluded[name] = "no positive on validation: no F1 threshold"
     kept = [n for n in label_names if n not in excluded]
-    out = {f"mean_{m}": _mean([per_label[n][m] for n in kept]) for m in ("auroc", *_THRESHOLD_METRICS)}
+    out = {f"mean_{m}": _mean([per_label[n][m] for n in kept]) for m in METRICS}
     if n_bootstrap > 0:
-        cols = [j for j, n in enumerate(label_names) if n not in excluded]
-        out["mean_auroc_ci"] = bootstrap_ci(
-            lambda idx: _mean([auroc(scores_test[idx, j], labels_test[idx, j], avail_test[idx, j])
-                               for j in cols]), len(scores_test), n_bootstrap, seed)
+        thresholds = [per_label[n]["threshold"] for n in label_names]
+        in_mean = np.array([n not in excluded for n in label_names])
+
+        def statistic(idx: np.ndarray) -> np.ndarray:  # (L + 1, M): per label, then the macro mean
+            rows = np.array([_resampled_metrics(scores_test[idx, j], labels_test[idx, j], avail_test[idx, j], t)
+                             for j, t in enumerate(thresholds)])  # (L, M)
+            mean = [_mean(list(col)) for col in rows[in_mean].T] if in_mean.any() else [np.nan] * len(METRICS)
+            return np.vstack([rows, mean])
+
+        lo, hi = percentile_interval(bootstrap_values(statistic, len(scores_test), n_bootstrap, seed, clusters),
+                                     level)  # (L + 1, M) each
+        for j, name in enumerate(label_names):
+            per_label[name].update({f"{m}_ci": [float(lo[j, k]), float(hi[j, k])] for k, m in enumerate(METRICS)})
+        out.update({f"mean_{m}_ci": (float(lo[-1, k]), float(hi[-1, k])) for k, m in enumerate(METRICS)})
     return {**out, "labels_in_mean": kept, "excluded": excluded, "per_label": per_label}
+
+
+def _resampled_metrics(scores: np.ndarray, labels: np.ndarray, available: np.ndarray, threshold: float,
+                       ) -> list[float]:
+    """Every metric of :data:`METRICS` of one label on one resample, at the fixed threshold."""
+    binary = binary_metrics(scores, labels, threshold, available)
+    return [auroc(scores, labels, available), *(binary[m] for m in _THRESHOLD_METRICS)]
 
 
 def _mean(values: list[float]) -> float:

@@ -1,0 +1,90 @@
+"""`ctvlp eval --checkpoint CKPT --data CACHE --out DIR`: the standard tables of a trained model.
+
+Zero-shot classification (CT-RATE 18- or 16-label protocol, thresholds on the validation split),
+volume<->report retrieval and a linear probe, at volume and scan level, with 95 % intervals from
+patient resamples; plus the checkpoint's own ``eval.tasks`` (organs, segmentation, generation).
+Writes DIR/metrics.json (docs/eval-metrics.md), DIR/<task>.csv and DIR/report.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot, retrieval, probe (+ its eval tasks)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or run folder (latest)")
+    p.add_argument("--data", type=Path, required=True, help="prepared cache (ctvlp prepare)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--tasks", help="comma-separated tasks (default: zeroshot,retrieval,probe + the checkpoint's "
+                                   "eval.tasks); also organs, segmentation, generation")
+    p.add_argument("--protocol", default="18", help="label protocol: 18 (CT-RATE) or 16 (fVLM/HLIP); default 18")
+    p.add_argument("--prompts", type=Path, help="prompt YAML file replacing the packaged one")
+    p.add_argument("--prompt-style", help="prompt style (default: the checkpoint's eval.prompt_style)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="patient resamples per interval (default 1000)")
+    p.add_argument("--val-split", help="split choosing thresholds and C (default: the checkpoint's)")
+    p.add_argument("--test-split", help="split the numbers are reported on (default: the checkpoint's)")
+    p.add_argument("--train-split", help="split the linear probe is fitted on (default: the checkpoint's training split)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.set_defaults(func=run)
+    return p
+
+
+def _summary(metrics: dict) -> list[str]:
+    def ci(value, interval) -> str:
+        fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+        return fmt(value) + (f" [{fmt(interval[0])}, {fmt(interval[1])}]" if interval else "")
+
+    lines = []
+    if "zeroshot" in metrics:
+        for level in ("volume", "scan"):
+            zs = metrics["zeroshot"][level]
+            lines.append(f"zero-shot macro AUROC ({level}, {len(zs['labels_in_mean'])} labels)  "
+                         f"{ci(zs['mean_auroc'], zs.get('mean_auroc_ci'))}")
+    if "retrieval" in metrics:
+        for level in ("volume", "scan"):
+            for d in ("volume_to_report", "report_to_volume"):
+                r = metrics["retrieval"][level][d]
+                lines.append(f"R@5 {d.replace('_', ' ')} ({level})  {ci(r['recall@5'], r.get('recall@5_ci'))}")
+    if "probe" in metrics:
+        pr = metrics["probe"]
+        lines.append(f"linear probe macro AUROC ({len(pr['labels_in_mean'])} labels)  "
+                     f"{ci(pr['mean_auroc'], pr.get('mean_auroc_ci'))}")
+    width = max(len(l.split("  ")[0]) for l in lines) if lines else 0
+    return [f"  {l.split('  ')[0]:<{width}}  {l.split('  ', 1)[1]}" for l in lines]
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ctvlp.data.cache import Cache
+    from ctvlp.errors import CtvlpError
+    from ctvlp.eval.outputs import write_outputs
+    from ctvlp.eval.suite import CORE_TASKS, SuiteConfig, run_suite, with_overrides
+    from ctvlp.train.restore import load_trained
+
+    if args.bootstrap < 0:
+        raise CtvlpError(None, f"--bootstrap must be >= 0, got {args.bootstrap}")
+    trained = load_trained(args.checkpoint, args.device)
+    cache = Cache(args.data)
+    eval_cfg = with_overrides(trained.config.eval, val_split=args.val_split, test_split=args.test_split,
+                              prompt_style=args.prompt_style)
+    tasks = ([t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks
+             else [*CORE_TASKS, *trained.config.eval.tasks])
+    cfg = SuiteConfig(tasks=tuple(tasks), protocol=str(args.protocol),
+                      prompts=None if args.prompts is None else str(args.prompts), n_bootstrap=args.bootstrap,
+                      seed=args.seed, train_split=args.train_split or trained.config.data.train_split)
+    result = run_suite(trained.model, cache, eval_cfg, cfg, args.device)
+    result.metrics = {**result.metrics, "checkpoint": trained.path, "step": trained.step,
+                      "recipe": trained.config.recipe}
+    paths = write_outputs(args.out, result)
+    metrics = json.loads(paths[0].read_text())
+    print(f"ctvlp eval: {trained.config.recipe} step {trained.step} on {metrics['n']['test_volumes']} test volumes "
+          f"({metrics['n']['test_patients']} patients), protocol {cfg.protocol}, "
+          f"{cfg.n_bootstrap} patient resamples, {metrics['seconds']['total']:.1f} s")
+    print("\n".join(_summary(metrics)))
+    print("wrote:\n" + "\n".join(f"  {p}" for p in paths))
+    return 0

@@ -1,0 +1,239 @@
+"""The evaluation people report: zero-shot classification, retrieval and a linear probe with
+patient-bootstrap intervals, at volume and scan level, plus the ``EXTRA_TASKS`` of :mod:`ctvlp.eval.run`.
+
+Every volume of the validation and test splits (and, for the probe, the training split) is encoded
+once (:func:`ctvlp.eval.run.encode_split`), every prompt once. Thresholds and the probe's C come from
+the validation split only; every number is computed on the test split. Intervals resample *patients*
+with replacement and take all their rows (:func:`ctvlp.eval.metrics.cluster_resampler`): CT-RATE has
+several reconstructions per scan and several scans per patient, which are not independent. Scan
+level follows :mod:`ctvlp.eval.aggregate`. The keys of the returned metrics are documented in
+``docs/eval-metrics.md`` (``SCHEMA_VERSION``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ctvlp import __version__
+from ctvlp.data.cache import Cache
+from ctvlp.data.labels import CTRATE_LABELS, CTRATE_LABELS_16
+from ctvlp.data.manifest import LABEL_PREFIX
+from ctvlp.errors import BadDatasetError, CtvlpError
+from ctvlp.eval.aggregate import RULE as SCAN_RULE
+from ctvlp.eval.aggregate import Grouping, scan_embeddings, scan_scores
+from ctvlp.eval.probe import Split, linear_probe
+from ctvlp.eval.prompts import load_prompts
+from ctvlp.eval.retrieval import rank_summary, recall_intervals, retrieval_ranks
+from ctvlp.eval.run import EXTRA_TASKS, Encoded, chance_recall, encode_split, prompt_scorer
+from ctvlp.eval.zeroshot import evaluate_zero_shot
+
+SCHEMA_VERSION = 1
+"""Version of the metrics.json layout described in docs/eval-metrics.md; bumped on any change."""
+CORE_TASKS = ("zeroshot", "retrieval", "probe")
+PROTOCOLS = {"18": CTRATE_LABELS, "16": CTRATE_LABELS_16}
+"""CT-RATE's 18 labels, and the 16 fVLM and HLIP report (without Medical material, Lymphadenopathy)."""
+TASK_NEEDS = {"segmentation": ("seg", "a voxel head (model.seg: recipes segvl, uniferum)"),
+              "generation": ("decoder", "a report decoder (model.decoder: recipe colipri)")}
+"""Task -> (ModelConfig field that must be set, what it is) for tasks only some models can do."""
+KS = (1, 5, 10, 50)
+RETRIEVAL_RULE = ("volume level: a hit is any reconstruction of the query's scan (groups = scans); scan level: "
+                  "one embedding per scan, normalised mean of its reconstructions'; pessimistic ties; intervals "
+                  "resample query patients with the gallery fixed")
+
+
+@dataclass
+class SuiteConfig:
+    """What `ctvlp eval` computes (the model's own settings come from its ``EvalConfig``)."""
+
+    tasks: tuple[str, ...] = CORE_TASKS
+    """Core tasks (``zeroshot``, ``retrieval``, ``probe``) and names of ``EXTRA_TASKS``."""
+    protocol: str = "18"
+    """Label protocol: a key of :data:`PROTOCOLS`."""
+    prompts: str | None = None
+    """Prompt YAML file replacing the packaged one (None: packaged)."""
+    n_bootstrap: int = 1000
+    """Patient resamples per interval (0: no intervals)."""
+    level: float = 0.95
+    """Coverage of the percentile intervals."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+    train_split: str = "train"
+    """Split the linear probe is fitted on."""
+    examples: int = 3
+    """Retrieval examples kept for the report."""
+
+
+@dataclass
+class SuiteResult:
+    """Metrics (JSON-able after ``jsonable``) and what the report draws."""
+
+    metrics: dict
+    roc: dict = field(default_factory=dict)
+    """Label -> (test scores (N,), labels (N,)) of the available volumes (volume level)."""
+    examples: list = field(default_factory=list)
+    """Retrieval examples: {query, retrieved: [(report, correct)]}."""
+    overlays: dict = field(default_factory=dict)
+    """Task -> the ``overlays`` list its metrics carried (popped from the metrics; see docs/eval-metrics.md)."""
+
+
+def check_tasks(tasks, model) -> tuple[str, ...]:
+    """The tasks, or CtvlpError for an unknown one or one ``model`` cannot do."""
+    known = (*CORE_TASKS, *EXTRA_TASKS)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise CtvlpError(None, f"unknown task(s) {unknown}; tasks: {', '.join(known)}")
+    for task in tasks:
+        need = TASK_NEEDS.get(task)
+        if need and getattr(model.cfg, need[0], None) is None:
+            raise CtvlpError(None, f"task {task!r} needs {need[1]}, and this checkpoint's model has none")
+    return tuple(dict.fromkeys(tasks))
+
+
+def protocol_labels(protocol: str, cache: Cache) -> tuple[list[str], dict[str, str]]:
+    """(the protocol's labels the cache has, {label the cache lacks: reason}); CtvlpError on an
+    unknown protocol or when the cache has none of its labels."""
+    if protocol not in PROTOCOLS:
+        raise CtvlpError(None, f"unknown protocol {protocol!r}; protocols: {', '.join(PROTOCOLS)}")
+    have = {c[len(LABEL_PREFIX):] for c in cache.index.columns if c.startswith(LABEL_PREFIX)}
+    labels = [name for name in PROTOCOLS[protocol] if name in have]
+    skipped = {name: "not a label column of the cache" for name in PROTOCOLS[protocol] if name not in have}
+    if not labels:
+        raise BadDatasetError(cache.root, f"has none of the {protocol} labels of protocol {protocol!r}")
+    return labels, skipped
+
+
+def check_splits(cache: Cache, splits: list[str]) -> None:
+    """BadDatasetError naming the cache when one of ``splits`` has no volume."""
+    have = cache.index["split"].value_counts().to_dict()
+    missing = [s for s in dict.fromkeys(splits) if not have.get(s)]
+    if missing:
+        raise BadDatasetError(cache.root, f"no volume in split(s) {missing}; the cache has {have}")
+
+
+def check_prompts(path: str | None, style: str, labels: list[str]):
+    """The PromptSet of ``path`` (None: packaged), or CtvlpError naming the file when it does not
+    parse, lacks ``style`` or has no templates for one of ``labels``."""
+    where = path or "packaged prompts.yaml"
+    prompts = load_prompts(path)  # CtvlpError(file, bad prompt file) when it does not parse
+    if style not in prompts.styles:
+        raise CtvlpError(where, f"no prompt style {style!r}; styles: {sorted(prompts.styles)}")
+    lacking = [label for label in labels if not prompts.styles[style].covers(label)]
+    if lacking:
+        raise CtvlpError(where, f"prompt style {style!r} has no templates for label(s) {lacking}")
+    return prompts
+
+
+def _columns(enc: Encoded, cols: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    return enc.labels[:, cols], enc.available[:, cols]
+
+
+def zero_shot_levels(score, val: Encoded, test: Encoded, cols: list[int], labels: list[str], cfg: SuiteConfig,
+                     ) -> tuple[dict, np.ndarray]:
+    """{"volume": ..., "scan": ..., "scan_rule"} zero-shot metrics, and the volume-level test scores (N, L)."""
+    scores = {"val": score(val.image_emb), "test": score(test.image_emb)}  # (N, L) each
+    boot = {"n_bootstrap": cfg.n_bootstrap, "seed": cfg.seed, "level": cfg.level}
+    volume = evaluate_zero_shot(scores["val"], *_columns(val, cols), scores["test"], *_columns(test, cols), labels,
+                                clusters=test.patients, **boot)
+    scan = {}
+    for name, enc in (("val", val), ("test", test)):
+        g = Grouping.of(enc.scans)
+        scan[name] = (*scan_scores(scores[name], *_columns(enc, cols), g), np.asarray(enc.patients)[g.first])
+    scan_level = evaluate_zero_shot(*scan["val"][:3], *scan["test"][:3], labels, clusters=scan["test"][3], **boot)
+    return {"volume": volume, "scan": scan_level, "scan_rule": SCAN_RULE}, scores["test"]
+
+
+def _directions(image: torch.Tensor, report: torch.Tensor, groups, patients, cfg: SuiteConfig) -> dict:
+    out = {}
+    for name, (q, g) in {"volume_to_report": (image, report), "report_to_volume": (report, image)}.items():
+        ranks = retrieval_ranks(q, g, groups)
+        out[name] = rank_summary(ranks, KS)
+        if cfg.n_bootstrap > 0:
+            out[name].update(recall_intervals(ranks, KS, cfg.n_bootstrap, cfg.seed, patients, cfg.level))
+    return out
+
+
+def retrieval_levels(test: Encoded, cfg: SuiteConfig) -> tuple[dict, list]:
+    """Volume- and scan-level retrieval both ways with patient intervals, and a few scan-level examples."""
+    g = Grouping.of(test.scans)
+    image, report = scan_embeddings(test.image_emb, g), scan_embeddings(test.report_emb, g)  # (S, D)
+    scan_patients = np.asarray(test.patients)[g.first]
+    metrics = {"volume": _directions(test.image_emb, test.report_emb, test.scans, test.patients, cfg),
+               "scan": _directions(image, report, None, scan_patients, cfg),
+               "chance_recall@5": {"volume": chance_recall(test.scans, 5), "scan": chance_recall(g.names, 5)},
+               "rule": RETRIEVAL_RULE}
+    texts = [test.texts[i] for i in g.first]
+    top = (image @ report.T).topk(min(3, len(texts)), dim=1).indices  # (S, 3) best reports per scan
+    examples = [{"query": texts[i], "scan": g.names[i],
+                 "retrieved": [(texts[j], g.names[j], j == i) for j in top[i].tolist()]}
+                for i in range(min(cfg.examples, len(texts)))]
+    return metrics, examples
+
+
+def run_suite(model, cache: Cache, eval_cfg, cfg: SuiteConfig, device: torch.device | str = "cpu") -> SuiteResult:
+    """Every task of ``cfg.tasks`` on ``cache`` (splits from ``eval_cfg``; see the module docstring).
+
+    Checks the request first (CtvlpError: unknown task or protocol, a task the model cannot do, a
+    missing split, a prompt file that does not parse or lacks a label), then encodes and scores.
+    """
+    device = torch.device(device)
+    tasks = check_tasks(cfg.tasks, model)
+    labels, skipped = protocol_labels(cfg.protocol, cache)
+    check_splits(cache, [eval_cfg.val_split, eval_cfg.test_split] + ([cfg.train_split] if "probe" in tasks else []))
+    prompts = check_prompts(cfg.prompts, eval_cfg.prompt_style, labels) if "zeroshot" in tasks else None
+    start = time.perf_counter()
+    model.eval()
+    val = encode_split(model, cache, eval_cfg, eval_cfg.val_split, device)
+    test = encode_split(model, cache, eval_cfg, eval_cfg.test_split, device)
+    seconds = {"encode": time.perf_counter() - start}
+    cache_labels = [c[len(LABEL_PREFIX):] for c in cache.index.columns if c.startswith(LABEL_PREFIX)]
+    cols = [cache_labels.index(name) for name in labels]
+    result = SuiteResult(metrics={})
+    m = result.metrics
+    if "zeroshot" in tasks:
+        tick = time.perf_counter()
+        m["zeroshot"], test_scores = zero_shot_levels(
+            prompt_scorer(model, labels, eval_cfg.prompt_style, prompts), val, test, cols, labels, cfg)
+        avail = test.available[:, cols]
+        result.roc = {name: (test_scores[avail[:, j], j], test.labels[avail[:, j], cols[j]])
+                      for j, name in enumerate(labels)}
+        seconds["zeroshot"] = time.perf_counter() - tick
+    if "retrieval" in tasks:
+        tick = time.perf_counter()
+        m["retrieval"], result.examples = retrieval_levels(test, cfg)
+        seconds["retrieval"] = time.perf_counter() - tick
+    if "probe" in tasks:
+        tick = time.perf_counter()
+        train = encode_split(model, cache, eval_cfg, cfg.train_split, device)
+        m["probe"] = linear_probe(*(Split(e.image_emb.numpy(), *_columns(e, cols)) for e in (train, val, test)),
+                                  labels, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, clusters=test.patients,
+                                  level=cfg.level)
+        m["probe"]["n_train"] = len(train.ids)
+        seconds["probe"] = time.perf_counter() - tick
+    for task in tasks:
+        if task not in CORE_TASKS:
+            tick = time.perf_counter()
+            m[task] = EXTRA_TASKS[task](model, cache, eval_cfg, device)
+            if isinstance(m[task], dict) and "overlays" in m[task]:
+                result.overlays[task] = m[task].pop("overlays")
+            seconds[task] = time.perf_counter() - tick
+    header = {"schema_version": SCHEMA_VERSION, "ctvlp_version": __version__, "tasks": list(tasks),
+              "cache": str(cache.root),
+              "splits": {"val": eval_cfg.val_split, "test": eval_cfg.test_split,
+                         "train": cfg.train_split if "probe" in tasks else None},
+              "n": {"val_volumes": len(val.ids), "test_volumes": len(test.ids),
+                    "test_scans": len(set(test.scans)), "test_patients": len(set(test.patients))},
+              "protocol": {"name": cfg.protocol, "labels": labels, "skipped": skipped},
+              "prompts": {"file": cfg.prompts, "style": eval_cfg.prompt_style},
+              "bootstrap": {"n": cfg.n_bootstrap, "level": cfg.level, "seed": cfg.seed, "unit": "patient"}}
+    result.metrics = {**header, **m, "seconds": {**seconds, "total": time.perf_counter() - start}}
+    return result
+
+
+def with_overrides(eval_cfg, **changes):
+    """``eval_cfg`` with the given fields replaced (None values keep the checkpoint's)."""
+    return dataclasses.replace(eval_cfg, **{k: v for k, v in changes.items() if v is not None})
