@@ -86,7 +86,14 @@ def _generation(model, cache: Cache, cfg, device: torch.device) -> dict:
                                batch_size=cfg.batch_size)
 
 
-EXTRA_TASKS = {"organs": _organs, "segmentation": _segmentation, "generation": _generation}
+def _robustness(model, cache: Cache, cfg, device: torch.device) -> dict:
+    from ctvlp.eval.robustness import evaluate_robustness  # it runs evaluate_model: import on use
+
+    return evaluate_robustness(model, cache, cfg, device)
+
+
+EXTRA_TASKS = {"organs": _organs, "segmentation": _segmentation, "generation": _generation,
+               "robustness": _robustness}
 """``EvalConfig.tasks`` -> function(model, cache, eval config, device) -> the task's metrics."""
 
 

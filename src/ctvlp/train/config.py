@@ -102,7 +102,7 @@ class StageConfig:
             raise ValueError(f"a stage needs 0 <= fraction <= 1 and a non-empty cycle; got {self.fraction}, {self.cycle}")
 
 
-EVAL_TASKS = ("organs", "segmentation", "generation")
+EVAL_TASKS = ("organs", "segmentation", "generation", "robustness")
 
 
 @dataclass
@@ -124,14 +124,34 @@ class EvalConfig:
     tasks: tuple[str, ...] = ()
     """Evaluations besides zero-shot classification and retrieval: ``organs`` (zero-shot organ
     classification of z-chunks, SigVLP), ``segmentation`` (zero-shot Dice of the mask-name anchors,
-    SegVL/Uniferum), ``generation`` (greedy report generation: BLEU, ROUGE-L, label F1; COLIPRI)."""
+    SegVL/Uniferum), ``generation`` (greedy report generation: BLEU, ROUGE-L, label F1; COLIPRI),
+    ``robustness`` (every metric again on n centred slices padded to D, ``ctvlp.eval.robustness``)."""
     task_volumes: int = 200
     """Test volumes the per-volume tasks (segmentation, generation) use, the first in index order."""
     organ_chunk_depth: int = 8
     """Slices per chunk of the ``organs`` task (thresholds on ``val_split`` as for abnormalities)."""
+    robustness_counts: tuple[int, ...] = (0, 64, 32, 16, 4, 1)
+    """``robustness``: slice counts n, each the n centred slices of a volume (0: all slices the sampler keeps)."""
+    robustness_paddings: tuple[str, ...] = ("repeat", "zero")
+    """``robustness``: depth paddings to compare (``SamplerConfig.padding``)."""
+    robustness_depth: int | None = None
+    """``robustness``: D, the depth n slices are padded up to: the depth the model trained on (a
+    chunk-sampled recipe sets its ``chunk_depth``); None: the smallest depth the vision tower takes
+    (the ViT's z patch, the ResNet's z stride)."""
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
+        self.robustness_counts = tuple(int(n) for n in self.robustness_counts)
+        self.robustness_paddings = tuple(self.robustness_paddings)
+        if not self.robustness_counts or min(self.robustness_counts) < 0 \
+                or len(set(self.robustness_counts)) != len(self.robustness_counts):
+            raise ValueError(f"eval.robustness_counts must be distinct slice counts >= 1 (0: all), "
+                             f"got {self.robustness_counts}")
+        if not self.robustness_paddings or not set(self.robustness_paddings) <= {"repeat", "zero"}:
+            raise ValueError(f"eval.robustness_paddings must be 'repeat' and/or 'zero', got {self.robustness_paddings}")
+        if self.robustness_depth is not None and self.robustness_depth < 1:
+            raise ValueError(f"eval.robustness_depth must be >= 1 (None: the tower's smallest depth), "
+                             f"got {self.robustness_depth}")
         unknown = set(self.tasks) - set(EVAL_TASKS)
         if unknown:
             raise ValueError(f"eval.tasks: unknown {sorted(unknown)}; tasks: {', '.join(EVAL_TASKS)}")
