@@ -24,6 +24,7 @@ from ctvlp.eval.generation import evaluate_generation
 from ctvlp.eval.organs import evaluate_organs
 from ctvlp.eval.prompts import build_prompts
 from ctvlp.eval.retrieval import retrieval_both
+from ctvlp.eval.seg_probe import evaluate_seg_probe
 from ctvlp.eval.segmentation import evaluate_segmentation
 from ctvlp.eval.zeroshot import encode_texts, evaluate_zero_shot, zero_shot_scores
 from ctvlp.train.data import split_dataset
@@ -78,7 +79,8 @@ def _organs(model, cache: Cache, cfg, device: torch.device) -> dict:
 
 
 def _segmentation(model, cache: Cache, cfg, device: torch.device) -> dict:
-    return evaluate_segmentation(model, cache, cfg.sampler, cfg.test_split, device, max_volumes=cfg.task_volumes)
+    return evaluate_segmentation(model, cache, cfg.sampler, cfg.test_split, device, max_volumes=cfg.task_volumes,
+                                 hd95=cfg.segmentation_hd95)
 
 
 def _generation(model, cache: Cache, cfg, device: torch.device) -> dict:
@@ -92,8 +94,12 @@ def _robustness(model, cache: Cache, cfg, device: torch.device) -> dict:
     return evaluate_robustness(model, cache, cfg, device)
 
 
+def _seg_probe(model, cache: Cache, cfg, device: torch.device) -> dict:
+    return evaluate_seg_probe(model, cache, cfg, device)
+
+
 EXTRA_TASKS = {"organs": _organs, "segmentation": _segmentation, "generation": _generation,
-               "robustness": _robustness}
+               "robustness": _robustness, "seg_probe": _seg_probe}
 """``EvalConfig.tasks`` -> function(model, cache, eval config, device) -> the task's metrics."""
 
 
