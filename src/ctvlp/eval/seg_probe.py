@@ -58,8 +58,8 @@ class Probe:
     def predictor(self, model, device: torch.device):
         """``predict`` of :func:`~ctvlp.eval.segmentation.segment_volumes` (which runs without gradients):
         logit > 0 per structure."""
-        def predict(image: torch.Tensor, slice_mask: torch.Tensor) -> torch.Tensor:
-            return self.logits(model, image.to(device), slice_mask.to(device)) > 0  # (B, K, D, H, W)
+        def predict(batch: dict) -> torch.Tensor:
+            return self.logits(model, batch["image"].to(device), batch["slice_mask"].to(device)) > 0  # (B, K, D, H, W)
         return predict
 
     def logits(self, model, image: torch.Tensor, slice_mask: torch.Tensor) -> torch.Tensor:

@@ -144,7 +144,8 @@ def segment_volumes(predict, volumes: dict, sampler_cfg: SamplerConfig, names: S
                     hd95: bool = False) -> dict[str, list[dict]]:
     """Segment every volume window by window and score it: {volume id: :func:`structure_scores` list}.
 
-    ``predict(image (B, C, D, H, W), slice_mask (B, D)) -> (B, K, D, H, W) bool`` for the K ``names``;
+    ``predict(batch) -> (B, K, D, H, W) bool`` for the K ``names``, ``batch`` the collated windows
+    (``image`` (B, C, D, H, W), ``slice_mask`` (B, D), ``masks`` (B, K, D, H, W) the reference, ...);
     ``volumes`` {id: a :class:`~ctvlp.data.sampling.VolumeSource` (cached or in memory)}; windows,
     padding and stitching as in the module docstring; ``hu_window`` the cache's (the default window)."""
     if batch_size < 1:
@@ -168,7 +169,7 @@ def segment_volumes(predict, volumes: dict, sampler_cfg: SamplerConfig, names: S
             record = VolumeRecord(volume=ZWindow(volumes[vid], z0, z1))
             samples.append(draw_sample(record, config, np.random.default_rng(0), tuple(hu_window)))
         batch = collate(samples)
-        pred = predict(batch["image"], batch["slice_mask"]).cpu()  # (B, K, D, H, W) bool
+        pred = predict(batch).cpu()  # (B, K, D, H, W) bool
         for b, (vid, z0, z1) in enumerate(batch_jobs):
             real = batch["slice_mask"][b]  # (D,) the first copy of each real slice, in order
             if vid not in pending:
@@ -227,8 +228,9 @@ def anchor_predictor(model, names: Sequence[str], threshold: float, device: torc
         raise ValueError(f"threshold must be in [0, 1), got {threshold}")
     anchors = model.encode_anchors(list(names)).float().to(device)  # (K, E), once
 
-    def predict(image: torch.Tensor, slice_mask: torch.Tensor) -> torch.Tensor:
-        voxel_emb = model.image_features(image.to(device), slice_mask.to(device), voxels=True)["voxel_emb"]
+    def predict(batch: dict) -> torch.Tensor:
+        voxel_emb = model.image_features(batch["image"].to(device), batch["slice_mask"].to(device),
+                                         voxels=True)["voxel_emb"]
         return zero_shot_segment(voxel_emb.float(), anchors, threshold)  # (B, K, D, H, W)
 
     return predict
