@@ -194,6 +194,26 @@ def test_whole_mode_keeps_all_or_centred_max_slices():
     assert (s["z0"], s["z1"]) == (15, 35) and s["image"].shape[1] == 20
 
 
+@pytest.mark.parametrize("padding, expected_hu, real, lung", [
+    ("repeat", [200] * 2 + [210] * 2 + [220] * 2 + [230] * 2, [0, 2, 4, 6], [0, 0, 1, 1, 1, 1, 1, 1]),
+    ("zero", [200, 210, 220, 230] + [-1000] * 4, [0, 1, 2, 3], [0, 1, 1, 1, 0, 0, 0, 0]),
+])
+def test_min_depth_pads_the_centred_slices_up_to_d(padding, expected_hu, real, lung):
+    """Slice-count robustness: the 4 centred slices of a 44-slice volume (z 20..23) padded to D = 8."""
+    cfg = SamplerConfig(mode="whole", max_slices=4, min_depth=8, padding=padding, include_masks=True)
+    vol = FakeVolume(44, extents={"lung": (21, 30)})
+    s = draw_sample(VolumeRecord(vol), cfg, np.random.default_rng(0))
+    assert (s["z0"], s["z1"]) == (20, 24) and s["image"].shape == (1, 8, 6, 8)
+    np.testing.assert_allclose((s["image"][0, :, 3, 3] + 1) * 1000 - 1000, expected_hu, atol=1e-3)
+    assert np.flatnonzero(s["slice_mask"]).tolist() == real
+    assert s["masks"][0, :, 0, 0].tolist() == [bool(v) for v in lung]  # lung on z 21..29
+    deep = draw_sample(VolumeRecord(vol), SamplerConfig(mode="whole", max_slices=12, min_depth=8), np.random.default_rng(0))
+    assert deep["image"].shape[1] == 12 and deep["slice_mask"].all()  # deeper than D: unchanged
+    chunk = draw_sample(VolumeRecord(FakeVolume(44)), SamplerConfig(chunk_depth=2, min_depth=8, padding=padding),
+                        np.random.default_rng(0))
+    assert chunk["image"].shape[1] == 8 and chunk["slice_mask"].sum() == 2  # chunk mode too
+
+
 def test_sample_dict_keys_labels_and_window():
     rec = VolumeRecord(FakeVolume(40), labels=np.array([1, 0, 0], np.float32),
                        label_mask=np.array([True, True, False]))
@@ -215,7 +235,7 @@ def test_windows_give_one_channel_each_with_golden_values():
     assert SamplerConfig(windows=((-1000, 1000), (0, 100))).channels == 2 and SamplerConfig().channels == 1
 
 
-@pytest.mark.parametrize("kwargs", [{"windows": ((100, 0),)}, {"windows": ()}, {"mode": "slab"}, {"padding": "edge"}, {"text": "x"}, {"chunk_depth": 0}])
+@pytest.mark.parametrize("kwargs", [{"windows": ((100, 0),)}, {"windows": ()}, {"mode": "slab"}, {"padding": "edge"}, {"text": "x"}, {"chunk_depth": 0}, {"min_depth": 0}])
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         SamplerConfig(**kwargs)

@@ -48,14 +48,16 @@ class CTDataset(Dataset):
         self.epoch = epoch
 
     def depths(self) -> np.ndarray:
-        """(N,) depth of each sample (``whole`` mode: slices kept; ``chunk`` mode: ``chunk_depth``)."""
+        """(N,) depth of each sample (``whole`` mode: slices kept; ``chunk`` mode: ``chunk_depth``), at
+        least the sampler's ``min_depth``."""
+        least = self.config.min_depth or 1
         if self.config.mode == "chunk":
-            return np.full(len(self), self.config.chunk_depth)
+            return np.full(len(self), max(self.config.chunk_depth, least))
         if "num_slices" in self.index.columns:
             z = self.index["num_slices"].to_numpy(dtype=np.int64)
         else:
             z = np.array([self.cache.volume(v).shape[0] for v in self.index["id"]])
-        return np.minimum(z, self.config.max_slices or z.max(initial=1))
+        return np.maximum(np.minimum(z, self.config.max_slices or z.max(initial=1)), least)
 
     def record(self, i: int) -> VolumeRecord:
         row = self.index.iloc[i]

@@ -67,6 +67,11 @@ class SamplerConfig:
     channel at the cache's ``hu_window``. The vision tower's ``in_chans`` must equal their number."""
     max_slices: int | None = None
     """``whole`` mode: keep at most this many slices (the centred ones); None keeps all."""
+    min_depth: int | None = None
+    """Pad every sample up to at least this many slices with ``padding`` (both modes: a volume or chunk
+    of n < ``min_depth`` slices becomes ``min_depth`` slices, as :func:`pad_index` maps them); None: no
+    minimum. Evaluation's slice-count robustness feeds n centred slices to a model trained on D slices
+    this way (``ctvlp.eval.robustness``)."""
     include_masks: bool = False
     """Return the masks of the sampled slices as ``masks`` (M, D, H, W) bool."""
     mask_names: tuple[str, ...] | None = None
@@ -88,8 +93,9 @@ class SamplerConfig:
             raise ValueError(f"padding must be 'repeat' or 'zero', got {self.padding!r}")
         if self.text not in ("report", "organs", "structured"):
             raise ValueError(f"text must be 'report', 'organs' or 'structured', got {self.text!r}")
-        if self.chunk_depth < 1 or (self.max_slices is not None and self.max_slices < 1):
-            raise ValueError("chunk_depth and max_slices must be positive")
+        if self.chunk_depth < 1 or any(v is not None and v < 1 for v in (self.max_slices, self.min_depth)):
+            raise ValueError(f"chunk_depth, max_slices and min_depth must be positive, got {self.chunk_depth}, "
+                             f"{self.max_slices}, {self.min_depth}")
         if self.size is not None:
             self.size = (int(self.size[0]), int(self.size[1]))
         if self.mask_names is not None:
@@ -239,13 +245,14 @@ def fit_inplane(array: np.ndarray, size: tuple[int, int] | None, fill,
 
 
 def _depth_range(config: SamplerConfig, num_slices: int, rng: np.random.Generator) -> tuple[int, int, int]:
-    """(z0, z1, output depth) of the slices to read."""
+    """(z0, z1, output depth) of the slices to read; the depth at least ``min_depth``."""
+    least = config.min_depth or 1
     if config.mode == "chunk":
         z0 = chunk_start(num_slices, config.chunk_depth, rng)
-        return z0, min(z0 + config.chunk_depth, num_slices), config.chunk_depth
+        return z0, min(z0 + config.chunk_depth, num_slices), max(config.chunk_depth, least)
     keep = min(num_slices, config.max_slices or num_slices)
     z0 = (num_slices - keep) // 2
-    return z0, z0 + keep, keep
+    return z0, z0 + keep, max(keep, least)
 
 
 def _masks(volume: VolumeSource, config: SamplerConfig, z0: int, z1: int) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -24,6 +24,8 @@ from ctvlp.eval.generation import evaluate_generation
 from ctvlp.eval.organs import evaluate_organs
 from ctvlp.eval.prompts import build_prompts
 from ctvlp.eval.retrieval import retrieval_both
+from ctvlp.eval.real_masks import evaluate_real_masks
+from ctvlp.eval.seg_probe import evaluate_seg_probe, trained_probe
 from ctvlp.eval.segmentation import evaluate_segmentation
 from ctvlp.eval.zeroshot import encode_texts, evaluate_zero_shot, zero_shot_scores
 from ctvlp.train.data import split_dataset
@@ -80,7 +82,8 @@ def _organs(model, cache: Cache, cfg, device: torch.device) -> dict:
 
 
 def _segmentation(model, cache: Cache, cfg, device: torch.device) -> dict:
-    return evaluate_segmentation(model, cache, cfg.sampler, cfg.test_split, device, max_volumes=cfg.task_volumes)
+    return evaluate_segmentation(model, cache, cfg.sampler, cfg.test_split, device, max_volumes=cfg.task_volumes,
+                                 hd95=cfg.segmentation_hd95)
 
 
 def _generation(model, cache: Cache, cfg, device: torch.device) -> dict:
@@ -88,7 +91,25 @@ def _generation(model, cache: Cache, cfg, device: torch.device) -> dict:
                                batch_size=cfg.batch_size)
 
 
-EXTRA_TASKS = {"organs": _organs, "segmentation": _segmentation, "generation": _generation}
+def _robustness(model, cache: Cache, cfg, device: torch.device) -> dict:
+    from ctvlp.eval.robustness import evaluate_robustness  # it runs evaluate_model: import on use
+
+    return evaluate_robustness(model, cache, cfg, device)
+
+
+def _seg_probe(model, cache: Cache, cfg, device: torch.device) -> dict:
+    return evaluate_seg_probe(model, cache, cfg, device)
+
+
+def _real_masks(model, cache: Cache, cfg, device: torch.device) -> dict:
+    probe = trained_probe(model, cache, cfg, device) if "seg_probe" in cfg.tasks else None
+    return evaluate_real_masks(model, cache.config, cfg.sampler, device, cfg.real_dir, probe,
+                               hd95=cfg.segmentation_hd95, batch_size=cfg.batch_size)
+
+
+EXTRA_TASKS = {"organs": _organs, "segmentation": _segmentation, "generation": _generation,
+               "robustness": _robustness, "seg_probe": _seg_probe,
+               "real_masks": _real_masks}
 """``EvalConfig.tasks`` -> function(model, cache, eval config, device) -> the task's metrics."""
 
 

@@ -81,6 +81,17 @@ def default_mask_names(cache, split: str, sampler: SamplerConfig) -> list[str]:
     return list(names)
 
 
+def split_mask_names(cache, split: str, sampler: SamplerConfig, mask_names: Sequence[str] | None = None) -> list[str]:
+    """``mask_names`` when given, else :func:`default_mask_names`; BadDatasetError when there is none."""
+    names = list(mask_names) if mask_names is not None else default_mask_names(cache, split, sampler)
+    if not names:
+        raise BadDatasetError(getattr(cache, "root", None),
+                              f"segmentation: no mask names given and the volumes of split {split!r} have no "
+                              f"mask but body; it needs organ masks (synthetic cohort, RadGenome-ChestCT, "
+                              f"TotalSegmentator)")
+    return names
+
+
 def _split_ids(cache, split: str) -> list[str]:
     index = cache.index[cache.index["split"] == split]
     if index.empty:
@@ -117,9 +128,112 @@ def structure_scores(pred: torch.Tensor, target: torch.Tensor, available: Sequen
     return out
 
 
-
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
+
+
+def eval_sampler(sampler_cfg: SamplerConfig, names: Sequence[str]) -> SamplerConfig:
+    """The sampler a segmentation evaluation (or probe) reads with: no random crop, the ``names`` masks."""
+    return dataclasses.replace(sampler_cfg, random_crop=False, include_masks=True, mask_names=tuple(names),
+                               text="report")
+
+
+@torch.no_grad()
+def segment_volumes(predict, volumes: dict, sampler_cfg: SamplerConfig, names: Sequence[str],
+                    hu_window: tuple[float, float], batch_size: int = 2, *, ignore_empty: bool = True,
+                    hd95: bool = False) -> dict[str, list[dict]]:
+    """Segment every volume window by window and score it: {volume id: :func:`structure_scores` list}.
+
+    ``predict(batch) -> (B, K, D, H, W) bool`` for the K ``names``, ``batch`` the collated windows
+    (``image`` (B, C, D, H, W), ``slice_mask`` (B, D), ``masks`` (B, K, D, H, W) the reference, ...);
+    ``volumes`` {id: a :class:`~ctvlp.data.sampling.VolumeSource` (cached or in memory)}; windows,
+    padding and stitching as in the module docstring; ``hu_window`` the cache's (the default window)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    sampler = eval_sampler(sampler_cfg, names)
+    air = tuple(float(window(np.array(AIR_HU), lo, hi)) for lo, hi in sampler.hu_windows(tuple(hu_window)))
+    collate = Collate(sampler.padding, air + ((-1.0,) if sampler.body_channel else ()))
+    depth = window_depth(sampler)
+    ids = list(volumes)
+    jobs = [(vid, z0, z1) for vid in ids for z0, z1 in volume_windows(volumes[vid].shape[0], depth)]
+    order = sorted(range(len(jobs)), key=lambda j: jobs[j][2] - jobs[j][1])  # stable: a volume's windows adjacent
+    remaining = {vid: sum(1 for j in jobs if j[0] == vid) for vid in ids}
+    pending: dict[str, dict] = {}
+    scores: dict[str, list[dict]] = {}
+    for s in range(0, len(order), batch_size):
+        batch_jobs = [jobs[j] for j in order[s:s + batch_size]]
+        samples = []
+        for vid, z0, z1 in batch_jobs:
+            config = dataclasses.replace(sampler, mode="chunk", chunk_depth=max(z1 - z0, sampler.chunk_depth)
+                                         if sampler.mode == "chunk" else z1 - z0)
+            record = VolumeRecord(volume=ZWindow(volumes[vid], z0, z1))
+            samples.append(draw_sample(record, config, np.random.default_rng(0), tuple(hu_window)))
+        batch = collate(samples)
+        pred = predict(batch).cpu()  # (B, K, D, H, W) bool
+        for b, (vid, z0, z1) in enumerate(batch_jobs):
+            real = batch["slice_mask"][b]  # (D,) the first copy of each real slice, in order
+            if vid not in pending:
+                z, h, w = volumes[vid].shape[0], *pred.shape[-2:]
+                pending[vid] = {"pred": torch.zeros(len(names), z, h, w, dtype=torch.bool),
+                                "target": torch.zeros(len(names), z, h, w, dtype=torch.bool),
+                                "covered": torch.zeros(z, dtype=torch.bool),
+                                "available": batch["mask_available"][b].tolist(),
+                                "spacing": batch["spacing"][b].tolist()}
+            state = pending[vid]
+            state["pred"][:, z0:z1] = pred[b][:, real]
+            state["target"][:, z0:z1] = batch["masks"][b][:, real]
+            state["covered"][z0:z1] = True
+            remaining[vid] -= 1
+            if remaining[vid] == 0:  # every window of the volume is in: score it, free it
+                state = pending.pop(vid)
+                keep = state["covered"]
+                scores[vid] = structure_scores(state["pred"][:, keep], state["target"][:, keep],
+                                               state["available"], state["spacing"], ignore_empty, hd95)
+    return scores
+
+
+def summarise(scores: dict[str, list[dict]], names: Sequence[str], hd95: bool = False) -> dict:
+    """Per-volume scores -> ``mean_dice``, ``per_structure`` {name: {``dice``, ``n``, ``n_unannotated``,
+    ``n_empty`` [, ``hd95``, ``n_hd95``]}} [and ``mean_hd95``] (means as in the module docstring)."""
+    per_structure = {}
+    for k, name in enumerate(names):
+        rows = [volume[k] for volume in scores.values()]
+        dice = [r["dice"] for r in rows if r["dice"] is not None]
+        entry = {"dice": _mean(dice), "n": len(dice),
+                 "n_unannotated": sum(r["empty"] is None for r in rows),
+                 "n_empty": sum(r["empty"] is True for r in rows)}
+        if hd95:
+            dist = [r["hd95"] for r in rows if r["hd95"] is not None and np.isfinite(r["hd95"])]
+            entry.update(hd95=_mean(dist), n_hd95=len(dist))
+        per_structure[name] = entry
+    scored = [e for e in per_structure.values() if e["n"] > 0]
+    out = {"mean_dice": _mean([e["dice"] for e in scored]), "per_structure": per_structure}
+    if hd95:
+        out["mean_hd95"] = _mean([e["hd95"] for e in scored if e["hd95"] is not None])
+    return out
+
+
+def check_voxel_head(model) -> None:
+    """ValueError unless ``model`` has a voxel head (``model.cfg.seg``)."""
+    if getattr(getattr(model, "cfg", None), "seg", None) is None:
+        raise ValueError("zero-shot segmentation needs a model with a voxel head, and this model has none "
+                         "(model.cfg.seg is None): train a recipe that has one (segvl, uniferum) or set "
+                         "ModelConfig.seg = VoxelHeadConfig(...) (config key model.seg)")
+
+
+def anchor_predictor(model, names: Sequence[str], threshold: float, device: torch.device):
+    """``predict`` of :func:`segment_volumes` for zero-shot segmentation: P(anchor) > ``threshold``
+    (the anchors of ``names`` encoded once)."""
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    anchors = model.encode_anchors(list(names)).float().to(device)  # (K, E), once
+
+    def predict(batch: dict) -> torch.Tensor:
+        voxel_emb = model.image_features(batch["image"].to(device), batch["slice_mask"].to(device),
+                                         voxels=True)["voxel_emb"]
+        return zero_shot_segment(voxel_emb.float(), anchors, threshold)  # (B, K, D, H, W)
+
+    return predict
 
 
 @torch.no_grad()
@@ -142,92 +256,22 @@ def evaluate_segmentation(model, cache, sampler_cfg: SamplerConfig, split: str =
     ``seconds``. With ``details=True`` returns ``(metrics, {volume id: per-structure score list})``.
     The model is put in eval mode and restored.
     """
-    if getattr(getattr(model, "cfg", None), "seg", None) is None:
-        raise ValueError("zero-shot segmentation needs a model with a voxel head, and this model has none "
-                         "(model.cfg.seg is None): train a recipe that has one (segvl, uniferum) or set "
-                         "ModelConfig.seg = VoxelHeadConfig(...) (config key model.seg)")
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    check_voxel_head(model)
     device = torch.device(device)
     start = time.perf_counter()
     ids = _split_ids(cache, split)[:max_volumes]
-    names = list(mask_names) if mask_names is not None else default_mask_names(cache, split, sampler_cfg)
-    if not names:
-        raise BadDatasetError(getattr(cache, "root", None),
-                              f"segmentation: no mask names given and the volumes of split {split!r} have no "
-                              f"mask but body; it needs organ masks (synthetic cohort, RadGenome-ChestCT, "
-                              f"TotalSegmentator)")
-    sampler = dataclasses.replace(sampler_cfg, random_crop=False, include_masks=True, mask_names=tuple(names),
-                                  text="report")
-    hu_window = tuple(cache.config.hu_window)
-    air = tuple(float(window(np.array(AIR_HU), lo, hi)) for lo, hi in sampler.hu_windows(hu_window))
-    collate = Collate(sampler.padding, air + ((-1.0,) if sampler.body_channel else ()))
-    depth = window_depth(sampler)
-
-    volumes = {vid: cache.volume(vid) for vid in ids}
-    jobs = [(vid, z0, z1) for vid in ids for z0, z1 in volume_windows(volumes[vid].shape[0], depth)]
-    order = sorted(range(len(jobs)), key=lambda j: jobs[j][2] - jobs[j][1])  # stable: a volume's windows adjacent
-    remaining = {vid: sum(1 for j in jobs if j[0] == vid) for vid in ids}
-    pending: dict[str, dict] = {}
-    scores: dict[str, list[dict]] = {}
-
+    names = split_mask_names(cache, split, sampler_cfg, mask_names)
     was_training = model.training
     model.eval()
     try:
-        anchors = model.encode_anchors(names).float()  # (K, E), once
-        for s in range(0, len(order), batch_size):
-            batch_jobs = [jobs[j] for j in order[s:s + batch_size]]
-            samples = []
-            for vid, z0, z1 in batch_jobs:
-                config = dataclasses.replace(sampler, mode="chunk", chunk_depth=max(z1 - z0, sampler.chunk_depth)
-                                             if sampler.mode == "chunk" else z1 - z0)
-                record = VolumeRecord(volume=ZWindow(volumes[vid], z0, z1))
-                samples.append(draw_sample(record, config, np.random.default_rng(0), hu_window))
-            batch = collate(samples)
-            slice_mask = batch["slice_mask"].to(device)
-            voxel_emb = model.image_features(batch["image"].to(device), slice_mask, voxels=True)["voxel_emb"]
-            pred = zero_shot_segment(voxel_emb.float(), anchors.to(device), threshold).cpu()  # (B, K, D, H, W)
-            for b, (vid, z0, z1) in enumerate(batch_jobs):
-                real = batch["slice_mask"][b]  # (D,) the first copy of each real slice, in order
-                if vid not in pending:
-                    z, h, w = volumes[vid].shape[0], *pred.shape[-2:]
-                    pending[vid] = {"pred": torch.zeros(len(names), z, h, w, dtype=torch.bool),
-                                    "target": torch.zeros(len(names), z, h, w, dtype=torch.bool),
-                                    "covered": torch.zeros(z, dtype=torch.bool),
-                                    "available": batch["mask_available"][b].tolist(),
-                                    "spacing": batch["spacing"][b].tolist()}
-                state = pending[vid]
-                state["pred"][:, z0:z1] = pred[b][:, real]
-                state["target"][:, z0:z1] = batch["masks"][b][:, real]
-                state["covered"][z0:z1] = True
-                remaining[vid] -= 1
-                if remaining[vid] == 0:  # every window of the volume is in: score it, free it
-                    state = pending.pop(vid)
-                    keep = state["covered"]
-                    scores[vid] = structure_scores(state["pred"][:, keep], state["target"][:, keep],
-                                                   state["available"], state["spacing"], ignore_empty, hd95)
+        predict = anchor_predictor(model, names, threshold, device)
+        scores = segment_volumes(predict, {vid: cache.volume(vid) for vid in ids}, sampler_cfg, names,
+                                 tuple(cache.config.hu_window), batch_size, ignore_empty=ignore_empty, hd95=hd95)
     finally:
         model.train(was_training)
-
-    per_structure = {}
-    for k, name in enumerate(names):
-        rows = [scores[vid][k] for vid in ids]
-        dice = [r["dice"] for r in rows if r["dice"] is not None]
-        entry = {"dice": _mean(dice), "n": len(dice),
-                 "n_unannotated": sum(r["empty"] is None for r in rows),
-                 "n_empty": sum(r["empty"] is True for r in rows)}
-        if hd95:
-            dist = [r["hd95"] for r in rows if r["hd95"] is not None and np.isfinite(r["hd95"])]
-            entry.update(hd95=_mean(dist), n_hd95=len(dist))
-        per_structure[name] = entry
-    scored = [e for e in per_structure.values() if e["n"] > 0]
-    metrics = {"mean_dice": _mean([e["dice"] for e in scored]), "per_structure": per_structure,
-               "threshold": threshold, "n_volumes": len(ids), "ignore_empty": ignore_empty, "window": depth,
-               "rule": RULE, "seconds": time.perf_counter() - start}
-    if hd95:
-        metrics["mean_hd95"] = _mean([e["hd95"] for e in scored if e["hd95"] is not None])
+    metrics = {**summarise(scores, names, hd95), "threshold": threshold, "n_volumes": len(ids),
+               "ignore_empty": ignore_empty, "window": window_depth(sampler_cfg), "rule": RULE,
+               "seconds": time.perf_counter() - start}
     metrics = jsonable(metrics)
     json.dumps(metrics)  # JSON-able by construction; fail here rather than in the caller's writer
     return (metrics, scores) if details else metrics

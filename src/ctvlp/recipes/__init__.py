@@ -42,6 +42,12 @@ def get_recipe(name: str, debug: bool = False) -> TrainConfig:
     return debug_variant(cfg) if debug else cfg
 
 
+def train_depth(sampler: SamplerConfig) -> int | None:
+    """``EvalConfig.robustness_depth`` of a recipe: the chunk depth it trains on (``chunk`` mode), else None
+    (the vision tower's smallest depth)."""
+    return sampler.chunk_depth if sampler.mode == "chunk" else None
+
+
 def debug_variant(cfg: TrainConfig) -> TrainConfig:
     """Same objective, sampler kind and optimiser; a tiny ViT (or ResNet-10 at 1/8 width), a tiny random
     text tower, 32 x 32 input."""
@@ -60,7 +66,8 @@ def debug_variant(cfg: TrainConfig) -> TrainConfig:
                                   max_slices=16 if cfg.data.sampler.mode == "whole" else None)
     data = dataclasses.replace(cfg.data, sampler=sampler, batch_size=4, num_workers=0, max_text_tokens=64)
     evaluation = dataclasses.replace(cfg.eval, sampler=dataclasses.replace(cfg.eval.sampler, size=(32, 32),
-                                                                           max_slices=16))
+                                                                           max_slices=16),
+                                     robustness_depth=train_depth(sampler))
     optim = dataclasses.replace(cfg.optim, warmup_steps=2)
     return dataclasses.replace(cfg, model=model, data=data, eval=evaluation, optim=optim, steps=10, log_every=2,
                                ckpt_every=5)
@@ -91,7 +98,7 @@ def demo() -> TrainConfig:
         loss=LossConfig(name="sentence_sigmoid", weights={"siglip": 0.1}),
         optim=OptimConfig(name="muon", lr=1e-3, warmup_steps=20),
         eval=EvalConfig(prompt_style="report", sampler=SamplerConfig(mode="whole", text="report", size=(32, 40)),
-                        batch_size=32),
+                        batch_size=32, robustness_depth=train_depth(sampler)),
         steps=600, log_every=10, ckpt_every=200)
 
 
@@ -129,7 +136,7 @@ def sigvlp() -> TrainConfig:
         loss=LossConfig(name="siglip"),
         optim=OptimConfig(name="muon", lr=1e-4, warmup_steps=1000),
         eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), text="report"), tasks=("organs",),
-                        organ_chunk_depth=32),
+                        organ_chunk_depth=32, robustness_depth=train_depth(sampler)),
         steps=100_000)
 
 
@@ -149,7 +156,8 @@ def scalevlp() -> TrainConfig:
         loss=LossConfig(name="swca", options={"swca": {"alpha": 0.5, "variant": "weights", "weight": 1.0,
                                                        "knowledge": "report_emb"}}),
         optim=OptimConfig(name="adamw", lr=1e-4, warmup_steps=1000),
-        eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), max_slices=64, text="report")),
+        eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), max_slices=64, text="report"),
+                        robustness_depth=train_depth(sampler)),
         steps=100_000)
 
 

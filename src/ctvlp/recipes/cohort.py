@@ -67,6 +67,8 @@ def cohort_variant(cfg: TrainConfig) -> TrainConfig:
 
     Returns a new config; ``cfg`` is not changed. ``steps`` is the demo's: `ctvlp compare` sets it from
     the wall-clock budget."""
+    from ctvlp.recipes import train_depth
+
     demo = _demo()
     size, chunk_depth = demo.data.sampler.size, demo.data.sampler.chunk_depth
     whole = cfg.data.sampler.mode == "whole"
@@ -80,7 +82,7 @@ def cohort_variant(cfg: TrainConfig) -> TrainConfig:
     data = dataclasses.replace(cfg.data, sampler=sampler, batch_size=demo.data.batch_size)
     eval_sampler = dataclasses.replace(cfg.eval.sampler, size=size, max_slices=COHORT_MAX_SLICES)
     evaluation = dataclasses.replace(cfg.eval, sampler=eval_sampler, batch_size=demo.eval.batch_size,
-                                     organ_chunk_depth=COHORT_ORGAN_CHUNK)
+                                     organ_chunk_depth=COHORT_ORGAN_CHUNK, robustness_depth=train_depth(sampler))
     optim = dataclasses.replace(cfg.optim, lr=demo.optim.lr, warmup_steps=demo.optim.warmup_steps,
                                 min_lr_ratio=demo.optim.min_lr_ratio)
     return dataclasses.replace(cfg, model=model, data=data, eval=evaluation, optim=optim, steps=demo.steps,

@@ -102,7 +102,7 @@ class StageConfig:
             raise ValueError(f"a stage needs 0 <= fraction <= 1 and a non-empty cycle; got {self.fraction}, {self.cycle}")
 
 
-EVAL_TASKS = ("organs", "segmentation", "generation")
+EVAL_TASKS = ("organs", "segmentation", "generation", "robustness", "seg_probe", "real_masks")
 
 
 @dataclass
@@ -124,14 +124,54 @@ class EvalConfig:
     tasks: tuple[str, ...] = ()
     """Evaluations besides zero-shot classification and retrieval: ``organs`` (zero-shot organ
     classification of z-chunks, SigVLP), ``segmentation`` (zero-shot Dice of the mask-name anchors,
-    SegVL/Uniferum), ``generation`` (greedy report generation: BLEU, ROUGE-L, label F1; COLIPRI)."""
+    SegVL/Uniferum), ``generation`` (greedy report generation: BLEU, ROUGE-L, label F1; COLIPRI),
+    ``robustness`` (every metric again on n centred slices padded to D, ``ctvlp.eval.robustness``),
+    ``seg_probe`` (a light voxel head trained on the frozen tokens, ``ctvlp.eval.seg_probe``),
+    ``real_masks`` (zero-shot segmentation, and the probe with ``seg_probe``, on the real CTs of
+    ``real_dir``, ``ctvlp.eval.real_masks``)."""
     task_volumes: int = 200
     """Test volumes the per-volume tasks (segmentation, generation) use, the first in index order."""
     organ_chunk_depth: int = 8
     """Slices per chunk of the ``organs`` task (thresholds on ``val_split`` as for abnormalities)."""
+    segmentation_hd95: bool = True
+    """``segmentation``, ``seg_probe``, ``real_masks``: also the 95th-percentile Hausdorff distance (mm;
+    MONAI, about as costly again as the Dice scoring: ~0.5 s per structure of a 120 x 256 x 256 volume)."""
+    probe_steps: int = 200
+    """``seg_probe``: optimiser steps of the probe head on ``probe_split``'s masks (the model frozen)."""
+    probe_hidden: int = 64
+    """``seg_probe``: hidden width of the per-token one-hidden-layer head (``models.voxel_head.VoxelHead``)."""
+    probe_lr: float = 1e-3
+    """``seg_probe``: AdamW learning rate of the probe head."""
+    probe_batch_size: int = 2
+    """``seg_probe``: samples (the eval sampler's) per probe step."""
+    probe_split: str = "train"
+    """``seg_probe``: split whose masks train the probe (scored on ``test_split``)."""
+    real_dir: str = "/work/shared/data/real"
+    """``real_masks``: folder of the real CTs and their masks (see its README)."""
+    robustness_counts: tuple[int, ...] = (0, 64, 32, 16, 4, 1)
+    """``robustness``: slice counts n, each the n centred slices of a volume (0: all slices the sampler keeps)."""
+    robustness_paddings: tuple[str, ...] = ("repeat", "zero")
+    """``robustness``: depth paddings to compare (``SamplerConfig.padding``)."""
+    robustness_depth: int | None = None
+    """``robustness``: D, the depth n slices are padded up to: the depth the model trained on (a
+    chunk-sampled recipe sets its ``chunk_depth``); None: the smallest depth the vision tower takes
+    (the ViT's z patch, the ResNet's z stride)."""
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
+        self.robustness_counts = tuple(int(n) for n in self.robustness_counts)
+        self.robustness_paddings = tuple(self.robustness_paddings)
+        if not self.robustness_counts or min(self.robustness_counts) < 0 \
+                or len(set(self.robustness_counts)) != len(self.robustness_counts):
+            raise ValueError(f"eval.robustness_counts must be distinct slice counts >= 1 (0: all), "
+                             f"got {self.robustness_counts}")
+        if not self.robustness_paddings or not set(self.robustness_paddings) <= {"repeat", "zero"}:
+            raise ValueError(f"eval.robustness_paddings must be 'repeat' and/or 'zero', got {self.robustness_paddings}")
+        if self.probe_steps < 1 or self.probe_hidden < 1 or self.probe_batch_size < 1 or not self.probe_lr > 0:
+            raise ValueError("eval.probe_steps, probe_hidden, probe_batch_size must be >= 1 and probe_lr > 0")
+        if self.robustness_depth is not None and self.robustness_depth < 1:
+            raise ValueError(f"eval.robustness_depth must be >= 1 (None: the tower's smallest depth), "
+                             f"got {self.robustness_depth}")
         unknown = set(self.tasks) - set(EVAL_TASKS)
         if unknown:
             raise ValueError(f"eval.tasks: unknown {sorted(unknown)}; tasks: {', '.join(EVAL_TASKS)}")

@@ -1,0 +1,111 @@
+"""Slice-count robustness: every evaluation metric again as the number of input slices shrinks.
+
+A cell (n, padding) of the grid ``EvalConfig.robustness_counts`` x ``EvalConfig.robustness_paddings``
+re-runs :func:`ctvlp.eval.run.evaluate_model` unchanged with one change to the evaluation sampler:
+
+1. **Keep the n centred slices** of each volume: ``max_slices = min(n, max_slices of the eval
+   sampler)`` (``whole`` mode reads slices ``[(Z - k) // 2, (Z - k) // 2 + k)``, k = min(n, Z, max_slices)).
+   n = 0 means *all*: the eval sampler's own ``max_slices``. A volume with fewer than n slices keeps
+   all of them.
+2. **Pad the depth up to D** with ``padding`` (``SamplerConfig.min_depth = D``; :func:`ctvlp.data.sampling.pad_index`):
+   ``repeat`` maps output slice i to kept slice floor(i k / D) (one slice becomes D copies);
+   ``zero`` appends D - k slices of air (-1000 HU before windowing, the windowed value of air after).
+   A volume already deeper than D is unchanged. ``slice_mask`` marks the k real slices either way,
+   so attention pooling and the ViT's token mask see the same real slices under both paddings.
+
+**D**, the depth the model was trained on: ``EvalConfig.robustness_depth`` when set (chunk-sampled
+recipes -- demo, sigvlp, scalevlp -- set it to their ``chunk_depth``); None: the smallest depth the
+vision tower accepts, one token row (the ViT's z patch ``pz``; the ResNet's total z stride).
+
+Everything else is the evaluation as configured: thresholds of zero-shot classification are chosen on
+``val_split`` read with the same (n, padding) sampler, retrieval and the per-volume tasks use the test
+split. Of ``EvalConfig.tasks`` the cells repeat those that read the volume through the eval sampler
+(:data:`SLICE_TASKS`: ``segmentation`` -- windows of n slices, each padded to D, scored on the real
+slices only -- and ``generation`` -- reports decoded from n slices); ``organs`` reads its own
+``organ_chunk_depth``-slice chunks (independent of n) and is not repeated, nor is ``robustness``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import torch
+
+from ctvlp.data.sampling import SamplerConfig
+from ctvlp.eval.metrics import jsonable
+from ctvlp.eval.run import evaluate_model
+
+SLICE_TASKS = ("segmentation", "generation")
+"""Extra tasks whose input is the eval sampler's volume, repeated in every cell."""
+
+ALL = 0
+"""The slice count meaning "every slice the eval sampler keeps"."""
+
+
+def tower_min_depth(model) -> int:
+    """The smallest depth the vision tower takes as one token row: the ViT's z patch, the ResNet's z stride."""
+    vision = model.cfg.vision
+    return int(vision.patch[0]) if hasattr(vision, "patch") else int(vision.stride[0])
+
+
+def robustness_sampler(sampler: SamplerConfig, count: int, padding: str, depth: int) -> SamplerConfig:
+    """The eval sampler reading the ``count`` centred slices (0: as configured), padded up to ``depth``."""
+    if sampler.mode != "whole":
+        raise ValueError(f"slice-count robustness needs a 'whole'-mode eval sampler, got mode {sampler.mode!r}")
+    if count < 0 or depth < 1:
+        raise ValueError(f"count must be >= 0 (0: all) and depth >= 1, got {count}, {depth}")
+    keep = sampler.max_slices if count == ALL else min(count, sampler.max_slices or count)
+    return dataclasses.replace(sampler, max_slices=keep, padding=padding, min_depth=depth)
+
+
+def cell_name(count: int, padding: str) -> str:
+    """``"<n>/<padding>"``, n ``all`` for 0."""
+    return f"{'all' if count == ALL else count}/{padding}"
+
+
+def summary_row(count: int, padding: str, metrics: dict) -> dict:
+    """One table row: mean AUROC, R@5 both ways, and the headline of each repeated task."""
+    retrieval = metrics["retrieval"]
+    row = {"n": "all" if count == ALL else count, "padding": padding,
+           "mean_auroc": metrics["zero_shot"]["mean_auroc"],
+           "r5_volume_to_report": retrieval["volume_to_report"]["recall@5"],
+           "r5_report_to_volume": retrieval["report_to_volume"]["recall@5"]}
+    if "segmentation" in metrics:
+        row["mean_dice"] = metrics["segmentation"]["mean_dice"]
+    if "generation" in metrics:
+        row.update(bleu4=metrics["generation"]["bleu4"], label_f1_micro=metrics["generation"]["label_f1_micro"])
+    return row
+
+
+@torch.no_grad()
+def evaluate_robustness(model, cache, cfg, device: torch.device | str = "cpu", counts: Sequence[int] | None = None,
+                        paddings: Sequence[str] | None = None, depth: int | None = None) -> dict:
+    """Every metric of :func:`~ctvlp.eval.run.evaluate_model` per (slice count, padding) cell (module docstring).
+
+    ``cfg``: the :class:`~ctvlp.train.config.EvalConfig`; ``counts``, ``paddings``, ``depth`` default to
+    its ``robustness_counts``, ``robustness_paddings`` and ``robustness_depth`` (None: the tower's smallest depth).
+
+    Returns a JSON-able dict: ``counts`` (0 shown as ``"all"``), ``paddings``, ``depth`` (D), ``depth_rule``,
+    ``tasks`` (the extra tasks repeated), ``results`` {``"<n>/<padding>"``: evaluate_model's metrics},
+    ``summary`` (one :func:`summary_row` per cell, in grid order) and ``seconds``.
+    """
+    start = time.perf_counter()
+    counts = list(cfg.robustness_counts if counts is None else counts)
+    paddings = list(cfg.robustness_paddings if paddings is None else paddings)
+    given = cfg.robustness_depth if depth is None else depth
+    depth = tower_min_depth(model) if given is None else int(given)
+    rule = ("eval.robustness_depth (the depth the model trained on)" if given is not None
+            else "the vision tower's smallest depth (one z token row)")
+    tasks = tuple(t for t in cfg.tasks if t in SLICE_TASKS)
+    results, summary = {}, []
+    for count in counts:
+        for padding in paddings:
+            cell = dataclasses.replace(cfg, sampler=robustness_sampler(cfg.sampler, count, padding, depth), tasks=tasks)
+            metrics = evaluate_model(model, cache, cell, device)
+            results[cell_name(count, padding)] = metrics
+            summary.append(summary_row(count, padding, metrics))
+    return jsonable({"counts": ["all" if n == ALL else n for n in counts], "paddings": paddings, "depth": depth,
+                     "depth_rule": rule, "tasks": list(tasks), "results": results, "summary": summary,
+                     "seconds": time.perf_counter() - start})

@@ -1,0 +1,98 @@
+"""Slice-count robustness (eval/robustness.py): the sampler rule (n centred slices padded to D), and a
+debug checkpoint evaluated over a grid, with the depths and real slices the model saw recorded."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctvlp.config import apply_overrides
+from ctvlp.data.cache import Cache
+from ctvlp.data.sampling import SamplerConfig
+from ctvlp.eval.robustness import evaluate_robustness, robustness_sampler, tower_min_depth
+from ctvlp.eval.run import evaluate_model
+from ctvlp.recipes import get_recipe
+from ctvlp.train.config import EvalConfig
+from ctvlp.train.loop import Trainer
+from ctvlp.train.restore import load_trained
+from conftest import make_synthetic_cache
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_sampler_rule_caps_at_max_slices_and_all_keeps_the_eval_sampler():
+    base = SamplerConfig(mode="whole", max_slices=16, text="report")
+    assert robustness_sampler(base, 4, "zero", 8) == dataclasses.replace(base, max_slices=4, padding="zero", min_depth=8)
+    assert robustness_sampler(base, 64, "repeat", 8).max_slices == 16  # never more than the eval reads
+    assert robustness_sampler(base, 0, "repeat", 8).max_slices == 16  # 0: all
+    assert robustness_sampler(SamplerConfig(mode="whole"), 0, "zero", 4).max_slices is None
+    with pytest.raises(ValueError, match="whole"):
+        robustness_sampler(SamplerConfig(mode="chunk"), 4, "zero", 8)
+    with pytest.raises(ValueError):
+        EvalConfig(robustness_paddings=("edge",))
+    with pytest.raises(ValueError):
+        EvalConfig(robustness_counts=(4, 4))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return make_synthetic_cache(tmp_path_factory.mktemp("robust"), 16, 3)
+
+
+def _trained(cache: Path, out: Path, recipe: str):
+    cfg = apply_overrides(get_recipe(recipe, debug=True), ["steps=1"])
+    Trainer(cfg, cache, out, progress=False).fit()
+    return load_trained(out)
+
+
+def _spy(model) -> list[tuple[int, list[int]]]:
+    """Record (depth, real slices per volume) of every encode_image call."""
+    seen, encode = [], model.encode_image
+
+    def wrapped(image, slice_mask=None, **kw):
+        seen.append((int(image.shape[2]), slice_mask.sum(1).tolist()))
+        return encode(image, slice_mask, **kw)
+
+    model.encode_image = wrapped
+    return seen
+
+
+def test_chunk_trained_model_pads_n_centred_slices_to_its_chunk_depth(cache, tmp_path):
+    trained = _trained(cache, tmp_path / "run", "sigvlp")  # debug: trained on 8-slice chunks
+    cfg = dataclasses.replace(trained.config.eval, robustness_counts=(0, 4, 1), tasks=("robustness",))
+    assert cfg.robustness_depth == 8 == trained.config.data.sampler.chunk_depth
+    seen = _spy(trained.model)
+    metrics = evaluate_model(trained.model, Cache(cache), cfg)["robustness"]
+    assert metrics["counts"] == ["all", 4, 1] and metrics["paddings"] == ["repeat", "zero"] and metrics["depth"] == 8
+    assert list(metrics["results"]) == ["all/repeat", "all/zero", "4/repeat", "4/zero", "1/repeat", "1/zero"]
+    assert [(r["n"], r["padding"]) for r in metrics["summary"]] == [
+        ("all", "repeat"), ("all", "zero"), (4, "repeat"), (4, "zero"), (1, "repeat"), (1, "zero")]
+    for row in metrics["summary"]:
+        assert 0.0 <= row["r5_volume_to_report"] <= 1.0 and 0.0 <= row["r5_report_to_volume"] <= 1.0
+    calls = len(seen) // 7  # 1 baseline + 6 cells, each the same number of batches
+    cells = [seen[i * calls:(i + 1) * calls] for i in range(1, 7)]
+    for (n, _), cell in zip([(None, "r"), (None, "z"), (4, "r"), (4, "z"), (1, "r"), (1, "z")], cells):
+        for depth, real in cell:
+            if n is None:
+                assert depth >= 8 and all(r <= 16 for r in real)  # all slices the sampler keeps (max 16)
+            else:
+                assert depth == 8 and set(real) == {n}  # n real slices, padded to D = 8
+    json.dumps(metrics)
+    # the grid's "all" cells are evaluate_model itself when every volume is deeper than D
+    base = evaluate_model(trained.model, Cache(cache), dataclasses.replace(cfg, tasks=()))
+    assert metrics["results"]["all/repeat"]["zero_shot"]["mean_auroc"] == pytest.approx(base["zero_shot"]["mean_auroc"])
+
+
+def test_whole_volume_model_uses_the_tower_depth_and_repeats_segmentation(cache, tmp_path):
+    trained = _trained(cache, tmp_path / "run", "segvl")
+    cfg = dataclasses.replace(trained.config.eval, robustness_counts=(1,), robustness_paddings=("zero",),
+                              task_volumes=2)
+    assert cfg.robustness_depth is None and tower_min_depth(trained.model) == 4  # debug ViT: 4 x 8 x 8 patches
+    metrics = evaluate_robustness(trained.model, Cache(cache), cfg)
+    assert metrics["depth"] == 4 and metrics["tasks"] == ["segmentation"] and "tower" in metrics["depth_rule"]
+    cell = metrics["results"]["1/zero"]
+    assert cell["segmentation"]["n_volumes"] == 2 and "mean_dice" in metrics["summary"][0]
