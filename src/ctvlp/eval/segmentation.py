@@ -71,6 +71,14 @@ def window_depth(sampler: SamplerConfig) -> int | None:
     return sampler.chunk_depth if sampler.mode == "chunk" else sampler.max_slices
 
 
+def window_sample(volume, sampler: SamplerConfig, z0: int, z1: int, hu_window: tuple[float, float]) -> dict:
+    """The sample of slices ``[z0, z1)`` of ``volume`` (a :func:`volume_windows` window) drawn as in
+    training: a chunk of the window's slices, padded to ``chunk_depth`` in ``chunk`` mode."""
+    depth = max(z1 - z0, sampler.chunk_depth) if sampler.mode == "chunk" else z1 - z0
+    config = dataclasses.replace(sampler, mode="chunk", chunk_depth=depth)
+    return draw_sample(VolumeRecord(volume=ZWindow(volume, z0, z1)), config, np.random.default_rng(0), hu_window)
+
+
 def default_mask_names(cache, split: str, sampler: SamplerConfig) -> list[str]:
     """The sampler's ``mask_names``, else every mask but ``body`` of the split's volumes (first seen first)."""
     if sampler.mask_names:
@@ -181,10 +189,7 @@ def evaluate_segmentation(model, cache, sampler_cfg: SamplerConfig, split: str =
             batch_jobs = [jobs[j] for j in order[s:s + batch_size]]
             samples = []
             for vid, z0, z1 in batch_jobs:
-                config = dataclasses.replace(sampler, mode="chunk", chunk_depth=max(z1 - z0, sampler.chunk_depth)
-                                             if sampler.mode == "chunk" else z1 - z0)
-                record = VolumeRecord(volume=ZWindow(volumes[vid], z0, z1))
-                samples.append(draw_sample(record, config, np.random.default_rng(0), hu_window))
+                samples.append(window_sample(volumes[vid], sampler, z0, z1, hu_window))
             batch = collate(samples)
             slice_mask = batch["slice_mask"].to(device)
             voxel_emb = model.image_features(batch["image"].to(device), slice_mask, voxels=True)["voxel_emb"]
