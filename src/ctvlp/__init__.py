@@ -16,4 +16,13 @@ def load_volume(path, **kwargs) -> Volume:
     return _load(path, **kwargs)
 
 
-__all__ = ["CtvlpError", "Volume", "load_volume", "__version__"]
+def load_model(path, **kwargs):
+    """A trained model (checkpoint file, run folder or ``ctvlp export`` folder) as a
+    :class:`ctvlp.inference.CtvlpModel`; see :func:`ctvlp.inference.load.load_model` for the options.
+    """
+    from ctvlp.inference.load import load_model as _load
+
+    return _load(path, **kwargs)
+
+
+__all__ = ["CtvlpError", "Volume", "load_model", "load_volume", "__version__"]

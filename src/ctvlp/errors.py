@@ -32,3 +32,8 @@ class BadReportError(CtvlpError):
 
 class BadDatasetError(CtvlpError):
     """A dataset tree, CSV or manifest that does not have the expected layout."""
+
+
+class InferenceError(CtvlpError):
+    """A request a trained model cannot serve: no labels or prompts, segmentation without a voxel head,
+    report generation without a decoder, a volume the model cannot take."""

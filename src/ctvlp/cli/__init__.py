@@ -16,7 +16,8 @@ import sys
 from ctvlp import __version__
 from ctvlp.errors import CtvlpError
 
-SUBCOMMANDS: tuple[str, ...] = ("info", "manifest", "synth", "prepare", "train", "eval", "demo", "compare")
+SUBCOMMANDS: tuple[str, ...] = ("info", "manifest", "synth", "prepare", "train", "eval", "demo", "compare",
+                               "zeroshot", "segment", "generate", "export")
 
 EXIT_USAGE = 2
 

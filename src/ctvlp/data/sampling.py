@@ -306,3 +306,12 @@ def draw_sample(record: VolumeRecord, config: SamplerConfig, rng: np.random.Gene
         masks = fit_inplane(take_padded(masks, idx, 1, False), config.size, False, offsets)  # (M, D, H, W)
         sample.update(masks=masks, mask_names=names, mask_available=available)
     return sample
+
+
+def window_sample(volume, sampler: SamplerConfig, z0: int, z1: int, hu_window: tuple[float, float]) -> dict:
+    """The sample of slices ``[z0, z1)`` of ``volume`` drawn as in training (evaluation's fixed windows:
+    segmentation, organ chunks, inference): a chunk of the window's slices, padded to ``chunk_depth``
+    in ``chunk`` mode; the window itself in ``whole`` mode."""
+    depth = max(z1 - z0, sampler.chunk_depth) if sampler.mode == "chunk" else z1 - z0
+    config = dataclasses.replace(sampler, mode="chunk", chunk_depth=depth)
+    return draw_sample(VolumeRecord(volume=ZWindow(volume, z0, z1)), config, np.random.default_rng(0), hu_window)

@@ -40,7 +40,7 @@ import torch
 from ctvlp.data.loader import Collate
 from ctvlp.data.preprocess import AIR_HU, window
 from ctvlp.data.reports import ORGANS, canonical_organ
-from ctvlp.data.sampling import SamplerConfig, VolumeRecord, ZWindow, draw_sample
+from ctvlp.data.sampling import SamplerConfig, window_sample
 from ctvlp.errors import BadDatasetError
 from ctvlp.eval.prompts import PromptSet, PromptStyle, build_prompts
 from ctvlp.eval.metrics import jsonable
@@ -211,11 +211,7 @@ def encode_chunks(model, cache, chunks: OrganChunks, sampler: SamplerConfig, dev
             vid, (z0, z1) = chunks.ids[n], chunks.ranges[n]
             if vid not in volumes:
                 volumes[vid] = cache.volume(vid)
-            volume = volumes[vid]
-            depth = sampler.chunk_depth if sampler.mode == "chunk" else z1 - z0
-            config = dataclasses.replace(sampler, mode="chunk", chunk_depth=max(depth, z1 - z0))
-            record = VolumeRecord(volume=ZWindow(volume, z0, z1))
-            samples.append(draw_sample(record, config, np.random.default_rng(0), hu_window))
+            samples.append(window_sample(volumes[vid], sampler, z0, z1, hu_window))
         batch = collate(samples)
         emb = model.encode_image(batch["image"].to(device), batch["slice_mask"].to(device)).float().cpu()
         if out is None:

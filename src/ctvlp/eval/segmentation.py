@@ -44,7 +44,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance
 
 from ctvlp.data.loader import Collate
 from ctvlp.data.preprocess import AIR_HU, window
-from ctvlp.data.sampling import BODY, SamplerConfig, VolumeRecord, ZWindow, draw_sample
+from ctvlp.data.sampling import BODY, SamplerConfig, window_sample
 from ctvlp.errors import BadDatasetError
 from ctvlp.eval.metrics import jsonable
 from ctvlp.models.voxel_head import zero_shot_segment
@@ -162,13 +162,7 @@ def segment_volumes(predict, volumes: dict, sampler_cfg: SamplerConfig, names: S
     scores: dict[str, list[dict]] = {}
     for s in range(0, len(order), batch_size):
         batch_jobs = [jobs[j] for j in order[s:s + batch_size]]
-        samples = []
-        for vid, z0, z1 in batch_jobs:
-            config = dataclasses.replace(sampler, mode="chunk", chunk_depth=max(z1 - z0, sampler.chunk_depth)
-                                         if sampler.mode == "chunk" else z1 - z0)
-            record = VolumeRecord(volume=ZWindow(volumes[vid], z0, z1))
-            samples.append(draw_sample(record, config, np.random.default_rng(0), tuple(hu_window)))
-        batch = collate(samples)
+        batch = collate([window_sample(volumes[vid], sampler, z0, z1, tuple(hu_window)) for vid, z0, z1 in batch_jobs])
         pred = predict(batch).cpu()  # (B, K, D, H, W) bool
         for b, (vid, z0, z1) in enumerate(batch_jobs):
             real = batch["slice_mask"][b]  # (D,) the first copy of each real slice, in order

@@ -214,8 +214,9 @@ class TextTower(nn.Module):
         :meth:`from_pretrained` (or ``TextTowerConfig(name=directory)`` for the encoder) loads it."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+        with _quiet_transformers():  # no "Writing model shards" progress bar on stderr
+            self.model.save_pretrained(directory)
+            self.tokenizer.save_pretrained(directory)
         (directory / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
         if self.pool is not None:
             save_file({k: v.contiguous() for k, v in self.pool.state_dict().items()}, directory / POOL_FILE)

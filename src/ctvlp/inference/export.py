@@ -1,0 +1,97 @@
+"""`ctvlp export`: a checkpoint as a self-contained folder that loads offline without its TrainConfig.
+
+Layout of ``DIR``::
+
+    config.json          {"format": "ctvlp-export", "format_version": 1, "ctvlp_version", "recipe", "step",
+                          "source" (the checkpoint), "model" (ModelConfig), "preprocess" (PreprocessConfig),
+                          "sampler" (the evaluation SamplerConfig), "prompt_style", "label_names"}
+    model.safetensors    every weight of the model except the text encoder's (``text.model.*``)
+    text/                the text tower (``TextTower.save_pretrained``): Hugging Face encoder config and
+                         weights, tokenizer files, text_tower.json
+
+:func:`load_export` rebuilds the model with its text tower read from ``text/`` and refuses a folder of
+another ``format_version`` (re-export the checkpoint with this ctvlp).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ctvlp import __version__
+from ctvlp.config import ConfigError, from_dict, to_dict
+from ctvlp.data.preprocess import PreprocessConfig
+from ctvlp.data.sampling import SamplerConfig
+from ctvlp.inference.model import CtvlpModel, ModelSpec
+from ctvlp.models.vlp import ModelConfig, VisionLanguageModel
+from ctvlp.train.checkpoint import CheckpointError
+
+FORMAT = "ctvlp-export"
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+TEXT_DIR = "text"
+TEXT_ENCODER = "text.model."
+"""Prefix of the weights ``text/`` holds (not repeated in model.safetensors)."""
+
+
+def export_model(model: CtvlpModel, out: str | Path) -> Path:
+    """Write ``model`` (from :func:`ctvlp.load_model`) to the folder ``out``; returns it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    net, spec = model.model, model.spec
+    net.text.save_pretrained(out / TEXT_DIR)
+    weights = {k: v.detach().cpu().clone().contiguous() for k, v in net.state_dict().items()
+               if not k.startswith(TEXT_ENCODER)}  # clone: safetensors refuses tensors that share memory
+    save_file(weights, out / WEIGHTS)
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "ctvlp_version": __version__,
+              "recipe": spec.recipe, "step": spec.step, "source": spec.path, "model": to_dict(net.cfg),
+              "preprocess": spec.preprocess.to_dict(), "sampler": to_dict(spec.sampler),
+              "prompt_style": spec.prompt_style, "label_names": list(spec.label_names)}
+    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def is_export(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / CONFIG).is_file() and (path / WEIGHTS).is_file()
+
+
+def _read_config(folder: Path) -> dict:
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(folder / CONFIG, f"unreadable export config ({err})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(folder / CONFIG, f"not a ctvlp export (format is not {FORMAT!r})")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(folder, f"export format version {config.get('format_version')} (written by ctvlp "
+                                      f"{config.get('ctvlp_version')}); this ctvlp {__version__} reads version "
+                                      f"{FORMAT_VERSION}: export the checkpoint again with this ctvlp")
+    return config
+
+
+def load_export(folder: str | Path, device: torch.device | str = "cpu", max_voxels: int | None = None) -> CtvlpModel:
+    """The :class:`CtvlpModel` of an export folder (see the module docstring)."""
+    folder = Path(folder)
+    config = _read_config(folder)
+    try:
+        model_cfg = from_dict(ModelConfig, config["model"])
+        spec = ModelSpec(preprocess=PreprocessConfig.from_dict(config["preprocess"]),
+                         sampler=from_dict(SamplerConfig, config["sampler"]), prompt_style=config["prompt_style"],
+                         label_names=list(config["label_names"]), recipe=config["recipe"], step=int(config["step"]),
+                         path=str(folder))
+    except (ConfigError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(folder / CONFIG, f"its config does not fit this ctvlp: {err}") from None
+    text = dataclasses.replace(model_cfg.text, name=str(folder / TEXT_DIR), pretrained=True)
+    model = VisionLanguageModel(dataclasses.replace(model_cfg, text=text))
+    missing, unexpected = model.load_state_dict(load_file(folder / WEIGHTS), strict=False)
+    wrong = [k for k in missing if not k.startswith(TEXT_ENCODER)] + list(unexpected)
+    if wrong:
+        raise CheckpointError(folder / WEIGHTS, f"weights do not fit the model its config describes: {wrong[:5]}")
+    model.cfg = model_cfg
+    return CtvlpModel(model, spec, device, max_voxels)
