@@ -47,22 +47,23 @@ def raw_file(cache: Cache, vid: str) -> str:
 def test_encode_volume_of_the_raw_file_equals_evaluation_from_the_cache(runs):
     model = ctvlp.load_model(runs["demo"])
     cache = Cache(runs["cache"])
-    config = dataclasses.replace(load_trained(runs["demo"]).config.eval, batch_size=1)  # batches pad depth
+    config = dataclasses.replace(load_trained(runs["demo"]).config.eval, batch_size=4)  # evaluation batches by depth
     encoded = encode_split(model.model, cache, config, "test", torch.device("cpu"))
     assert len(encoded.ids) == 2
     for vid, reference in zip(encoded.ids, encoded.image_emb):
         mine = model.encode_volume(raw_file(cache, vid))
-        assert mine.shape == reference.shape and torch.equal(mine, reference)
+        assert mine.shape == reference.shape
+        torch.testing.assert_close(mine, reference, rtol=0, atol=1e-6)  # float rounding of batched matmuls only
         assert torch.linalg.norm(mine).item() == pytest.approx(1.0, abs=1e-5)
     both = model.encode_volume(raw_file(cache, encoded.ids[0]), patches=True)
-    assert torch.equal(both.embedding, encoded.image_emb[0])
+    torch.testing.assert_close(both.embedding, encoded.image_emb[0], rtol=0, atol=1e-6)
     assert both.patches.ndim == 4 and both.patch_mask.shape == both.patches.shape[:3] and both.patch_mask.any()
 
 
 def test_zero_shot_gives_the_numbers_of_evaluate_model(runs):
     model = ctvlp.load_model(runs["demo"])
     cache = Cache(runs["cache"])
-    config = dataclasses.replace(load_trained(runs["demo"]).config.eval, batch_size=1)
+    config = dataclasses.replace(load_trained(runs["demo"]).config.eval, batch_size=4)
     _, test, scores, labels = evaluate_model(model.model, cache, config, details=True)
     assert labels == model.spec.label_names
     for i, vid in enumerate(test.ids):
@@ -71,7 +72,7 @@ def test_zero_shot_gives_the_numbers_of_evaluate_model(runs):
         # float32 rounding only: evaluation scores both volumes in one (2, D) @ (D, 2L) matmul
         np.testing.assert_allclose([probs[name] for name in labels], scores[i], rtol=0, atol=1e-6)
     two = model.zero_shot(raw_file(cache, test.ids[-1]), ["Emphysema", "Cardiomegaly"])
-    assert list(two) == ["Emphysema", "Cardiomegaly"] and two["Emphysema"] == pytest.approx(probs["Emphysema"], abs=1e-12)
+    assert list(two) == ["Emphysema", "Cardiomegaly"] and two["Emphysema"] == pytest.approx(probs["Emphysema"], abs=1e-6)  # prompts padded in another batch
     with pytest.raises(InferenceError, match="no labels"):
         model.zero_shot(raw_file(cache, test.ids[0]), [])
 

@@ -155,6 +155,16 @@ def test_bucketing_cuts_padding_on_varied_depths(capsys):
     assert fb < 0.05 and fp < 0.15 and fr > 0.3 and fb < fr / 5
 
 
+def test_exact_depth_batches_never_mix_depths():
+    depths = np.array([10, 12, 10, 12, 12, 14, 10, 10, 10])
+    s = LengthBucketBatchSampler(depths, 2, seed=0, exact_depth=True)
+    batches = s.batches()
+    assert sorted(i for b in batches for i in b) == list(range(9))
+    assert all(len(set(depths[b])) == 1 for b in batches) and len(batches) == len(s) == 3 + 2 + 1
+    assert padding_fraction(batches, depths) == 0
+    assert len(LengthBucketBatchSampler(depths, 2, seed=0, exact_depth=True, drop_last=True).batches()) == 2 + 1
+
+
 def test_bucket_sampler_is_seeded_and_shuffles_across_buckets():
     depths = np.arange(64)
     a = LengthBucketBatchSampler(depths, 4, seed=1).batches()

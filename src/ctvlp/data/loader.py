@@ -81,15 +81,18 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     ``pool_batches * batch_size`` neighbours, shuffled within each pool, cut into batches, and the
     batch order is shuffled. ``pool_batches=1`` pads least; larger pools vary batches more.
     ``bucket=False`` gives plain random batches (the reference the bucketing is measured against).
+    ``exact_depth=True`` (evaluation) never puts samples of different depth in one batch, so no sample
+    is padded by the collate and its input -- hence its embedding -- does not depend on which other
+    volumes share its batch (repeat padding stretches a volume to the batch's depth).
     """
 
     def __init__(self, depths: np.ndarray, batch_size: int, seed: int = 0, pool_batches: int = 1,
-                 bucket: bool = True, drop_last: bool = False):
+                 bucket: bool = True, drop_last: bool = False, exact_depth: bool = False):
         if batch_size < 1 or pool_batches < 1:
             raise ValueError("batch_size and pool_batches must be positive")
         self.depths = np.asarray(depths)
         self.batch_size, self.seed, self.pool_batches = batch_size, seed, pool_batches
-        self.bucket, self.drop_last = bucket, drop_last
+        self.bucket, self.drop_last, self.exact_depth = bucket, drop_last, exact_depth
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -103,17 +106,22 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
             pool = self.pool_batches * self.batch_size
             order = np.concatenate([rng.permutation(order[s:s + pool]) for s in range(0, len(order), pool)]
                                    or [order])
-        cuts = [order[s:s + self.batch_size].tolist() for s in range(0, len(order), self.batch_size)]
-        if self.drop_last and cuts and len(cuts[-1]) < self.batch_size:
-            cuts.pop()
+        if self.exact_depth:
+            runs = [order[self.depths[order] == d] for d in np.unique(self.depths)]  # (n_d,) each, order kept
+            cuts = [run[s:s + self.batch_size].tolist() for run in runs for s in range(0, len(run), self.batch_size)]
+        else:
+            cuts = [order[s:s + self.batch_size].tolist() for s in range(0, len(order), self.batch_size)]
+        if self.drop_last:
+            cuts = [c for c in cuts if len(c) == self.batch_size]
         return [cuts[k] for k in rng.permutation(len(cuts))]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches())
 
     def __len__(self) -> int:
-        n, b = len(self.depths), self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        b = self.batch_size
+        sizes = np.unique(self.depths, return_counts=True)[1] if self.exact_depth else [len(self.depths)]
+        return int(sum(n // b if self.drop_last else -(-n // b) for n in sizes))
 
 
 @dataclass
@@ -176,10 +184,10 @@ def seed_worker(worker_id: int) -> None:
 
 def make_loader(dataset: CTDataset, batch_size: int, *, num_workers: int = 0, seed: int = 0,
                 pool_batches: int = 1, bucket: bool = True, drop_last: bool = False,
-                pin_memory: bool = False) -> DataLoader:
+                pin_memory: bool = False, exact_depth: bool = False) -> DataLoader:
     """A DataLoader over ``dataset`` with length-bucketed, seeded batches; call :func:`set_epoch`."""
     sampler = LengthBucketBatchSampler(dataset.depths(), batch_size, seed=seed, pool_batches=pool_batches,
-                                       bucket=bucket, drop_last=drop_last)
+                                       bucket=bucket, drop_last=drop_last, exact_depth=exact_depth)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=Collate.for_dataset(dataset),
                         worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(seed),
                         pin_memory=pin_memory, persistent_workers=False)

@@ -49,7 +49,7 @@ class Encoded:
 def encode_split(model, cache: Cache, cfg, split: str, device: torch.device, num_workers: int = 0) -> Encoded:
     """Encode every volume of ``split`` once (whole volume by default) and its report once."""
     dataset = split_dataset(cache, cfg.sampler, split, seed=0)
-    loader = make_loader(dataset, cfg.batch_size, num_workers=num_workers, bucket=True)
+    loader = make_loader(dataset, cfg.batch_size, num_workers=num_workers, exact_depth=True)  # batch-independent
     rows, images = [], []
     for batch in loader:
         images.append(model.encode_image(batch["image"].to(device), batch["slice_mask"].to(device)).float().cpu())
