@@ -18,7 +18,7 @@ from torch import nn
 
 from ctvlp.data.cache import Cache
 from ctvlp.data.sampling import SamplerConfig, report_text, structured_report
-from ctvlp.eval.generation import bleu_scores, evaluate_generation, label_f1, rouge_l, words
+from ctvlp.eval.generation import bertscore, bleu_scores, evaluate_generation, label_f1, meteor, rouge_l, words
 from ctvlp.models.text import minilm_dir
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import get_recipe
@@ -70,6 +70,33 @@ def test_label_f1_golden_micro_and_macro_over_labels_in_references():
     assert out["label_f1"] == pytest.approx((1.0 + 0.0 + 0.0) / 3)
     assert out["per_label"]["Pleural effusion"] == 1.0 and out["per_label"]["Emphysema"] is None
     assert label_f1(["No finding."], ["Normal chest."])["label_f1"] is None  # no label to average
+
+
+def test_bertscore_golden_against_a_direct_bert_score_call():
+    from bert_score import score
+
+    generated = ["No pleural effusion.", "The heart is enlarged with a small pericardial effusion."]
+    references = ["There is no pleural effusion.", "Cardiomegaly. No pericardial effusion."]
+    out = bertscore(generated, references)
+    p, r, f = score(generated, references, model_type=str(minilm_dir()), num_layers=6, lang="en")
+    assert out["bertscore_precision"] == pytest.approx(float(p.mean()), abs=1e-6)
+    assert out["bertscore_recall"] == pytest.approx(float(r.mean()), abs=1e-6)
+    assert out["bertscore_f1"] == pytest.approx(float(f.mean()), abs=1e-6)
+    assert out["bertscore_layer"] == 6 and "MiniLM-L6" in out["bertscore_model"]
+    same = bertscore(references, references)
+    assert same["bertscore_f1"] == pytest.approx(1.0, abs=1e-5) and out["bertscore_f1"] < same["bertscore_f1"]
+
+
+def test_meteor_is_null_with_a_reason_without_wordnet_and_computed_with_it(monkeypatch):
+    from ctvlp.eval import generation
+
+    monkeypatch.setattr(generation, "wordnet_missing", lambda: "nltk's WordNet corpus is not installed")
+    out = meteor(["no effusion"], ["no effusion"])
+    assert out["meteor"] is None and "WordNet" in out["meteor_unavailable"]
+    monkeypatch.setattr(generation, "wordnet_missing", lambda: None)  # exact matches only: no synonym lookup
+    # identical 3-word texts: F_mean = 1, one chunk of 3 matches, penalty 0.5 (1/3)^3 -> 1 - 1/54
+    out = meteor(["No pleural effusion.", "No pleural effusion."], ["no pleural effusion", "No pleural effusion"])
+    assert out["meteor"] == pytest.approx(1 - 1 / 54, abs=1e-6) and "meteor_unavailable" not in out
 
 
 def test_reference_is_the_text_the_model_trained_on():
@@ -142,8 +169,8 @@ def test_a_decoder_that_writes_the_reference_scores_one(text):
     model = _FakeCaptionModel(reference)
     sampler = SamplerConfig(mode="whole", padding="zero", text=text)
     metrics = evaluate_generation(model, _Cache(), sampler, "test", max_new_tokens=40, beams=2)
-    for key in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "label_f1_micro", "label_f1"):
-        assert metrics[key] == pytest.approx(1.0), key
+    for key in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "label_f1_micro", "label_f1", "bertscore_f1"):
+        assert metrics[key] == pytest.approx(1.0, abs=1e-5), key
     assert metrics["n"] == 4 and [e["id"] for e in metrics["examples"]] == ["v0", "v1", "v2", "v3"][:3]
     first = metrics["examples"][0]
     assert first["reference"] == reference
@@ -184,6 +211,7 @@ def test_debug_colipri_generates_and_scores_finite_numbers(cache):
         assert metrics["n"] == n_test and len(metrics["examples"]) == min(3, n_test)
         for key in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "label_f1_micro"):
             assert 0.0 <= metrics[key] <= 1.0 and math.isfinite(metrics[key]), key
+        assert math.isfinite(metrics["bertscore_f1"]) and ("meteor_unavailable" in metrics) == (metrics["meteor"] is None)
         assert metrics["label_f1"] is None or 0.0 <= metrics["label_f1"] <= 1.0
         assert metrics["examples"][0]["reference"].splitlines()[0].split(":")[1].strip() in ("positive", "negative")
         assert 0 <= metrics["mean_generated_words"] <= 12 * 2

@@ -23,6 +23,14 @@ Metrics:
   warn; we count the clipped matches of each order with nltk's ``modified_precision`` and return 0.0).
 * ROUGE-L: the F-measure of :class:`rouge_score.rouge_scorer.RougeScorer` (``["rougeL"]``, no stemmer;
   its own tokeniser: lower case, non-alphanumerics as spaces) per report, mean over reports.
+* BERTScore (:class:`bert_score.BERTScorer`, Zhang et al. 2020): greedy cosine matching of contextual
+  token embeddings, precision / recall / F1 per report, mean over reports; no IDF weighting, no baseline
+  rescaling. Model: the packaged sentence-transformers all-MiniLM-L6-v2 (``ctvlp.models.text.minilm_dir``,
+  offline), embeddings of its last (6th) layer. Numbers are comparable only with the same model and layer
+  (the output names both).
+* METEOR (:func:`nltk.translate.meteor_score.meteor_score`, :func:`words` tokens, mean over reports): it
+  needs nltk's WordNet corpus for its synonym stage; without it ``meteor`` is None and ``meteor_unavailable``
+  says why (never a silent 0).
 * Clinical efficacy: the CT-RATE labels :func:`ctvlp.data.reports.extract_labels` finds in the generated
   and in the reference text; scikit-learn's ``f1_score`` with reference labels as truth, ``zero_division=0``:
   ``label_f1_micro`` over all labels and reports; ``label_f1`` (macro) the mean over the labels positive
@@ -32,6 +40,7 @@ Metrics:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import time
@@ -109,10 +118,62 @@ def label_f1(generated: Sequence[str], references: Sequence[str],
             "per_label": {name: (float(per_label[j]) if j in present else None) for j, name in enumerate(labels)}}
 
 
+BERTSCORE_LAYER = 6
+"""MiniLM-L6's last layer: BERTScore's token embeddings."""
+
+
+@functools.lru_cache(maxsize=1)
+def _bert_scorer():
+    from bert_score import BERTScorer
+
+    from ctvlp.models.text import minilm_dir
+
+    return BERTScorer(model_type=str(minilm_dir()), num_layers=BERTSCORE_LAYER, lang="en")
+
+
+def bertscore(generated: Sequence[str], references: Sequence[str]) -> dict:
+    """{``bertscore_precision``, ``bertscore_recall``, ``bertscore_f1``} (means over the pairs), plus
+    ``bertscore_model`` and ``bertscore_layer`` (the packaged MiniLM, layer 6; module docstring)."""
+    if len(generated) != len(references):
+        raise ValueError(f"{len(generated)} generated texts but {len(references)} references")
+    if not generated:
+        raise ValueError("no texts to score")
+    p, r, f = _bert_scorer().score(list(generated), list(references))  # (N,) each
+    return {"bertscore_precision": float(p.mean()), "bertscore_recall": float(r.mean()),
+            "bertscore_f1": float(f.mean()), "bertscore_model": "sentence-transformers/all-MiniLM-L6-v2 (packaged)",
+            "bertscore_layer": BERTSCORE_LAYER}
+
+
+def wordnet_missing() -> str | None:
+    """Why METEOR cannot run (nltk's WordNet corpus not installed), or None when it can."""
+    from nltk.corpus import wordnet
+
+    try:
+        wordnet.ensure_loaded()
+    except LookupError:
+        return ("nltk's WordNet corpus is not installed (METEOR's synonym stage needs it: "
+                "python -m nltk.downloader wordnet)")
+    return None
+
+
+def meteor(generated: Sequence[str], references: Sequence[str]) -> dict:
+    """{``meteor``: mean nltk METEOR over the pairs (:func:`words` tokens)}, or ``meteor`` None and
+    ``meteor_unavailable`` (the reason) when :func:`wordnet_missing`."""
+    if len(generated) != len(references):
+        raise ValueError(f"{len(generated)} generated texts but {len(references)} references")
+    from nltk.translate.meteor_score import meteor_score
+
+    reason = wordnet_missing()
+    if reason is not None:
+        return {"meteor": None, "meteor_unavailable": reason}
+    return {"meteor": float(np.mean([meteor_score([words(r)], words(g)) for g, r in zip(generated, references)]))}
+
+
 def generation_metrics(generated: Sequence[str], references: Sequence[str]) -> dict:
-    """BLEU-1..4, ROUGE-L and label F1 (micro and macro) of generated texts against their references."""
+    """BLEU-1..4, ROUGE-L, BERTScore, METEOR (or why not) and label F1 (micro and macro) of generated
+    texts against their references."""
     return {**bleu_scores(generated, references), "rouge_l": rouge_l(generated, references),
-            **label_f1(generated, references)}
+            **bertscore(generated, references), **meteor(generated, references), **label_f1(generated, references)}
 
 
 
@@ -170,7 +231,8 @@ def evaluate_generation(model, cache, sampler_cfg: SamplerConfig, split: str = "
     picks the reference). ``max_new_tokens``: decoding length limit (None: the decoder's ``max_length``);
     ``beams``: 1 greedy, more beam search; ``max_volumes``: the split's first volumes only.
 
-    Returns a JSON-able dict: ``bleu1`` .. ``bleu4``, ``rouge_l``, ``label_f1_micro``, ``label_f1``
+    Returns a JSON-able dict: ``bleu1`` .. ``bleu4``, ``rouge_l``, ``bertscore_precision``, ``bertscore_recall``,
+    ``bertscore_f1``, ``bertscore_model``, ``bertscore_layer``, ``meteor`` (None with ``meteor_unavailable``), ``label_f1_micro``, ``label_f1``
     (macro), ``labels_in_macro``, ``per_label``, ``n``, ``examples`` (the first ``examples`` {``id``,
     ``generated``, ``reference``} in index order), ``beams``, ``max_new_tokens``, ``mean_generated_words``,
     ``mean_reference_words``, ``text``, ``seconds``. The model is put in eval mode and restored.
