@@ -15,7 +15,8 @@ from ctvlp.data.cache import Cache
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.robustness import evaluate_robustness, robustness_sampler, tower_min_depth
 from ctvlp.eval.run import evaluate_model
-from ctvlp.recipes import get_recipe
+from ctvlp.recipes import get_recipe, list_recipes
+from ctvlp.recipes.cohort import cohort_variant
 from ctvlp.train.config import EvalConfig
 from ctvlp.train.loop import Trainer
 from ctvlp.train.restore import load_trained
@@ -36,6 +37,13 @@ def test_sampler_rule_caps_at_max_slices_and_all_keeps_the_eval_sampler():
         EvalConfig(robustness_paddings=("edge",))
     with pytest.raises(ValueError):
         EvalConfig(robustness_counts=(4, 4))
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_recipe_variant_states_d_as_the_chunk_depth_it_trains_on(name):
+    for cfg in (get_recipe(name), get_recipe(name, debug=True), cohort_variant(get_recipe(name))):
+        sampler = cfg.data.sampler
+        assert cfg.eval.robustness_depth == (sampler.chunk_depth if sampler.mode == "chunk" else None)
 
 
 @pytest.fixture(scope="module")
