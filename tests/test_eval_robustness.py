@@ -77,8 +77,8 @@ def test_chunk_trained_model_pads_n_centred_slices_to_its_chunk_depth(cache, tmp
     metrics = evaluate_model(trained.model, Cache(cache), cfg)["robustness"]
     assert metrics["counts"] == ["all", 4, 1] and metrics["paddings"] == ["repeat", "zero"] and metrics["depth"] == 8
     assert list(metrics["results"]) == ["all/repeat", "all/zero", "4/repeat", "4/zero", "1/repeat", "1/zero"]
-    assert [(r["n"], r["padding"]) for r in metrics["summary"]] == [
-        ("all", "repeat"), ("all", "zero"), (4, "repeat"), (4, "zero"), (1, "repeat"), (1, "zero")]
+    assert [(r["n"], r["padding"], r["max_slices"]) for r in metrics["summary"]] == [
+        ("all", "repeat", 16), ("all", "zero", 16), (4, "repeat", 4), (4, "zero", 4), (1, "repeat", 1), (1, "zero", 1)]
     for row in metrics["summary"]:
         assert 0.0 <= row["r5_volume_to_report"] <= 1.0 and 0.0 <= row["r5_report_to_volume"] <= 1.0
     calls = len(seen) // 7  # 1 baseline + 6 cells, each the same number of batches
