@@ -15,7 +15,8 @@ from ctvlp.data.cache import Cache
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.robustness import evaluate_robustness, robustness_sampler, tower_min_depth
 from ctvlp.eval.run import evaluate_model
-from ctvlp.recipes import get_recipe
+from ctvlp.recipes import get_recipe, list_recipes
+from ctvlp.recipes.cohort import cohort_variant
 from ctvlp.train.config import EvalConfig
 from ctvlp.train.loop import Trainer
 from ctvlp.train.restore import load_trained
@@ -36,6 +37,13 @@ def test_sampler_rule_caps_at_max_slices_and_all_keeps_the_eval_sampler():
         EvalConfig(robustness_paddings=("edge",))
     with pytest.raises(ValueError):
         EvalConfig(robustness_counts=(4, 4))
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_recipe_variant_states_d_as_the_chunk_depth_it_trains_on(name):
+    for cfg in (get_recipe(name), get_recipe(name, debug=True), cohort_variant(get_recipe(name))):
+        sampler = cfg.data.sampler
+        assert cfg.eval.robustness_depth == (sampler.chunk_depth if sampler.mode == "chunk" else None)
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +77,8 @@ def test_chunk_trained_model_pads_n_centred_slices_to_its_chunk_depth(cache, tmp
     metrics = evaluate_model(trained.model, Cache(cache), cfg)["robustness"]
     assert metrics["counts"] == ["all", 4, 1] and metrics["paddings"] == ["repeat", "zero"] and metrics["depth"] == 8
     assert list(metrics["results"]) == ["all/repeat", "all/zero", "4/repeat", "4/zero", "1/repeat", "1/zero"]
-    assert [(r["n"], r["padding"]) for r in metrics["summary"]] == [
-        ("all", "repeat"), ("all", "zero"), (4, "repeat"), (4, "zero"), (1, "repeat"), (1, "zero")]
+    assert [(r["n"], r["padding"], r["max_slices"]) for r in metrics["summary"]] == [
+        ("all", "repeat", 16), ("all", "zero", 16), (4, "repeat", 4), (4, "zero", 4), (1, "repeat", 1), (1, "zero", 1)]
     for row in metrics["summary"]:
         assert 0.0 <= row["r5_volume_to_report"] <= 1.0 and 0.0 <= row["r5_report_to_volume"] <= 1.0
     calls = len(seen) // 7  # 1 baseline + 6 cells, each the same number of batches

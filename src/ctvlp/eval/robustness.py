@@ -65,10 +65,11 @@ def cell_name(count: int, padding: str) -> str:
     return f"{'all' if count == ALL else count}/{padding}"
 
 
-def summary_row(count: int, padding: str, metrics: dict) -> dict:
-    """One table row: mean AUROC, R@5 both ways, and the headline of each repeated task."""
+def summary_row(count: int, padding: str, max_slices: int | None, metrics: dict) -> dict:
+    """One table row: n, padding, ``max_slices`` (the slices actually kept, None: all), mean AUROC, R@5 both
+    ways, and the headline of each repeated task."""
     retrieval = metrics["retrieval"]
-    row = {"n": "all" if count == ALL else count, "padding": padding,
+    row = {"n": "all" if count == ALL else count, "padding": padding, "max_slices": max_slices,
            "mean_auroc": metrics["zero_shot"]["mean_auroc"],
            "r5_volume_to_report": retrieval["volume_to_report"]["recall@5"],
            "r5_report_to_volume": retrieval["report_to_volume"]["recall@5"]}
@@ -102,10 +103,10 @@ def evaluate_robustness(model, cache, cfg, device: torch.device | str = "cpu", c
     results, summary = {}, []
     for count in counts:
         for padding in paddings:
-            cell = dataclasses.replace(cfg, sampler=robustness_sampler(cfg.sampler, count, padding, depth), tasks=tasks)
-            metrics = evaluate_model(model, cache, cell, device)
+            sampler = robustness_sampler(cfg.sampler, count, padding, depth)
+            metrics = evaluate_model(model, cache, dataclasses.replace(cfg, sampler=sampler, tasks=tasks), device)
             results[cell_name(count, padding)] = metrics
-            summary.append(summary_row(count, padding, metrics))
+            summary.append(summary_row(count, padding, sampler.max_slices, metrics))
     return jsonable({"counts": ["all" if n == ALL else n for n in counts], "paddings": paddings, "depth": depth,
                      "depth_rule": rule, "tasks": list(tasks), "results": results, "summary": summary,
                      "seconds": time.perf_counter() - start})
