@@ -37,3 +37,7 @@ class BadDatasetError(CtvlpError):
 class InferenceError(CtvlpError):
     """A request a trained model cannot serve: no labels or prompts, segmentation without a voxel head,
     report generation without a decoder, a volume the model cannot take."""
+
+
+class BadIndexError(CtvlpError):
+    """A folder that is not a `ctvlp index build` index, or one built by another model or format."""

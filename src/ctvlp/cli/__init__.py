@@ -17,7 +17,7 @@ from ctvlp import __version__
 from ctvlp.errors import CtvlpError
 
 SUBCOMMANDS: tuple[str, ...] = ("info", "manifest", "synth", "prepare", "train", "eval", "demo", "compare",
-                               "zeroshot", "segment", "generate", "export")
+                               "zeroshot", "segment", "generate", "export", "embed", "index", "retrieve")
 
 EXIT_USAGE = 2
 

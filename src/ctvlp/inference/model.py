@@ -61,6 +61,27 @@ class Encoding:
     """(gz, gy, gx) bool: tokens of real slices (False on depth padding)."""
 
 
+@dataclass(frozen=True)
+class InputPipeline:
+    """A file -> the model's input, as evaluation draws it; picklable, so DataLoader workers run it
+    (``ctvlp embed``) with exactly the steps :class:`CtvlpModel` uses."""
+
+    preprocess: PreprocessConfig
+    sampler: SamplerConfig
+    """The evaluation sampler without random crops or masks."""
+    max_voxels: int | None = None
+
+    def prepare(self, volume: VolumeInput) -> tuple[Volume, PreprocessedVolume]:
+        """(the checked input Volume, the volume on the model's grid)."""
+        volume = read_ct(volume, self.max_voxels)
+        return volume, preprocess(volume, {}, self.preprocess)
+
+    def sample(self, prepared: PreprocessedVolume) -> dict:
+        """The evaluation sample of a preprocessed volume (``draw_sample``, seeded as evaluation's first volume)."""
+        record = VolumeRecord(volume=PreparedSource(prepared))
+        return draw_sample(record, self.sampler, np.random.default_rng([0, 0, 0]), tuple(self.preprocess.hu_window))
+
+
 def _distinct(names: Sequence[str], what: str) -> list[str]:
     if isinstance(names, str):
         names = [names]
@@ -81,30 +102,35 @@ class CtvlpModel:
         self.device = torch.device(device)
         self.max_voxels = max_voxels
         self.sampler = dataclasses.replace(spec.sampler, random_crop=False, include_masks=False)
+        self.inputs = InputPipeline(spec.preprocess, self.sampler, max_voxels)
 
     def __repr__(self) -> str:
         return f"CtvlpModel(recipe={self.spec.recipe!r}, step={self.spec.step}, path={self.spec.path!r})"
 
     def prepare(self, volume: VolumeInput) -> tuple[Volume, PreprocessedVolume]:
-        """(the checked input Volume, the volume on the model's grid)."""
-        volume = read_ct(volume, self.max_voxels)
-        return volume, preprocess(volume, {}, self.spec.preprocess)
+        """(the checked input Volume, the volume on the model's grid): :meth:`InputPipeline.prepare`."""
+        return self.inputs.prepare(volume)
 
     def sample(self, prepared: PreprocessedVolume) -> dict:
-        """The evaluation sample of a preprocessed volume (``draw_sample``, seeded as evaluation's first volume)."""
-        record = VolumeRecord(volume=PreparedSource(prepared))
-        return draw_sample(record, self.sampler, np.random.default_rng([0, 0, 0]), tuple(self.spec.preprocess.hu_window))
+        """The evaluation sample of a preprocessed volume: :meth:`InputPipeline.sample`."""
+        return self.inputs.sample(prepared)
 
     def _inputs(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
         image = torch.from_numpy(sample["image"])[None].to(self.device)  # (1, C, D, H, W)
         return image, torch.from_numpy(sample["slice_mask"])[None].to(self.device)  # (1, D)
 
     @torch.no_grad()
+    def encode_samples(self, images: torch.Tensor, slice_masks: torch.Tensor) -> torch.Tensor:
+        """(B, D) L2-normalised embeddings of a batch of samples of one shape: images (B, C, D, H, W),
+        slice masks (B, D); at B = 1 exactly :meth:`encode_volume`."""
+        return self.model.encode_image(images.to(self.device), slice_masks.to(self.device)).float().cpu()
+
+    @torch.no_grad()
     def encode_volume(self, volume: VolumeInput, patches: bool = False) -> torch.Tensor | Encoding:
         """(D,) L2-normalised image embedding; with ``patches`` an :class:`Encoding` that adds the tokens."""
         image, slice_mask = self._inputs(self.sample(self.prepare(volume)[1]))
         if not patches:
-            return self.model.encode_image(image, slice_mask)[0].float().cpu()
+            return self.encode_samples(image, slice_mask)[0]
         feats = self.model.image_features(image, slice_mask)
         emb = torch.nn.functional.normalize(self.model.image_proj(feats["pooled"]), dim=-1)[0]
         grid = tuple(int(g) for g in feats["grid"])
