@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from ctvlp.eval.run import evaluate_model
 from ctvlp.recipes import get_recipe, list_recipes
 from ctvlp.recipes.cohort import cohort_variant
 from ctvlp.train.config import EvalConfig
+from ctvlp.train.data import split_dataset
 from ctvlp.train.loop import Trainer
 from ctvlp.train.restore import load_trained
 from conftest import make_synthetic_cache
@@ -81,8 +83,15 @@ def test_chunk_trained_model_pads_n_centred_slices_to_its_chunk_depth(cache, tmp
         ("all", "repeat", 16), ("all", "zero", 16), (4, "repeat", 4), (4, "zero", 4), (1, "repeat", 1), (1, "zero", 1)]
     for row in metrics["summary"]:
         assert 0.0 <= row["r5_volume_to_report"] <= 1.0 and 0.0 <= row["r5_report_to_volume"] <= 1.0
-    calls = len(seen) // 7  # 1 baseline + 6 cells, each the same number of batches
-    cells = [seen[i * calls:(i + 1) * calls] for i in range(1, 7)]
+    # batches: evaluation batches equal depths only, so an n-slice cell (every input D deep) has
+    # ceil(N / batch) per split, while the baseline and the "all" cells have one more per distinct depth
+    n_batches = sum(-(-len(split_dataset(Cache(cache), cfg.sampler, s, 0)) // cfg.batch_size)
+                    for s in (cfg.val_split, cfg.test_split))
+    per_all = (len(seen) - 4 * n_batches) // 3
+    sizes = [per_all] * 3 + [n_batches] * 4  # baseline, all/repeat, all/zero, then the four n-slice cells
+    starts = np.cumsum([0, *sizes])
+    assert starts[-1] == len(seen)
+    cells = [seen[starts[i]:starts[i + 1]] for i in range(1, 7)]
     for (n, _), cell in zip([(None, "r"), (None, "z"), (4, "r"), (4, "z"), (1, "r"), (1, "z")], cells):
         for depth, real in cell:
             if n is None:
