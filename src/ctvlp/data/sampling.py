@@ -25,6 +25,7 @@ channel, so a ``zero``-padded slice or an in-plane pad is "air, outside the body
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, Sequence
 
