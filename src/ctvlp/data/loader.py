@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ctvlp.data.manifest import LABEL_PREFIX
+from ctvlp.data.manifest import LABEL_PREFIX, label_names_of
 from ctvlp.data.preprocess import AIR_HU, window
 from ctvlp.data.sampling import SamplerConfig, VolumeRecord, draw_sample, pad_index, take_padded
 
@@ -35,7 +35,7 @@ class CTDataset(Dataset):
         self.index = index.reset_index(drop=True)
         self.seed = seed
         self.epoch = 0
-        self.label_names = [c[len(LABEL_PREFIX):] for c in self.index.columns if c.startswith(LABEL_PREFIX)]
+        self.label_names = label_names_of(self.index.columns)
         block = self.index[[LABEL_PREFIX + n for n in self.label_names]]
         self.label_mask = block.notna().to_numpy()  # (N, K)
         self.labels = block.astype("Float32").fillna(0).to_numpy(dtype=np.float32)  # (N, K)

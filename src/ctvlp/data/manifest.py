@@ -47,6 +47,11 @@ DEFAULTS = {"organ_sentences": "{}", "masks": "{}", "spacing_hint": "", "source"
             "clinical": "", "technique": "", "findings": "", "impressions": ""}
 
 
+def label_names_of(columns) -> list[str]:
+    """The label names of a manifest's or cache index's ``columns`` (those named ``label:<name>``), in order."""
+    return [c[len(LABEL_PREFIX):] for c in columns if str(c).startswith(LABEL_PREFIX)]
+
+
 @dataclass
 class Manifest:
     """A validated manifest table. ``df`` is a pandas DataFrame with the columns above."""
@@ -61,7 +66,7 @@ class Manifest:
 
     @property
     def label_names(self) -> list[str]:
-        return [c[len(LABEL_PREFIX):] for c in self.df.columns if c.startswith(LABEL_PREFIX)]
+        return label_names_of(self.df.columns)
 
     def labels(self) -> tuple[np.ndarray, np.ndarray]:
         """(N, K) float32 labels (0 where missing) and (N, K) bool availability."""

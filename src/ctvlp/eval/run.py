@@ -18,7 +18,7 @@ import torch
 
 from ctvlp.data.cache import Cache
 from ctvlp.data.loader import make_loader
-from ctvlp.data.manifest import LABEL_PREFIX
+from ctvlp.data.manifest import label_names_of
 from ctvlp.data.sampling import report_text
 from ctvlp.eval.generation import evaluate_generation
 from ctvlp.eval.organs import evaluate_organs
@@ -137,7 +137,7 @@ def evaluate_model(model, cache: Cache, cfg, device: torch.device | str = "cpu",
         val = encode_split(model, cache, cfg, cfg.val_split, device)
         test = encode_split(model, cache, cfg, cfg.test_split, device)
         encoded = time.perf_counter()
-        labels = [c[len(LABEL_PREFIX):] for c in cache.index.columns if c.startswith(LABEL_PREFIX)]
+        labels = label_names_of(cache.index.columns)
         score = prompt_scorer(model, labels, cfg.prompt_style)
         scores = {name: score(s.image_emb) for name, s in (("val", val), ("test", test))}
         zero_shot = evaluate_zero_shot(scores["val"], val.labels, val.available, scores["test"], test.labels,

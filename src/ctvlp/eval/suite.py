@@ -22,7 +22,7 @@ import torch
 from ctvlp import __version__
 from ctvlp.data.cache import Cache
 from ctvlp.data.labels import CTRATE_LABELS, CTRATE_LABELS_16
-from ctvlp.data.manifest import LABEL_PREFIX
+from ctvlp.data.manifest import label_names_of
 from ctvlp.errors import BadDatasetError, CtvlpError
 from ctvlp.eval.aggregate import RULE as SCAN_RULE
 from ctvlp.eval.aggregate import Grouping, scan_embeddings, scan_scores
@@ -99,7 +99,7 @@ def protocol_labels(protocol: str, cache: Cache) -> tuple[list[str], dict[str, s
     unknown protocol or when the cache has none of its labels."""
     if protocol not in PROTOCOLS:
         raise CtvlpError(None, f"unknown protocol {protocol!r}; protocols: {', '.join(PROTOCOLS)}")
-    have = {c[len(LABEL_PREFIX):] for c in cache.index.columns if c.startswith(LABEL_PREFIX)}
+    have = set(label_names_of(cache.index.columns))
     labels = [name for name in PROTOCOLS[protocol] if name in have]
     skipped = {name: "not a label column of the cache" for name in PROTOCOLS[protocol] if name not in have}
     if not labels:
@@ -190,7 +190,7 @@ def run_suite(model, cache: Cache, eval_cfg, cfg: SuiteConfig, device: torch.dev
     val = encode_split(model, cache, eval_cfg, eval_cfg.val_split, device)
     test = encode_split(model, cache, eval_cfg, eval_cfg.test_split, device)
     seconds = {"encode": time.perf_counter() - start}
-    cache_labels = [c[len(LABEL_PREFIX):] for c in cache.index.columns if c.startswith(LABEL_PREFIX)]
+    cache_labels = label_names_of(cache.index.columns)
     cols = [cache_labels.index(name) for name in labels]
     result = SuiteResult(metrics={})
     m = result.metrics
