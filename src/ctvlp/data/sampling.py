@@ -225,7 +225,7 @@ def choose_text(record: VolumeRecord, text_mode: str, z0: int, z1: int) -> dict:
     return {"text": " ".join(sentences), "sentences": sentences, "organs": organs, "text_source": source}
 
 
-def _fit_axis(n: int, target: int, rng: np.random.Generator | None) -> tuple[int, int, int, int]:
+def fit_axis(n: int, target: int, rng: np.random.Generator | None) -> tuple[int, int, int, int]:
     """(src0, src1, dst0, dst1) to crop (centred or seeded random) or centre-pad ``n`` to ``target``."""
     if n >= target:
         start = int(rng.integers(0, n - target + 1)) if rng is not None else (n - target) // 2
@@ -236,7 +236,7 @@ def _fit_axis(n: int, target: int, rng: np.random.Generator | None) -> tuple[int
 
 def fit_inplane(array: np.ndarray, size: tuple[int, int] | None, fill,
                 offsets: tuple[tuple[int, int, int, int], ...] | None = None) -> np.ndarray:
-    """Crop/pad the last two axes of (..., Y, X) to ``size`` using ``offsets`` from :func:`_fit_axis`."""
+    """Crop/pad the last two axes of (..., Y, X) to ``size`` using ``offsets`` from :func:`fit_axis`."""
     if size is None:
         return array
     (y0, y1, v0, v1), (x0, x1, u0, u1) = offsets
@@ -289,8 +289,8 @@ def draw_sample(record: VolumeRecord, config: SamplerConfig, rng: np.random.Gene
     z0, z1, depth = _depth_range(config, z_count, rng)
     idx, real = pad_index(z1 - z0, depth, config.padding)
     crop_rng = rng if config.random_crop else None
-    offsets = None if config.size is None else (_fit_axis(y_count, config.size[0], crop_rng),
-                                                _fit_axis(x_count, config.size[1], crop_rng))
+    offsets = None if config.size is None else (fit_axis(y_count, config.size[0], crop_rng),
+                                                fit_axis(x_count, config.size[1], crop_rng))
     slab = volume.slab(z0, z1)  # (z1 - z0, Y, X)
     hu = fit_inplane(take_padded(slab, idx, 0, AIR_HU), config.size, AIR_HU, offsets)  # (D, H, W)
     channels = [window(hu, lo, hi) for lo, hi in config.hu_windows(hu_window)]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ctvlp.data.preprocess import PreprocessConfig, PreprocessedVolume, preprocess
-from ctvlp.data.sampling import SamplerConfig, VolumeRecord, _fit_axis, draw_sample
+from ctvlp.data.sampling import SamplerConfig, VolumeRecord, fit_axis, draw_sample
 from ctvlp.errors import InferenceError
 from ctvlp.inference.geometry import inplane_affine, to_grid
 from ctvlp.inference.inputs import PreparedSource, read_ct
@@ -100,7 +100,6 @@ class CtvlpModel:
         self.model = model.to(device).eval()
         self.spec = spec
         self.device = torch.device(device)
-        self.max_voxels = max_voxels
         self.sampler = dataclasses.replace(spec.sampler, random_crop=False, include_masks=False)
         self.inputs = InputPipeline(spec.preprocess, self.sampler, max_voxels)
 
@@ -147,16 +146,13 @@ class CtvlpModel:
     @torch.no_grad()
     def zero_shot(self, volume: VolumeInput, labels: Sequence[str] | None = None) -> dict[str, float]:
         """{label: probability that the finding is present}; default labels: the checkpoint's."""
-        from ctvlp.eval.prompts import build_prompts
-        from ctvlp.eval.zeroshot import encode_texts, zero_shot_scores
+        from ctvlp.eval.run import prompt_scorer
 
         if labels is None and not self.spec.label_names:
             raise InferenceError(self.spec.path, "the checkpoint records no label names: pass the labels")
         labels = _distinct(self.spec.label_names if labels is None else labels, "labels")
         emb = self.encode_volume(volume)
-        texts, index = build_prompts(labels, self.spec.prompt_style)
-        pos, neg = index.pool(encode_texts(self.model, texts))
-        prob = zero_shot_scores(emb[None], pos, neg, float(self.model.scale()))[0]  # (L,)
+        prob = prompt_scorer(self.model, labels, self.spec.prompt_style)(emb[None])[0]  # (L,), as evaluate_model
         return {label: float(p) for label, p in zip(labels, prob)}
 
     @torch.no_grad()
@@ -175,7 +171,7 @@ class CtvlpModel:
         anchors = self.model.encode_anchors(prompts).float()  # (K, E)
         z_count, y_count, x_count = source.shape
         size = self.sampler.size or (y_count, x_count)
-        (y0, y1, v0, v1), (x0, x1, u0, u1) = _fit_axis(y_count, size[0], None), _fit_axis(x_count, size[1], None)
+        (y0, y1, v0, v1), (x0, x1, u0, u1) = fit_axis(y_count, size[0], None), fit_axis(x_count, size[1], None)
         probs = np.zeros((len(prompts), z_count, y1 - y0, x1 - x0), np.float32)  # (K, Z, y, x) real voxels only
         hu_window = tuple(self.spec.preprocess.hu_window)
         for z0, z1 in volume_windows(z_count, window_depth(self.sampler)):
