@@ -66,8 +66,9 @@ def test_random_tiny_model_end_to_end(cases):
     recipe = get_recipe("segvl", debug=True)
     torch.manual_seed(0)
     model = VisionLanguageModel(recipe.model)
-    metrics = evaluate_real_masks(model, CONFIG, recipe.eval.sampler, real_dir=REAL)
+    metrics = evaluate_real_masks(model, CONFIG, recipe.eval.sampler, real_dir=REAL, overlays=True)
     assert metrics["probe"] is None and model.training  # restored
+    assert [f["caption"] for f in metrics.pop("overlays")] == ["zero-shot, real case chest", "zero-shot, real case abdomen"]
     for vid in ("chest", "abdomen"):
         case = metrics["zero_shot"][vid]
         scored = [e for e in case["per_structure"].values() if e["n"]]

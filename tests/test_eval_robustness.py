@@ -107,9 +107,10 @@ def test_chunk_trained_model_pads_n_centred_slices_to_its_chunk_depth(cache, tmp
 def test_whole_volume_model_uses_the_tower_depth_and_repeats_segmentation(cache, tmp_path):
     trained = _trained(cache, tmp_path / "run", "segvl")
     cfg = dataclasses.replace(trained.config.eval, robustness_counts=(1,), robustness_paddings=("zero",),
-                              task_volumes=2)
+                              task_volumes=2, overlays=1)
     assert cfg.robustness_depth is None and tower_min_depth(trained.model) == 4  # debug ViT: 4 x 8 x 8 patches
     metrics = evaluate_robustness(trained.model, Cache(cache), cfg)
     assert metrics["depth"] == 4 and metrics["tasks"] == ["segmentation"] and "tower" in metrics["depth_rule"]
     cell = metrics["results"]["1/zero"]
     assert cell["segmentation"]["n_volumes"] == 2 and "mean_dice" in metrics["summary"][0]
+    assert "overlays" not in cell["segmentation"]  # figures are drawn by the segmentation task, not per cell

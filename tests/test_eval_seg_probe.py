@@ -82,7 +82,7 @@ def test_debug_checkpoint_probe_and_hd95_in_the_tasks(cache, tmp_path):
     Trainer(cfg, cache.root, tmp_path / "run", progress=False).fit()
     trained = load_trained(tmp_path / "run")
     evaluation = dataclasses.replace(trained.config.eval, tasks=("segmentation", "seg_probe"), probe_steps=3,
-                                     task_volumes=2)
+                                     task_volumes=2, overlays=1)
     frozen = {k: v.clone() for k, v in trained.model.state_dict().items()}
     metrics = evaluate_model(trained.model, cache, evaluation)
     assert all(torch.equal(frozen[k], v) for k, v in trained.model.state_dict().items())  # the model is frozen
@@ -90,6 +90,8 @@ def test_debug_checkpoint_probe_and_hd95_in_the_tasks(cache, tmp_path):
     assert "mean_hd95" in seg and all("hd95" in e for e in seg["per_structure"].values())  # default on
     assert list(probe["per_structure"]) == list(evaluation.sampler.mask_names)
     assert probe["probe"]["steps"] == 3 and probe["n_volumes"] == seg["n_volumes"]
+    assert [len(seg["overlays"]), len(probe["overlays"])] == [1, 1]
+    assert probe["overlays"][0]["caption"].startswith("probe, test volume ")
     scored = [e for e in probe["per_structure"].values() if e["n"]]
     assert scored and all(0.0 <= e["dice"] <= 1.0 for e in scored)
     assert all(math.isfinite(e["hd95"]) for e in scored if e["n_hd95"])

@@ -4,6 +4,7 @@ end-to-end run of the debug SegVL and Uniferum models on a tiny synthetic cache.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from pathlib import Path
@@ -17,7 +18,8 @@ from torch import nn
 
 from ctvlp.data.cache import Cache
 from ctvlp.data.sampling import SamplerConfig
-from ctvlp.eval.segmentation import evaluate_segmentation, structure_scores, volume_windows
+from ctvlp.eval.segmentation import (anchor_predictor, evaluate_segmentation, segment_volumes, structure_scores,
+                                     volume_windows)
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import SEGVL_MASKS, get_recipe
 from conftest import make_synthetic_cache
@@ -172,6 +174,31 @@ def test_empty_reference_counts_with_ignore_empty_false_and_names_and_limits_app
     assert list(evaluate_segmentation(model, _fake_cache(), named, "test")["per_structure"]) == ["A"]
     high = evaluate_segmentation(model, _fake_cache(), sampler, "test", threshold=0.99, mask_names=["A"])
     assert high["per_structure"]["A"]["dice"] == pytest.approx(1.0)  # P is exactly 1 inside, 0 outside
+
+
+def test_on_volume_sees_each_stitched_volume_once_and_overlays_are_drawn():
+    seen = {}
+
+    def on_volume(vid, image, pred, target, spacing):
+        assert vid not in seen
+        seen[vid] = (image, pred, target, list(spacing))
+
+    cache = _fake_cache()
+    sampler = SamplerConfig(mode="chunk", chunk_depth=4, padding="zero", text="report")
+    predict = anchor_predictor(_FakeSegModel(), ["A", "B"], 0.5, torch.device("cpu"))
+    scores = segment_volumes(predict, {vid: cache.volume(vid) for vid in ("v1", "v2")}, sampler, ["A", "B"],
+                             (-1000.0, 1000.0), 2, on_volume=on_volume)
+    assert set(seen) == set(scores) == {"v1", "v2"}
+    for vid in ("v1", "v2"):
+        image, pred, target, spacing = seen[vid]
+        a = cache.volume(vid)._masks["A"]
+        assert image.shape == a.shape and pred.shape == target.shape == (2, *a.shape)  # real slices only
+        assert torch.equal(image > 0, torch.from_numpy(a)) and torch.equal(pred[0], target[0])
+        assert spacing == [3.0, 1.5, 1.5]
+    metrics = evaluate_segmentation(_FakeSegModel(), cache, sampler, "test", overlays=1)
+    assert len(metrics["overlays"]) == 1 and metrics["overlays"][0]["caption"].startswith("zero-shot, test volume v")
+    assert base64.b64decode(metrics["overlays"][0]["png_base64"])[:4] == b"\x89PNG"
+    assert "overlays" not in evaluate_segmentation(_FakeSegModel(), cache, sampler, "test")
 
 
 def test_model_without_voxel_head_and_bad_split_are_clear_errors():

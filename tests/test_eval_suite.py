@@ -200,6 +200,37 @@ def test_cli_writes_metrics_matching_the_schema_doc_csvs_and_html(run, tmp_path,
     assert html.count("data:image/png;base64") >= 3 and "top-3 retrieved" in html
 
 
+def test_report_shows_each_extra_tasks_table_and_overlays(tmp_path):
+    """write_outputs on a hand-made result: the robustness grid and the per-structure Dice become CSVs and the
+    same tables in report.html, the segmentation overlays become figures, and metrics.json keeps no PNG."""
+    import pandas as pd
+
+    from ctvlp.eval.outputs import write_outputs
+    from ctvlp.eval.suite import SuiteResult
+
+    summary = [{"n": n, "padding": p, "max_slices": None if n == "all" else n, "mean_auroc": auroc,
+                "r5_volume_to_report": 0.1, "r5_report_to_volume": 0.2, "mean_dice": 0.3}
+               for (n, p), auroc in zip([("all", "repeat"), (1, "repeat"), (1, "zero")], [0.71, 0.62, 0.54])]
+    metrics = {"schema_version": 1, "tasks": ["robustness", "segmentation"], "cache": "c",
+               "protocol": {"name": "18", "labels": ["a"], "skipped": {}},
+               "n": {"test_volumes": 3, "test_scans": 3, "test_patients": 2}, "bootstrap": {"n": 0},
+               "robustness": {"depth": 8, "summary": summary, "results": {}},
+               "segmentation": {"mean_dice": 0.4, "per_structure": {"aorta": {"dice": 0.4, "n": 2}, "liver": {
+                   "dice": None, "n": 0}}}}
+    figure = {"caption": "zero-shot, test volume v7", "png_base64": "iVBORw0KGgo="}
+    write_outputs(tmp_path, SuiteResult(metrics=metrics, overlays={"segmentation": [figure]}))
+    robust = pd.read_csv(tmp_path / "robustness.csv")
+    assert list(robust["mean_auroc"]) == [0.71, 0.62, 0.54] and list(robust["padding"]) == ["repeat", "repeat", "zero"]
+    assert list(pd.read_csv(tmp_path / "segmentation.csv")["item"]) == ["aorta", "liver"]
+    html = (tmp_path / "report.html").read_text()
+    section = html.split("<h2>robustness</h2>")[1].split("<h2>")[0]
+    assert "<th>mean_auroc</th>" in section and all(f"<td>{v}</td>" in section for v in ("0.710", "0.620", "0.540"))
+    section = html.split("<h2>segmentation</h2>")[1]
+    assert "<td>aorta</td>" in section and "<td>n/a</td>" in section  # liver's undefined Dice
+    assert "data:image/png;base64,iVBORw0KGgo=" in section and "zero-shot, test volume v7" in section
+    assert "png_base64" not in (tmp_path / "metrics.json").read_text()
+
+
 def test_protocol_16_has_16_labels(run, tmp_path):
     ckpt, cache = run
     labels, skipped = protocol_labels("16", Cache(cache))

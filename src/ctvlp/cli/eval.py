@@ -2,7 +2,7 @@
 
 Zero-shot classification (CT-RATE 18- or 16-label protocol, thresholds on the validation split),
 volume<->report retrieval and a linear probe, at volume and scan level, with 95 % intervals from
-patient resamples; plus the checkpoint's own ``eval.tasks`` (organs, segmentation, generation).
+patient resamples; plus the checkpoint's own ``eval.tasks`` (organs, segmentation, generation, ...).
 Writes DIR/metrics.json (docs/eval-metrics.md), DIR/<task>.csv and DIR/report.html.
 """
 
@@ -19,7 +19,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="prepared cache (ctvlp prepare)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--tasks", help="comma-separated tasks (default: zeroshot,retrieval,probe + the checkpoint's "
-                                   "eval.tasks); also organs, segmentation, generation")
+                                   "eval.tasks); also organs, segmentation, generation, robustness, seg_probe, real_masks")
     p.add_argument("--protocol", default="18", help="label protocol: 18 (CT-RATE) or 16 (fVLM/HLIP); default 18")
     p.add_argument("--prompts", type=Path, help="prompt YAML file replacing the packaged one")
     p.add_argument("--prompt-style", help="prompt style (default: the checkpoint's eval.prompt_style)")
@@ -27,6 +27,8 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--val-split", help="split choosing thresholds and C (default: the checkpoint's)")
     p.add_argument("--test-split", help="split the numbers are reported on (default: the checkpoint's)")
     p.add_argument("--train-split", help="split the linear probe is fitted on (default: the checkpoint's training split)")
+    p.add_argument("--overlays", type=int, default=2,
+                   help="segmentation tasks: test volumes drawn as overlays in report.html (default 2)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=run)
@@ -66,12 +68,12 @@ def run(args: argparse.Namespace) -> int:
     from ctvlp.eval.suite import CORE_TASKS, SuiteConfig, run_suite, with_overrides
     from ctvlp.train.restore import load_trained
 
-    if args.bootstrap < 0:
-        raise CtvlpError(None, f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.bootstrap < 0 or args.overlays < 0:
+        raise CtvlpError(None, f"--bootstrap and --overlays must be >= 0, got {args.bootstrap}, {args.overlays}")
     trained = load_trained(args.checkpoint, args.device)
     cache = Cache(args.data)
     eval_cfg = with_overrides(trained.config.eval, val_split=args.val_split, test_split=args.test_split,
-                              prompt_style=args.prompt_style)
+                              prompt_style=args.prompt_style, overlays=args.overlays)
     tasks = ([t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks
              else [*CORE_TASKS, *trained.config.eval.tasks])
     cfg = SuiteConfig(tasks=tuple(tasks), protocol=str(args.protocol),

@@ -22,11 +22,16 @@ def _pyplot():
     return plt
 
 
-def _png(fig) -> str:
+def png_base64(fig) -> str:
+    """A matplotlib figure as base64 PNG text (the figure is closed)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     _pyplot().close(fig)
-    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _png(fig) -> str:
+    return f'<img src="data:image/png;base64,{png_base64(fig)}">'
 
 
 def curve_figure(records: list[dict]) -> str:
@@ -136,10 +141,18 @@ def _ci_text(value, ci) -> str:
     return _fmt(value) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
 
 
-def write_eval_report(path: Path, metrics: dict, roc: dict, examples: list[dict], overlays: dict) -> Path:
+def _frame_html(frame) -> str:
+    """A pandas table with floats to 3 decimals and missing values as n/a."""
+    return frame.to_html(index=False, na_rep="n/a", float_format=lambda x: f"{x:.3f}", border=0)
+
+
+def write_eval_report(path: Path, metrics: dict, roc: dict, examples: list[dict], overlays: dict,
+                      tables: dict | None = None) -> Path:
     """The `ctvlp eval` page: summary, zero-shot ROC curves and AUROC bars with intervals, retrieval
-    table and examples, probe bars, every extra task's metrics and its ``overlays`` (each
-    {``caption``, ``png_base64``}: per-volume figures such as segmentation overlays)."""
+    table and examples, probe bars, and for every extra task its scalar metrics, its table (``tables``:
+    task -> pandas DataFrame, the task's CSV: per structure, per label, per robustness cell) and its
+    ``overlays`` (each {``caption``, ``png_base64``}: per-volume figures such as segmentation overlays)."""
+    tables = tables or {}
     parts = [f"<h1>ctvlp eval</h1><p>cache {html.escape(metrics['cache'])}, protocol {metrics['protocol']['name']} "
              f"({len(metrics['protocol']['labels'])} labels), {metrics['n']['test_volumes']} test volumes / "
              f"{metrics['n']['test_scans']} scans / {metrics['n']['test_patients']} patients; intervals: "
@@ -178,5 +191,6 @@ def write_eval_report(path: Path, metrics: dict, roc: dict, examples: list[dict]
         figures = "".join(f"<figure><img src='data:image/png;base64,{o['png_base64']}'>"
                           f"<figcaption>{html.escape(o.get('caption', ''))}</figcaption></figure>"
                           for o in overlays.get(task, []))
-        parts += [f"<h2>{html.escape(task)}</h2>", _table(scalars, ["metric", "value"]), figures]
+        table = _frame_html(tables[task]) if task in tables else ""
+        parts += [f"<h2>{html.escape(task)}</h2>", _table(scalars, ["metric", "value"]), table, figures]
     return _page(path, "ctvlp eval", parts)

@@ -1,4 +1,5 @@
-"""Files of `ctvlp eval`: metrics.json (docs/eval-metrics.md), one CSV per task, report.html."""
+"""Files of `ctvlp eval`: metrics.json (docs/eval-metrics.md), one CSV per task, report.html (which
+shows each extra task's CSV table)."""
 
 from __future__ import annotations
 
@@ -62,7 +63,21 @@ def task_frame(result: dict) -> pd.DataFrame:
     return pd.json_normalize({k: v for k, v in result.items() if not isinstance(v, list)})
 
 
-FRAMES = {"zeroshot": zeroshot_frame, "retrieval": retrieval_frame, "probe": probe_frame}
+def robustness_frame(result: dict) -> pd.DataFrame:
+    """One row per (slice count, padding) cell: its ``summary`` row (mean AUROC, R@5 both ways, task headlines)."""
+    return pd.DataFrame(result["summary"])
+
+
+def real_masks_frame(result: dict) -> pd.DataFrame:
+    """One row per (method, case, structure): Dice, HD95 (mm) and counts."""
+    rows = [{"method": method, "case": case, "structure": name, **entry}
+            for method in ("zero_shot", "probe") for case, r in (result.get(method) or {}).items()
+            for name, entry in r["per_structure"].items()]
+    return pd.DataFrame(rows)
+
+
+FRAMES = {"zeroshot": zeroshot_frame, "retrieval": retrieval_frame, "probe": probe_frame,
+          "robustness": robustness_frame, "real_masks": real_masks_frame}
 
 
 def write_outputs(out: Path, result) -> list[Path]:
@@ -71,10 +86,12 @@ def write_outputs(out: Path, result) -> list[Path]:
     metrics = jsonable(result.metrics)
     paths = [out / "metrics.json"]
     paths[0].write_text(json.dumps(metrics, indent=2))
+    tables = {}
     for task in metrics["tasks"]:
         if isinstance(metrics.get(task), dict):
-            frame = FRAMES.get(task, task_frame)(metrics[task])
-            frame.to_csv(out / f"{task}.csv", index=False)
+            tables[task] = FRAMES.get(task, task_frame)(metrics[task])
+            tables[task].to_csv(out / f"{task}.csv", index=False)
             paths.append(out / f"{task}.csv")
-    paths.append(write_eval_report(out / "report.html", metrics, result.roc, result.examples, result.overlays))
+    paths.append(write_eval_report(out / "report.html", metrics, result.roc, result.examples, result.overlays,
+                                   tables))
     return paths

@@ -32,6 +32,7 @@ from ctvlp.data.preprocess import PreprocessConfig, preprocess
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.errors import BadDatasetError
 from ctvlp.eval.metrics import jsonable
+from ctvlp.eval.overlays import OverlayCollector
 from ctvlp.eval.segmentation import anchor_predictor, check_voxel_head, segment_volumes, summarise, window_depth
 from ctvlp.io.load import load_volume
 from ctvlp.io.volume import Volume
@@ -99,12 +100,18 @@ def load_cases(real_dir: str | Path, config: PreprocessConfig) -> dict[str, Memo
 
 
 def score_cases(predict, cases: dict[str, MemoryVolume], sampler: SamplerConfig, names_of: dict[str, list[str]],
-                hu_window: tuple[float, float], hd95: bool = True, batch_size: int = 2) -> dict:
-    """Per case: ``summarise`` of ``segment_volumes(predict, ...)`` over its structures ``names_of[case]``."""
+                hu_window: tuple[float, float], hd95: bool = True, batch_size: int = 2,
+                figures: list | None = None, caption: str = "") -> dict:
+    """Per case: ``summarise`` of ``segment_volumes(predict, ...)`` over its structures ``names_of[case]``;
+    each case's overlay (:mod:`ctvlp.eval.overlays`, captioned ``caption`` + case) appended to ``figures`` when given."""
     out = {}
     for vid, volume in cases.items():
         names = names_of[vid]
-        scores = segment_volumes(predict, {vid: volume}, sampler, names, hu_window, batch_size, hd95=hd95)
+        drawn = OverlayCollector(names, 1 if figures is not None else 0, caption)
+        scores = segment_volumes(predict, {vid: volume}, sampler, names, hu_window, batch_size, hd95=hd95,
+                                 on_volume=drawn)
+        if figures is not None:
+            figures.extend(drawn.figures)
         out[vid] = {**summarise(scores, names, hd95), "shape_zyx": list(volume.shape),
                     "spacing_zyx": [float(s) for s in volume.spacing_zyx]}
     return out
@@ -118,12 +125,14 @@ def case_structures(cases: dict[str, MemoryVolume]) -> dict[str, list[str]]:
 @torch.no_grad()
 def evaluate_real_masks(model, preprocess_cfg: PreprocessConfig, sampler: SamplerConfig,
                         device: torch.device | str = "cpu", real_dir: str | Path = "/work/shared/data/real",
-                        probe=None, threshold: float = 0.5, hd95: bool = True, batch_size: int = 2) -> dict:
+                        probe=None, threshold: float = 0.5, hd95: bool = True, batch_size: int = 2,
+                        overlays: bool = False) -> dict:
     """Zero-shot segmentation (and the ``probe`` when given) of the real cases (module docstring).
 
     Returns a JSON-able dict: ``zero_shot`` {case: {``mean_dice``, ``per_structure`` (``dice``, ``hd95`` mm, ...),
     ``mean_hd95``, ``shape_zyx``, ``spacing_zyx``}}, ``probe`` (same, its structures; None without a probe),
-    ``threshold``, ``window``, ``real_dir``, ``seconds``."""
+    ``threshold``, ``window``, ``real_dir``, ``seconds``; with ``overlays`` also ``overlays``, one figure per
+    case and method (:mod:`ctvlp.eval.overlays`)."""
     check_voxel_head(model)
     device = torch.device(device)
     start = time.perf_counter()
@@ -132,18 +141,22 @@ def evaluate_real_masks(model, preprocess_cfg: PreprocessConfig, sampler: Sample
     hu_window = tuple(preprocess_cfg.hu_window)
     was_training = model.training
     model.eval()
+    figures = [] if overlays else None
     try:
         zero_shot = {}
         for vid, names in structures.items():
             predict = anchor_predictor(model, names, threshold, device)
-            zero_shot.update(score_cases(predict, {vid: cases[vid]}, sampler, structures, hu_window, hd95, batch_size))
+            zero_shot.update(score_cases(predict, {vid: cases[vid]}, sampler, structures, hu_window, hd95, batch_size,
+                                         figures, "zero-shot, real case "))
         probed = None
         if probe is not None:
             probed = score_cases(probe.predictor(model, device), cases, sampler,
-                                 {vid: list(probe.names) for vid in cases}, hu_window, hd95, batch_size)
+                                 {vid: list(probe.names) for vid in cases}, hu_window, hd95, batch_size,
+                                 figures, "probe, real case ")
     finally:
         model.train(was_training)
     metrics = jsonable({"zero_shot": zero_shot, "probe": probed, "threshold": threshold, "window": window_depth(sampler),
-                        "real_dir": str(real_dir), "seconds": time.perf_counter() - start})
+                        "real_dir": str(real_dir), "seconds": time.perf_counter() - start,
+                        **({"overlays": figures} if overlays else {})})
     json.dumps(metrics)
     return metrics

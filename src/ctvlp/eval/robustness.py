@@ -104,7 +104,8 @@ def evaluate_robustness(model, cache, cfg, device: torch.device | str = "cpu", c
     for count in counts:
         for padding in paddings:
             sampler = robustness_sampler(cfg.sampler, count, padding, depth)
-            metrics = evaluate_model(model, cache, dataclasses.replace(cfg, sampler=sampler, tasks=tasks), device)
+            cell = dataclasses.replace(cfg, sampler=sampler, tasks=tasks, overlays=0)  # figures once, not per cell
+            metrics = evaluate_model(model, cache, cell, device)
             results[cell_name(count, padding)] = metrics
             summary.append(summary_row(count, padding, sampler.max_slices, metrics))
     return jsonable({"counts": ["all" if n == ALL else n for n in counts], "paddings": paddings, "depth": depth,

@@ -83,7 +83,7 @@ def _organs(model, cache: Cache, cfg, device: torch.device) -> dict:
 
 def _segmentation(model, cache: Cache, cfg, device: torch.device) -> dict:
     return evaluate_segmentation(model, cache, cfg.sampler, cfg.test_split, device, max_volumes=cfg.task_volumes,
-                                 hd95=cfg.segmentation_hd95)
+                                 hd95=cfg.segmentation_hd95, overlays=cfg.overlays)
 
 
 def _generation(model, cache: Cache, cfg, device: torch.device) -> dict:
@@ -104,7 +104,7 @@ def _seg_probe(model, cache: Cache, cfg, device: torch.device) -> dict:
 def _real_masks(model, cache: Cache, cfg, device: torch.device) -> dict:
     probe = trained_probe(model, cache, cfg, device) if "seg_probe" in cfg.tasks else None
     return evaluate_real_masks(model, cache.config, cfg.sampler, device, cfg.real_dir, probe,
-                               hd95=cfg.segmentation_hd95, batch_size=cfg.batch_size)
+                               hd95=cfg.segmentation_hd95, batch_size=cfg.batch_size, overlays=cfg.overlays > 0)
 
 
 EXTRA_TASKS = {"organs": _organs, "segmentation": _segmentation, "generation": _generation,

@@ -36,6 +36,7 @@ from monai.losses import DiceCELoss
 
 from ctvlp.data.loader import Collate
 from ctvlp.eval.metrics import jsonable
+from ctvlp.eval.overlays import OverlayCollector
 from ctvlp.eval.segmentation import (_split_ids, eval_sampler, segment_volumes, split_mask_names, summarise,
                                      window_depth)
 from ctvlp.models.voxel_head import VoxelHead, VoxelHeadConfig
@@ -147,7 +148,8 @@ def evaluate_seg_probe(model, cache, cfg, device: torch.device | str = "cpu", pr
 
     Returns a JSON-able dict: ``mean_dice``, ``per_structure`` (as ``evaluate_segmentation``), with
     ``cfg.segmentation_hd95`` ``mean_hd95`` and per-structure ``hd95``; ``probe`` (training record),
-    ``n_volumes``, ``window``, ``rule``, ``seconds``."""
+    ``n_volumes``, ``window``, ``rule``, ``seconds`` and, with ``cfg.overlays > 0``, ``overlays`` (figures of
+    the first ``cfg.overlays`` volumes, :mod:`ctvlp.eval.overlays`)."""
     device = torch.device(device)
     probe = trained_probe(model, cache, cfg, device) if probe is None else probe
     start = time.perf_counter()
@@ -155,14 +157,17 @@ def evaluate_seg_probe(model, cache, cfg, device: torch.device | str = "cpu", pr
     was_training = model.training
     model.eval()
     try:
+        drawn = OverlayCollector(probe.names, cfg.overlays, "probe, test volume ")
         scores = segment_volumes(probe.predictor(model, device), {vid: cache.volume(vid) for vid in ids}, cfg.sampler,
-                                 probe.names, tuple(cache.config.hu_window), cfg.batch_size, hd95=cfg.segmentation_hd95)
+                                 probe.names, tuple(cache.config.hu_window), cfg.batch_size, hd95=cfg.segmentation_hd95,
+                                 on_volume=drawn)
     finally:
         model.train(was_training)
     metrics = jsonable({**summarise(scores, probe.names, cfg.segmentation_hd95), "probe": probe.info,
                         "n_volumes": len(ids), "window": window_depth(cfg.sampler),
                         "rule": "probe logit > 0 per structure; Dice (and HD95) as the segmentation task",
-                        "seconds": time.perf_counter() - start})
+                        "seconds": time.perf_counter() - start,
+                        **({"overlays": drawn.figures} if cfg.overlays > 0 else {})})
     json.dumps(metrics)
     return metrics
 

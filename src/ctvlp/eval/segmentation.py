@@ -47,6 +47,7 @@ from ctvlp.data.preprocess import AIR_HU, window
 from ctvlp.data.sampling import BODY, SamplerConfig, window_sample
 from ctvlp.errors import BadDatasetError
 from ctvlp.eval.metrics import jsonable
+from ctvlp.eval.overlays import OverlayCollector
 from ctvlp.models.voxel_head import zero_shot_segment
 
 RULE = ("P = (cos(voxel embedding, anchor of 'This is <name>.') + 1) / 2 > threshold on the real slices; "
@@ -141,13 +142,16 @@ def eval_sampler(sampler_cfg: SamplerConfig, names: Sequence[str]) -> SamplerCon
 @torch.no_grad()
 def segment_volumes(predict, volumes: dict, sampler_cfg: SamplerConfig, names: Sequence[str],
                     hu_window: tuple[float, float], batch_size: int = 2, *, ignore_empty: bool = True,
-                    hd95: bool = False) -> dict[str, list[dict]]:
+                    hd95: bool = False, on_volume=None) -> dict[str, list[dict]]:
     """Segment every volume window by window and score it: {volume id: :func:`structure_scores` list}.
 
     ``predict(batch) -> (B, K, D, H, W) bool`` for the K ``names``, ``batch`` the collated windows
     (``image`` (B, C, D, H, W), ``slice_mask`` (B, D), ``masks`` (B, K, D, H, W) the reference, ...);
     ``volumes`` {id: a :class:`~ctvlp.data.sampling.VolumeSource` (cached or in memory)}; windows,
-    padding and stitching as in the module docstring; ``hu_window`` the cache's (the default window)."""
+    padding and stitching as in the module docstring; ``hu_window`` the cache's (the default window).
+    ``on_volume(id, image (Z, H, W), pred (K, Z, H, W), target (K, Z, H, W), spacing (z, y, x))``, when
+    given, sees each stitched volume (real slices only; image channel 0) before it is freed (e.g.
+    :class:`ctvlp.eval.overlays.OverlayCollector`)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     sampler = eval_sampler(sampler_cfg, names)
@@ -168,12 +172,14 @@ def segment_volumes(predict, volumes: dict, sampler_cfg: SamplerConfig, names: S
             real = batch["slice_mask"][b]  # (D,) the first copy of each real slice, in order
             if vid not in pending:
                 z, h, w = volumes[vid].shape[0], *pred.shape[-2:]
-                pending[vid] = {"pred": torch.zeros(len(names), z, h, w, dtype=torch.bool),
+                pending[vid] = {"image": torch.zeros(z, h, w),
+                                "pred": torch.zeros(len(names), z, h, w, dtype=torch.bool),
                                 "target": torch.zeros(len(names), z, h, w, dtype=torch.bool),
                                 "covered": torch.zeros(z, dtype=torch.bool),
                                 "available": batch["mask_available"][b].tolist(),
                                 "spacing": batch["spacing"][b].tolist()}
             state = pending[vid]
+            state["image"][z0:z1] = batch["image"][b][0, real]
             state["pred"][:, z0:z1] = pred[b][:, real]
             state["target"][:, z0:z1] = batch["masks"][b][:, real]
             state["covered"][z0:z1] = True
@@ -183,6 +189,9 @@ def segment_volumes(predict, volumes: dict, sampler_cfg: SamplerConfig, names: S
                 keep = state["covered"]
                 scores[vid] = structure_scores(state["pred"][:, keep], state["target"][:, keep],
                                                state["available"], state["spacing"], ignore_empty, hd95)
+                if on_volume is not None:
+                    on_volume(vid, state["image"][keep], state["pred"][:, keep], state["target"][:, keep],
+                              state["spacing"])
     return scores
 
 
@@ -234,7 +243,7 @@ def anchor_predictor(model, names: Sequence[str], threshold: float, device: torc
 def evaluate_segmentation(model, cache, sampler_cfg: SamplerConfig, split: str = "test",
                           device: torch.device | str = "cpu", mask_names: Sequence[str] | None = None,
                           threshold: float = 0.5, batch_size: int = 2, max_volumes: int | None = None, *,
-                          ignore_empty: bool = True, hd95: bool = False, details: bool = False):
+                          ignore_empty: bool = True, hd95: bool = False, overlays: int = 0, details: bool = False):
     """Zero-shot segmentation Dice of ``split``'s volumes (see the module docstring for every rule).
 
     ``model``: a :class:`ctvlp.models.vlp.VisionLanguageModel` with a voxel head (``cfg.seg``);
@@ -247,7 +256,8 @@ def evaluate_segmentation(model, cache, sampler_cfg: SamplerConfig, split: str =
     {name: {``dice``, ``n`` (volumes scored), ``n_unannotated``, ``n_empty`` (annotated but empty
     reference), and with ``hd95`` ``hd95`` (mm, mean) and ``n_hd95``}}, ``mean_hd95`` (with ``hd95``),
     ``threshold``, ``n_volumes``, ``ignore_empty``, ``window`` (W, None: whole volume), ``rule``,
-    ``seconds``. With ``details=True`` returns ``(metrics, {volume id: per-structure score list})``.
+    ``seconds``, and with ``overlays > 0`` ``overlays``: figures of the first ``overlays`` volumes
+    (:func:`ctvlp.eval.overlays.overlay_figure`). With ``details=True`` returns ``(metrics, {volume id: per-structure score list})``.
     The model is put in eval mode and restored.
     """
     check_voxel_head(model)
@@ -259,13 +269,17 @@ def evaluate_segmentation(model, cache, sampler_cfg: SamplerConfig, split: str =
     model.eval()
     try:
         predict = anchor_predictor(model, names, threshold, device)
+        drawn = OverlayCollector(names, overlays, "zero-shot, test volume ")
         scores = segment_volumes(predict, {vid: cache.volume(vid) for vid in ids}, sampler_cfg, names,
-                                 tuple(cache.config.hu_window), batch_size, ignore_empty=ignore_empty, hd95=hd95)
+                                 tuple(cache.config.hu_window), batch_size, ignore_empty=ignore_empty, hd95=hd95,
+                                 on_volume=drawn)
     finally:
         model.train(was_training)
     metrics = {**summarise(scores, names, hd95), "threshold": threshold, "n_volumes": len(ids),
                "ignore_empty": ignore_empty, "window": window_depth(sampler_cfg), "rule": RULE,
                "seconds": time.perf_counter() - start}
+    if overlays > 0:
+        metrics["overlays"] = drawn.figures
     metrics = jsonable(metrics)
     json.dumps(metrics)  # JSON-able by construction; fail here rather than in the caller's writer
     return (metrics, scores) if details else metrics

@@ -148,6 +148,10 @@ class EvalConfig:
     """``seg_probe``: split whose masks train the probe (scored on ``test_split``)."""
     real_dir: str = "/work/shared/data/real"
     """``real_masks``: folder of the real CTs and their masks (see its README)."""
+    overlays: int = 0
+    """``segmentation``, ``seg_probe``: draw the first this many test volumes as overlay figures (base64 PNGs
+    in the task's ``overlays``; ``real_masks``: every case when > 0). ``ctvlp eval`` sets it for its report;
+    0 keeps a training run's metrics.json small."""
     robustness_counts: tuple[int, ...] = (0, 64, 32, 16, 4, 1)
     """``robustness``: slice counts n, each the n centred slices of a volume (0: all slices the sampler keeps)."""
     robustness_paddings: tuple[str, ...] = ("repeat", "zero")
