@@ -24,7 +24,7 @@ def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("inference_cli")
     cache = make_synthetic_cache(root, 12, 5)
     out = {"volume": str(root / "cohort" / "dataset" / "valid" / "valid_1" / "valid_1_a" / "valid_1_a_1.nii.gz")}
-    for recipe in ("demo", "segvl"):
+    for recipe in ("demo", "segvl", "colipri"):
         Trainer(apply_overrides(get_recipe(recipe, debug=True), ["steps=1"]), cache, root / recipe, progress=False).fit()
         out[recipe] = str(root / recipe)
     return out
@@ -69,6 +69,16 @@ def test_export_then_zeroshot_from_the_folder(runs, tmp_path, capsys):
         assert main(["zeroshot", runs["volume"], "--checkpoint", source, "--json"]) == 0
     first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     assert first == second
+
+
+def test_generate_prints_the_models_report_greedy_and_beam(runs, capsys):
+    model = ctvlp.load_model(runs["colipri"])
+    for extra, kwargs in (([], {}), (["--beam", "2"], {"beam": 2})):
+        assert main(["generate", runs["volume"], "--checkpoint", runs["colipri"], "--max-new-tokens", "8", *extra]) == 0
+        printed = capsys.readouterr().out
+        assert printed.strip() and printed == model.generate_report(runs["volume"], max_new_tokens=8, **kwargs) + "\n"
+    expect_error(capsys, ["generate", runs["volume"], "--checkpoint", runs["colipri"], "--beam", "0"],
+                 "beam must be at least 1")
 
 
 def nifti(path, array, zooms=(1.0, 1.0, 2.0)):
