@@ -13,9 +13,11 @@ import torch
 
 from ctvlp.config import apply_overrides
 from ctvlp.data.cache import Cache
+from ctvlp.data.manifest import label_names_of
 from ctvlp.data.sampling import SamplerConfig
+from ctvlp.eval.probe import Split, linear_probe
 from ctvlp.eval.robustness import evaluate_robustness, robustness_sampler, tower_min_depth
-from ctvlp.eval.run import evaluate_model
+from ctvlp.eval.run import encode_split, evaluate_model
 from ctvlp.recipes import get_recipe, list_recipes
 from ctvlp.recipes.cohort import cohort_variant
 from ctvlp.train.config import EvalConfig
@@ -73,7 +75,8 @@ def _spy(model) -> list[tuple[int, list[int]]]:
 
 def test_chunk_trained_model_pads_n_centred_slices_to_its_chunk_depth(cache, tmp_path):
     trained = _trained(cache, tmp_path / "run", "sigvlp")  # debug: trained on 8-slice chunks
-    cfg = dataclasses.replace(trained.config.eval, robustness_counts=(0, 4, 1), tasks=("robustness",))
+    cfg = dataclasses.replace(trained.config.eval, robustness_counts=(0, 4, 1), tasks=("robustness",),
+                              robustness_probe=False)  # the probe's own encodes would shift the counts below
     assert cfg.robustness_depth == 8 == trained.config.data.sampler.chunk_depth
     seen = _spy(trained.model)
     metrics = evaluate_model(trained.model, Cache(cache), cfg)["robustness"]
@@ -102,6 +105,29 @@ def test_chunk_trained_model_pads_n_centred_slices_to_its_chunk_depth(cache, tmp
     # the grid's "all" cells are evaluate_model itself when every volume is deeper than D
     base = evaluate_model(trained.model, Cache(cache), dataclasses.replace(cfg, tasks=()))
     assert metrics["results"]["all/repeat"]["zero_shot"]["mean_auroc"] == pytest.approx(base["zero_shot"]["mean_auroc"])
+
+
+def test_probe_fitted_once_on_whole_volumes_and_organs_on_n_slice_chunks(cache, tmp_path):
+    trained = _trained(cache, tmp_path / "run", "sigvlp")
+    cfg = dataclasses.replace(trained.config.eval, robustness_counts=(0, 1), robustness_paddings=("repeat",),
+                              tasks=("robustness", "organs"), probe_split="train")
+    data = Cache(cache)
+    metrics = evaluate_model(trained.model, data, cfg)["robustness"]
+    assert metrics["tasks"] == ["organs"]
+    cells = metrics["results"]
+    assert cells["all/repeat"]["organs"]["chunk_depth"] == cfg.organ_chunk_depth
+    assert cells["1/repeat"]["organs"]["chunk_depth"] == 1
+    # the "all" cell's probe is the suite's linear probe: same fit (train, C on valid), same test embeddings
+    splits = [encode_split(trained.model, data, cfg, s, torch.device("cpu")) for s in ("train", "valid", "test")]
+    expected = linear_probe(*(Split(e.image_emb.numpy(), e.labels, e.available) for e in splits),
+                            label_names_of(data.index.columns))
+    got = cells["all/repeat"]["probe"]
+    assert expected["labels_in_mean"] and {n: expected["per_label"][n]["auroc"] for n in expected["labels_in_mean"]} \
+        == pytest.approx({n: v for n, v in got["per_label"].items() if v is not None})
+    assert got["mean_auroc"] == pytest.approx(expected["mean_auroc"])
+    assert cells["1/repeat"]["probe"]["per_label"].keys() == got["per_label"].keys()  # the same probes, not refitted per cell
+    for row in metrics["summary"]:
+        assert 0.0 <= row["probe_auroc"] <= 1.0 and "organ_auroc" in row
 
 
 def test_whole_volume_model_uses_the_tower_depth_and_repeats_segmentation(cache, tmp_path):

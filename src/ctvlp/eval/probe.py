@@ -71,6 +71,40 @@ def choose_c(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.nda
     return fits[best][0], scores[best], fits[best][1]
 
 
+@dataclass
+class FittedProbes:
+    """The per-label probes of :func:`fit_probes`: ``models`` {label: fitted pipeline} for the labels whose
+    training split has both classes, their ``c`` and ``val_auroc``, and ``excluded`` {label: why not fitted}."""
+
+    label_names: list[str]
+    models: dict
+    c: dict
+    val_auroc: dict
+    excluded: dict
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """(N, L) decision values of (N, D) embeddings (L2-normalised here), NaN for unfitted labels."""
+        x = _normalise(x)
+        out = np.full((len(x), len(self.label_names)), np.nan)
+        for j, name in enumerate(self.label_names):
+            if name in self.models:
+                out[:, j] = self.models[name].decision_function(x)
+        return out
+
+
+def fit_probes(train: Split, val: Split, label_names: Sequence[str], grid: Sequence[float] = C_GRID) -> FittedProbes:
+    """Fit every label's probe on ``train`` with C chosen on ``val`` (module docstring)."""
+    train, val = (Split(_normalise(s.x), s.labels, s.available) for s in (train, val))
+    fitted = FittedProbes(list(label_names), {}, {}, {}, {})
+    for j, name in enumerate(label_names):
+        (xt, yt), (xv, yv) = train.label(j), val.label(j)
+        if np.unique(yt).size < 2:
+            fitted.excluded[name] = f"single class on train ({int(yt.sum())} positive of {yt.size})"
+            continue
+        fitted.c[name], fitted.val_auroc[name], fitted.models[name] = choose_c((xt, yt), (xv, yv), grid)
+    return fitted
+
+
 def linear_probe(train: Split, val: Split, test: Split, label_names: Sequence[str], grid: Sequence[float] = C_GRID,
                  n_bootstrap: int = 0, seed: int = 0, clusters: Sequence | np.ndarray | None = None,
                  level: float = 0.95) -> dict:
@@ -80,18 +114,16 @@ def linear_probe(train: Split, val: Split, test: Split, label_names: Sequence[st
     {name: reason}, ``per_label`` {name: {auroc, C, val_auroc, n, n_pos}}, ``c_grid``, ``rule``, and
     with ``n_bootstrap`` > 0 ``per_label[name]["auroc_ci"]`` and ``mean_auroc_ci``.
     """
-    train, val, test = (Split(_normalise(s.x), s.labels, s.available) for s in (train, val, test))
-    per_label, excluded = {}, {}
-    test_scores = np.full(test.labels.shape, np.nan)  # (N_test, L)
+    fitted = fit_probes(train, val, label_names, grid)
+    test_scores = fitted.scores(test.x)  # (N_test, L)
+    per_label, excluded = {}, dict(fitted.excluded)
     for j, name in enumerate(label_names):
-        (xt, yt), (xv, yv), (xs, ys) = train.label(j), val.label(j), test.label(j)
-        if np.unique(yt).size < 2:
-            excluded[name] = f"single class on train ({int(yt.sum())} positive of {yt.size})"
+        if name in excluded:
             continue
-        c, val_auroc, model = choose_c((xt, yt), (xv, yv), grid)
-        test_scores[:, j] = model.decision_function(test.x)
+        ys = test.label(j)[1]
         per_label[name] = {"auroc": auroc(test_scores[:, j], test.labels[:, j], test.available[:, j]),
-                           "C": c, "val_auroc": val_auroc, "n": int(ys.size), "n_pos": int(ys.sum())}
+                           "C": fitted.c[name], "val_auroc": fitted.val_auroc[name], "n": int(ys.size),
+                           "n_pos": int(ys.sum())}
         if np.isnan(per_label[name]["auroc"]):
             excluded[name] = f"single class on test ({int(ys.sum())} positive of {ys.size})"
     kept = [n for n in label_names if n not in excluded]

@@ -19,10 +19,16 @@ vision tower accepts, one token row (the ViT's z patch ``pz``; the ResNet's tota
 
 Everything else is the evaluation as configured: thresholds of zero-shot classification are chosen on
 ``val_split`` read with the same (n, padding) sampler, retrieval and the per-volume tasks use the test
-split. Of ``EvalConfig.tasks`` the cells repeat those that read the volume through the eval sampler
-(:data:`SLICE_TASKS`: ``segmentation`` -- windows of n slices, each padded to D, scored on the real
-slices only -- and ``generation`` -- reports decoded from n slices); ``organs`` reads its own
-``organ_chunk_depth``-slice chunks (independent of n) and is not repeated, nor is ``robustness``.
+split. Of ``EvalConfig.tasks`` the cells repeat :data:`SLICE_TASKS`: ``segmentation`` (windows of n
+slices, each padded to D, scored on the real slices only), ``generation`` (reports decoded from n
+slices) and ``organs`` (chunks of min(n, ``organ_chunk_depth``) slices padded to D; ``all``: the
+configured chunks, padded to D). ``seg_probe``, ``real_masks`` and ``robustness`` itself are not repeated.
+
+**Linear probe** (``EvalConfig.robustness_probe``): the logistic regressions of :mod:`ctvlp.eval.probe`
+are fitted once, on the whole-volume embeddings of ``probe_split`` with C chosen on ``val_split``
+(the eval sampler as configured), and every cell scores its own test embeddings with them: how a
+classifier built on full scans holds up on thin inputs. A cell's ``probe`` has ``mean_auroc`` (over
+the labels fitted and defined on test) and ``per_label`` AUROCs.
 """
 
 from __future__ import annotations
@@ -31,14 +37,17 @@ import dataclasses
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
+from ctvlp.data.manifest import label_names_of
 from ctvlp.data.sampling import SamplerConfig
-from ctvlp.eval.metrics import jsonable
-from ctvlp.eval.run import evaluate_model
+from ctvlp.eval.metrics import auroc, jsonable
+from ctvlp.eval.probe import FittedProbes, Split, fit_probes
+from ctvlp.eval.run import Encoded, encode_split, evaluate_model
 
-SLICE_TASKS = ("segmentation", "generation")
-"""Extra tasks whose input is the eval sampler's volume, repeated in every cell."""
+SLICE_TASKS = ("segmentation", "generation", "organs")
+"""Extra tasks whose input shrinks with n, repeated in every cell."""
 
 ALL = 0
 """The slice count meaning "every slice the eval sampler keeps"."""
@@ -67,17 +76,44 @@ def cell_name(count: int, padding: str) -> str:
 
 def summary_row(count: int, padding: str, max_slices: int | None, metrics: dict) -> dict:
     """One table row: n, padding, ``max_slices`` (the slices actually kept, None: all), mean AUROC, R@5 both
-    ways, and the headline of each repeated task."""
+    ways, and the headline of the probe and of each repeated task."""
     retrieval = metrics["retrieval"]
     row = {"n": "all" if count == ALL else count, "padding": padding, "max_slices": max_slices,
            "mean_auroc": metrics["zero_shot"]["mean_auroc"],
            "r5_volume_to_report": retrieval["volume_to_report"]["recall@5"],
            "r5_report_to_volume": retrieval["report_to_volume"]["recall@5"]}
+    if "probe" in metrics:
+        row["probe_auroc"] = metrics["probe"]["mean_auroc"]
+    if "organs" in metrics:
+        row["organ_auroc"] = metrics["organs"]["mean_auroc"]
     if "segmentation" in metrics:
         row["mean_dice"] = metrics["segmentation"]["mean_dice"]
     if "generation" in metrics:
         row.update(bleu4=metrics["generation"]["bleu4"], label_f1_micro=metrics["generation"]["label_f1_micro"])
     return row
+
+
+@torch.no_grad()
+def whole_volume_probes(model, cache, cfg, device: torch.device | str = "cpu") -> FittedProbes:
+    """The linear probes of every cache label fitted on ``cfg.probe_split``'s whole-volume embeddings, C on
+    ``cfg.val_split``'s (the eval sampler as configured; the model in eval mode, restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        train, val = (encode_split(model, cache, cfg, split, torch.device(device)) for split in (cfg.probe_split, cfg.val_split))
+    finally:
+        model.train(was_training)
+    return fit_probes(*(Split(e.image_emb.numpy(), e.labels, e.available) for e in (train, val)),
+                      label_names_of(cache.index.columns))
+
+
+def probe_metrics(probes: FittedProbes, test: Encoded) -> dict:
+    """``per_label`` test AUROC of each fitted probe (None: one class on test) and their ``mean_auroc``."""
+    scores = probes.scores(test.image_emb.numpy())  # (N, L)
+    per_label = {name: auroc(scores[:, j], test.labels[:, j], test.available[:, j])
+                 for j, name in enumerate(probes.label_names) if name in probes.models}
+    defined = [v for v in per_label.values() if np.isfinite(v)]
+    return {"mean_auroc": float(np.mean(defined)) if defined else None, "per_label": per_label}
 
 
 @torch.no_grad()
@@ -90,7 +126,8 @@ def evaluate_robustness(model, cache, cfg, device: torch.device | str = "cpu", c
 
     Returns a JSON-able dict: ``counts`` (0 shown as ``"all"``), ``paddings``, ``depth`` (D), ``depth_rule``,
     ``tasks`` (the extra tasks repeated), ``results`` {``"<n>/<padding>"``: evaluate_model's metrics},
-    ``summary`` (one :func:`summary_row` per cell, in grid order) and ``seconds``.
+    ``summary`` (one :func:`summary_row` per cell, in grid order) and ``seconds``. With
+    ``cfg.robustness_probe`` each cell also has ``probe`` (:func:`probe_metrics`).
     """
     start = time.perf_counter()
     counts = list(cfg.robustness_counts if counts is None else counts)
@@ -100,12 +137,17 @@ def evaluate_robustness(model, cache, cfg, device: torch.device | str = "cpu", c
     rule = ("eval.robustness_depth (the depth the model trained on)" if given is not None
             else "the vision tower's smallest depth (one z token row)")
     tasks = tuple(t for t in cfg.tasks if t in SLICE_TASKS)
+    probes = whole_volume_probes(model, cache, cfg, device) if cfg.robustness_probe else None
     results, summary = {}, []
     for count in counts:
         for padding in paddings:
             sampler = robustness_sampler(cfg.sampler, count, padding, depth)
-            cell = dataclasses.replace(cfg, sampler=sampler, tasks=tasks, overlays=0)  # figures once, not per cell
-            metrics = evaluate_model(model, cache, cell, device)
+            chunk = cfg.organ_chunk_depth if count == ALL else min(count, cfg.organ_chunk_depth)
+            cell = dataclasses.replace(cfg, sampler=sampler, tasks=tasks, organ_chunk_depth=chunk,
+                                       overlays=0)  # figures once, not per cell
+            metrics, test, _, _ = evaluate_model(model, cache, cell, device, details=True)
+            if probes is not None:
+                metrics["probe"] = probe_metrics(probes, test)
             results[cell_name(count, padding)] = metrics
             summary.append(summary_row(count, padding, sampler.max_slices, metrics))
     return jsonable({"counts": ["all" if n == ALL else n for n in counts], "paddings": paddings, "depth": depth,

@@ -145,7 +145,8 @@ class EvalConfig:
     probe_batch_size: int = 2
     """``seg_probe``: samples (the eval sampler's) per probe step."""
     probe_split: str = "train"
-    """``seg_probe``: split whose masks train the probe (scored on ``test_split``)."""
+    """``seg_probe``: split whose masks train the probe (scored on ``test_split``); ``robustness``: split the
+    linear probe is fitted on."""
     real_dir: str = "/work/shared/data/real"
     """``real_masks``: folder of the real CTs and their masks (see its README)."""
     overlays: int = 0
@@ -156,6 +157,9 @@ class EvalConfig:
     """``robustness``: slice counts n, each the n centred slices of a volume (0: all slices the sampler keeps)."""
     robustness_paddings: tuple[str, ...] = ("repeat", "zero")
     """``robustness``: depth paddings to compare (``SamplerConfig.padding``)."""
+    robustness_probe: bool = True
+    """``robustness``: also a linear probe per cell -- logistic regressions fitted once on the whole volumes of
+    ``probe_split`` (C on ``val_split``), scored on each cell's test embeddings."""
     robustness_depth: int | None = None
     """``robustness``: D, the depth n slices are padded up to: the depth the model trained on (a
     chunk-sampled recipe sets its ``chunk_depth``); None: the smallest depth the vision tower takes
