@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -229,6 +230,23 @@ def test_report_shows_each_extra_tasks_table_and_overlays(tmp_path):
     assert "<td>aorta</td>" in section and "<td>n/a</td>" in section  # liver's undefined Dice
     assert "data:image/png;base64,iVBORw0KGgo=" in section and "zero-shot, test volume v7" in section
     assert "png_base64" not in (tmp_path / "metrics.json").read_text()
+
+
+def test_extra_tasks_see_the_suites_task_list(run):
+    """robustness repeats the organs task asked for on the command line, not only the checkpoint's eval.tasks."""
+    from ctvlp.eval.suite import run_suite
+    from ctvlp.train.restore import load_trained
+
+    ckpt, cache = run
+    trained = load_trained(ckpt)
+    assert "organs" not in trained.config.eval.tasks
+    eval_cfg = dataclasses.replace(trained.config.eval, robustness_counts=(1,), robustness_paddings=("repeat",),
+                                   robustness_probe=False)
+    result = run_suite(trained.model, Cache(cache), eval_cfg, SuiteConfig(tasks=("zeroshot", "organs", "robustness"),
+                                                                         n_bootstrap=0))
+    robustness = result.metrics["robustness"]
+    assert robustness["tasks"] == ["organs"] and "organ_auroc" in robustness["summary"][0]
+    assert robustness["results"]["1/repeat"]["organs"]["chunk_depth"] == 1
 
 
 def test_protocol_16_has_16_labels(run, tmp_path):

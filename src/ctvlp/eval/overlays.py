@@ -49,7 +49,7 @@ def overlay_figure(image: np.ndarray | torch.Tensor, pred: np.ndarray | torch.Te
     any_target, any_pred = target.any(axis=0), pred.any(axis=0)  # (Z, H, W)
     z, y = _busiest(any_target, any_pred, 0), _busiest(any_target, any_pred, 1)
     plt = _pyplot()
-    colours = plt.get_cmap("tab10").colors
+    colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.4))
     views = [(axes[0], lambda a: a[z][::-1, ::-1], 1.0, f"axial z={z}"),  # (Y, X): anterior up, right on the left
              (axes[1], lambda a: a[:, y][::-1, ::-1], spacing_zyx[0] / spacing_zyx[2], f"coronal y={y}")]  # (Z, X)

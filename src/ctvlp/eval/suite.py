@@ -182,6 +182,8 @@ def run_suite(model, cache: Cache, eval_cfg, cfg: SuiteConfig, device: torch.dev
     """
     device = torch.device(device)
     tasks = check_tasks(cfg.tasks, model)
+    # the extra tasks see the suite's task list (robustness repeats them, real_masks runs the probe with seg_probe)
+    eval_cfg = dataclasses.replace(eval_cfg, tasks=tuple(t for t in tasks if t not in CORE_TASKS))
     labels, skipped = protocol_labels(cfg.protocol, cache)
     check_splits(cache, [eval_cfg.val_split, eval_cfg.test_split] + ([cfg.train_split] if "probe" in tasks else []))
     prompts = check_prompts(cfg.prompts, eval_cfg.prompt_style, labels) if "zeroshot" in tasks else None
