@@ -274,6 +274,7 @@ def test_bad_inputs_exit_2_naming_the_file_and_reason(run, tmp_path, capsys):
     _bad(base + good + ["--tasks", "generation"], capsys, "generation", "report decoder")
     _bad(base + good + ["--tasks", "zeroshot,dance"], capsys, "unknown task", "dance")
     _bad(base + good + ["--protocol", "17"], capsys, "unknown protocol", "17")
+    _bad(base + good + ["--prompt-style", "label_head"], capsys, "label head", "uniferum")
     broken = tmp_path / "broken.yaml"
     broken.write_text("styles: [unclosed\n")
     _bad(base + good + ["--prompts", str(broken)], capsys, str(broken), "bad prompt file")

@@ -163,3 +163,28 @@ def test_recipes_evaluate_their_own_tasks(cache, name, task, key):
     result = metrics[task]
     assert result[key] is None or 0.0 <= result[key] <= 1.0
     assert result["n_volumes" if task == "segmentation" else "n"] == 2
+
+
+def test_uniferum_zero_shot_scores_by_its_own_label_head(cache):
+    """Uniferum evaluates with the label head it trains (sigmoid(t cos + b)), not prompt pairs; a model
+    without one is refused by name."""
+    from ctvlp.eval.prompts import LABEL_HEAD
+    from ctvlp.eval.run import prompt_scorer
+
+    cfg = get_recipe("uniferum", debug=True)
+    assert cfg.eval.prompt_style == LABEL_HEAD
+    torch.manual_seed(0)
+    model = VisionLanguageModel(cfg.model).eval()
+    with torch.no_grad():
+        model.label_logit_bias.fill_(0.7)  # a non-trivial bias the scores must carry
+    labels = ["Emphysema", "Cardiomegaly"]
+    emb = torch.nn.functional.normalize(torch.randn(3, cfg.model.embed_dim), dim=-1)
+    u = model.encode_texts(["Emphysema.", "Cardiomegaly."]).detach()
+    t = model.label_logit_scale.exp().clamp(max=cfg.model.max_logit_scale)
+    expected = torch.sigmoid(t * emb @ u.T + 0.7).detach().numpy()  # (3, 2), by hand
+    assert prompt_scorer(model, labels, LABEL_HEAD)(emb) == pytest.approx(expected, abs=1e-6)
+    metrics = evaluate_model(model, Cache(cache), cfg.eval)
+    assert metrics["prompt_style"] == LABEL_HEAD and 0.0 <= metrics["zero_shot"]["mean_auroc"] <= 1.0
+    plain = VisionLanguageModel(get_recipe("sigvlp", debug=True).model)
+    with pytest.raises(ValueError, match="label head.*uniferum"):
+        prompt_scorer(plain, labels, LABEL_HEAD)

@@ -20,6 +20,10 @@ import yaml
 from ctvlp.errors import CtvlpError
 
 _CASES = ("as_is", "lower")
+LABEL_HEAD = "label_head"
+"""The style name that scores each label with the model's own label head instead of prompt pairs:
+sigmoid(t cos(v, u_k) + b), u_k the embedding of "<label>." (Uniferum's labels as prompts; models
+built with ``label_prompts``)."""
 
 
 @dataclass(frozen=True)

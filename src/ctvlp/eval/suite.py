@@ -27,7 +27,7 @@ from ctvlp.errors import BadDatasetError, CtvlpError
 from ctvlp.eval.aggregate import RULE as SCAN_RULE
 from ctvlp.eval.aggregate import Grouping, scan_embeddings, scan_scores
 from ctvlp.eval.probe import Split, linear_probe
-from ctvlp.eval.prompts import load_prompts
+from ctvlp.eval.prompts import LABEL_HEAD, load_prompts
 from ctvlp.eval.retrieval import rank_summary, recall_intervals, retrieval_ranks
 from ctvlp.eval.run import EXTRA_TASKS, Encoded, chance_recall, encode_split, prompt_scorer
 from ctvlp.eval.zeroshot import evaluate_zero_shot
@@ -115,9 +115,15 @@ def check_splits(cache: Cache, splits: list[str]) -> None:
         raise BadDatasetError(cache.root, f"no volume in split(s) {missing}; the cache has {have}")
 
 
-def check_prompts(path: str | None, style: str, labels: list[str]):
+def check_prompts(path: str | None, style: str, labels: list[str], model=None):
     """The PromptSet of ``path`` (None: packaged), or CtvlpError naming the file when it does not
-    parse, lacks ``style`` or has no templates for one of ``labels``."""
+    parse, lacks ``style`` or has no templates for one of ``labels``. Style :data:`LABEL_HEAD` needs no
+    prompts (None) but a ``model`` with a label head (CtvlpError otherwise)."""
+    if style == LABEL_HEAD:
+        if model is not None and not getattr(model.cfg, "label_prompts", False):
+            raise CtvlpError(None, f"prompt style {LABEL_HEAD!r} scores with the model's label head, and this "
+                                   "checkpoint's model has none (recipe uniferum has one)")
+        return None
     where = path or "packaged prompts.yaml"
     prompts = load_prompts(path)  # CtvlpError(file, bad prompt file) when it does not parse
     if style not in prompts.styles:
@@ -186,7 +192,7 @@ def run_suite(model, cache: Cache, eval_cfg, cfg: SuiteConfig, device: torch.dev
     eval_cfg = dataclasses.replace(eval_cfg, tasks=tuple(t for t in tasks if t not in CORE_TASKS))
     labels, skipped = protocol_labels(cfg.protocol, cache)
     check_splits(cache, [eval_cfg.val_split, eval_cfg.test_split] + ([cfg.train_split] if "probe" in tasks else []))
-    prompts = check_prompts(cfg.prompts, eval_cfg.prompt_style, labels) if "zeroshot" in tasks else None
+    prompts = check_prompts(cfg.prompts, eval_cfg.prompt_style, labels, model) if "zeroshot" in tasks else None
     start = time.perf_counter()
     model.eval()
     val = encode_split(model, cache, eval_cfg, eval_cfg.val_split, device)

@@ -12,6 +12,7 @@ from typing import Callable
 
 from ctvlp.config import ConfigError
 from ctvlp.data.sampling import SamplerConfig
+from ctvlp.eval.prompts import LABEL_HEAD
 from ctvlp.models.decoder import DecoderConfig
 from ctvlp.models.mae import MaeDecoderConfig
 from ctvlp.models.resnet3d import ResNet3dConfig
@@ -216,7 +217,8 @@ def uniferum() -> TrainConfig:
         data=DataConfig(sampler=sampler, batch_size=8),
         loss=LossConfig(name="siglip", weights={"masked_bce": 1.0, "tversky": 1.0}),
         optim=OptimConfig(name="adamw", lr=1e-4, warmup_steps=1000),
-        eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), max_slices=128, text="report",
+        eval=EvalConfig(prompt_style=LABEL_HEAD,  # zero-shot by its own sigmoid label head, as it trains
+                        sampler=SamplerConfig(mode="whole", size=(256, 256), max_slices=128, text="report",
                                               body_channel=True, mask_names=SEGVL_MASKS), tasks=("segmentation",)),
         steps=100_000)
 
