@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
@@ -26,7 +26,7 @@ def png_base64(fig) -> str:
     """A matplotlib figure as base64 PNG text (the figure is closed)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -35,7 +35,7 @@ def _png(fig) -> str:
 
 
 def curve_figure(records: list[dict]) -> str:
-    fig, ax = _pyplot().subplots(1, 2, figsize=(9, 3))
+    fig, ax = pyplot().subplots(1, 2, figsize=(9, 3))
     steps = [r["step"] for r in records]
     ax[0].plot(steps, [r["loss"] for r in records])
     ax[0].set(xlabel="step", ylabel="training loss", title="loss")
@@ -47,7 +47,7 @@ def curve_figure(records: list[dict]) -> str:
 def slice_figure(image: np.ndarray) -> str:
     """image (D, H, W) windowed to [-1, 1]; shows the middle axial slice (RAS: patient's right on the
     viewer's left, anterior up, as radiologists view it)."""
-    fig, ax = _pyplot().subplots(figsize=(2.6, 2.6))
+    fig, ax = pyplot().subplots(figsize=(2.6, 2.6))
     axial = image[image.shape[0] // 2]  # (Y, X), Y grows anterior, X grows to the patient's right
     ax.imshow(axial[::-1, ::-1], cmap="gray", vmin=-1, vmax=1)
     ax.axis("off")
@@ -104,7 +104,7 @@ def roc_figure(roc: dict[str, tuple[np.ndarray, np.ndarray]], auroc: dict[str, f
     """One ROC curve per label (sklearn's roc_curve) in a grid; labels with one class are left blank."""
     from sklearn.metrics import roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     cols = 6
     rows = max(1, -(-len(roc) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
@@ -128,7 +128,7 @@ def interval_bars(per_label: dict[str, dict], key: str = "auroc", title: str = "
     values = np.array([per_label[n][key] for n in names], dtype=float)
     ci = np.array([per_label[n].get(f"{key}_ci") or [v, v] for n, v in zip(names, values)], dtype=float)
     err = np.abs(np.nan_to_num(ci.T - values, nan=0.0)) if len(names) else None  # (2, L)
-    fig, ax = _pyplot().subplots(figsize=(6, 0.25 * len(names) + 1))
+    fig, ax = pyplot().subplots(figsize=(6, 0.25 * len(names) + 1))
     ax.barh(names, values, xerr=err, color="#4c72b0", ecolor="#333", capsize=2)
     ax.axvline(0.5, color="#999", lw=0.8, ls="--")
     ax.set(xlim=(0, 1), xlabel=f"{title} (95 % interval by patient)")

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ctvlp.eval.html import _pyplot, png_base64
+from ctvlp.eval.html import pyplot, png_base64
 
 
 def _busiest(target: np.ndarray, pred: np.ndarray, axis: int) -> int:
@@ -48,7 +48,7 @@ def overlay_figure(image: np.ndarray | torch.Tensor, pred: np.ndarray | torch.Te
                          f"{pred.shape}, {target.shape}, {len(names)} names")
     any_target, any_pred = target.any(axis=0), pred.any(axis=0)  # (Z, H, W)
     z, y = _busiest(any_target, any_pred, 0), _busiest(any_target, any_pred, 1)
-    plt = _pyplot()
+    plt = pyplot()
     colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20").colors
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.4))
     views = [(axes[0], lambda a: a[z][::-1, ::-1], 1.0, f"axial z={z}"),  # (Y, X): anterior up, right on the left
