@@ -26,7 +26,8 @@ stem) on 32 x 1 x 16 x 32 x 40 (80 tokens per volume, 20 kept), decoder 96 wide 
 128 (256 tokens per volume, 64 kept), decoder 384 wide x 4 blocks (MAE's proportions: about 8 % of the
 encoder's per-token compute); ``colipri-cohort``: the tower and MAE decoder of COLIPRI's cohort variant
 (what `ctvlp compare` trains: Primus-M's SwiGLU, LayerScale and partial RoPE at the demo's size, no stem)
-on the demo's batch.
+on the demo's batch; ``colipri``: the recipe's own Primus-M (864 wide, 16 blocks, 8^3 patches) and MAE decoder
+(256 wide x 2 blocks) on one 64 x 96 x 96 crop (1,152 tokens, 288 kept; the recipe's 160^3 would be 8,000).
 
 Threads: 1 by default. The 2-core machine is shared with a training job (load 4-6); with 2 torch
 threads every parallel op waits for the second thread to be scheduled (a profile showed element-wise
@@ -66,6 +67,8 @@ SIZES = {
 }
 SIZES["colipri-cohort"] = dict(vit=cohort_variant(get_recipe("colipri")).model.vision,
                                decoder=cohort_variant(get_recipe("colipri")).model.mae, shape=(32, 1, 16, 32, 40))
+SIZES["colipri"] = dict(vit=get_recipe("colipri").model.vision, decoder=get_recipe("colipri").model.mae,
+                        shape=(1, 1, 64, 96, 96))
 RATIO = 0.75
 GOAL = 0.45
 
