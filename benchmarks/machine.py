@@ -27,11 +27,12 @@ def machine(**extra) -> dict:
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def save_result(name: str, payload: dict) -> Path:
-    """Write ``payload`` with today's date and the machine to results/<name>-<date>.json; print the path."""
+def save_result(name: str, payload: dict, tag: str | None = None) -> Path:
+    """Write ``payload`` with today's date and the machine to results/<name>-<date>[-<tag>].json (a tag keeps a
+    partial run, e.g. one size, from replacing the day's full one); print the path."""
     date = datetime.date.today().isoformat()
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{name}-{date}.json"
+    out = RESULTS / f"{name}-{date}{'-' + tag if tag else ''}.json"
     record = {"date": date, "machine": machine(torch_threads=torch.get_num_threads()), **payload}
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"saved {out}")

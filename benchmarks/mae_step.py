@@ -136,7 +136,7 @@ def main() -> None:
               f"{r['mae_ratio_if_embed_scaled']:>24.2f}")
     print(f"goal: mae/full <= {GOAL}")
     save_result("mae_step", {"mask_ratio": RATIO, "goal_mae_over_full": GOAL, "repeats": args.repeats,
-                             "rows": rows})
+                             "rows": rows}, tag=None if args.sizes == list(SIZES) else "-".join(args.sizes))
 
 
 if __name__ == "__main__":
