@@ -10,10 +10,11 @@ as a checkpoint with the demo's cache preprocessing (3 x 3 x 6 mm) and the 18 CT
 * (a) ``read``: ``ctvlp.load_volume`` of the file (decompress, read, HU checks);
 * (b) ``forward``: one ``encode_image`` on the preprocessed, sampled input (median of 3);
 * (c) ``e2e``: ``CtvlpModel.zero_shot(path)``: read + preprocess + sample + forward + 36 prompts through
-  the text tower + scores; loading the checkpoint is excluded and reported as ``load``.
+  the text tower + scores, the model's first call (what one `ctvlp zeroshot` run does; loading the
+  checkpoint is excluded and reported as ``load``); ``e2e_second_call``: the same call again, warm.
 
-Goal: (c) <= 3 x ((a) + (b)). Also records where (c)'s time goes (reorient, antialias filter, trilinear
-resampling, body mask, sampling, prompts). Results: benchmarks/results/zeroshot_e2e-<date>.json.
+Goal: (c) <= 3 x ((a) + (b)). Also records where (c)'s time goes (reorient, resampling with the antialias
+prefilter, body mask, sampling, prompts). Results: benchmarks/results/zeroshot_e2e-<date>.json.
 """
 
 from __future__ import annotations
@@ -76,12 +77,9 @@ def stages(model, path: Path) -> dict:
     cfg = model.spec.preprocess
     volume, t_read = timed(lambda: ctvlp.load_volume(path))
     (image, affine), t_orient = timed(lambda: pp.reorient_ras(volume.array, volume.affine))
-    old = np.linalg.norm(affine[:3, :3], axis=0)
-    sigma = np.maximum(np.asarray(cfg.spacing) / old - 1.0, 0.0) / 2.0
-    _, t_filter = timed(lambda: ndimage.gaussian_filter(np.asarray(image, np.float32), sigma, mode="nearest"))
-    _, t_resample = timed(lambda: pp.resample(image, affine, cfg.spacing, "trilinear", antialias=False))
+    (small, _), t_resample = timed(lambda: pp.resample(image, affine, cfg.spacing, "trilinear", cfg.antialias))
     prepared, t_pre = timed(lambda: pp.preprocess(volume, {}, cfg))
-    small = np.rint(pp.resample(image, affine, cfg.spacing, "trilinear", cfg.antialias)[0]).astype(np.int16)
+    small = np.rint(small).astype(np.int16)
     _, t_body = timed(lambda: pp.body_mask(small, cfg.body_threshold))
     _, t_sample = timed(lambda: model.sample(prepared))
     from ctvlp.eval.prompts import build_prompts
@@ -89,7 +87,7 @@ def stages(model, path: Path) -> dict:
 
     texts, _ = build_prompts(model.spec.label_names, model.spec.prompt_style)
     _, t_prompts = timed(lambda: encode_texts(model.model, texts))
-    return {"read": t_read, "reorient": t_orient, "antialias_filter": t_filter, "trilinear": t_resample,
+    return {"read": t_read, "reorient": t_orient, "resample": t_resample,
             "body_mask": t_body, "preprocess_total": t_pre, "sample": t_sample, "prompts": t_prompts,
             "n_prompts": len(texts), "preprocessed_shape": list(prepared.image.shape)}
 
@@ -109,15 +107,18 @@ def main() -> None:
         image, slice_mask = model._inputs(model.sample(model.prepare(path)[1]))
         with torch.no_grad():
             t_forward = median_seconds(lambda: model.model.encode_image(image, slice_mask), 3)
-        _, t_e2e = timed(lambda: model.zero_shot(path))
+        _, t_e2e = timed(lambda: model.zero_shot(path))  # the first call, as `ctvlp zeroshot` makes it
+        _, t_again = timed(lambda: model.zero_shot(path))  # warm: prompts and kernels initialised
         parts = stages(model, path)
         file_mb = path.stat().st_size / 1e6
     ratio = t_e2e / (t_read + t_forward)
     print(f"(a) read {t_read:.2f} s  (b) forward {t_forward:.3f} s  (c) e2e zero-shot {t_e2e:.2f} s "
-          f"(load checkpoint {t_load:.2f} s, excluded)")
+          f"(load checkpoint {t_load:.2f} s, excluded); a second call {t_again:.2f} s = "
+          f"{t_again / (t_read + t_forward):.2f}x")
     print(f"ratio (c) / ((a) + (b)) = {ratio:.2f}  (goal <= 3)")
     print("stages: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if isinstance(v, float)))
     save_result("zeroshot_e2e", {"goal": 3.0, "input_shape": list(SHAPE), "input_file_mb": file_mb, "read": t_read, "forward": t_forward, "e2e": t_e2e,
+                                 "e2e_second_call": t_again,
                                  "load_checkpoint_excluded": t_load, "ratio": ratio, "stages": parts,
                                  "input_shape_model": list(image.shape)})
 

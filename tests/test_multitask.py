@@ -169,7 +169,7 @@ def test_uniferum_zero_shot_scores_by_its_own_label_head(cache):
     """Uniferum evaluates with the label head it trains (sigmoid(t cos + b)), not prompt pairs; a model
     without one is refused by name."""
     from ctvlp.eval.prompts import LABEL_HEAD
-    from ctvlp.eval.run import prompt_scorer
+    from ctvlp.eval.zeroshot import prompt_scorer
 
     cfg = get_recipe("uniferum", debug=True)
     assert cfg.eval.prompt_style == LABEL_HEAD

@@ -5,8 +5,8 @@ import pytest
 from scipy import ndimage
 
 from ctvlp import load_volume
-from ctvlp.data.preprocess import (PreprocessConfig, body_mask, preprocess, reorient_ras, resample,
-                                   window)
+from ctvlp.data.preprocess import (PreprocessConfig, body_mask, gaussian_matrix, linear_matrix, preprocess,
+                                   reorient_ras, resample, window)
 from ctvlp.errors import BadVolumeError
 from ctvlp.io.volume import Volume
 
@@ -111,6 +111,36 @@ def test_resample_antialias_averages_what_sampling_aliases():
     assert max(plain) - min(plain) > 300  # without the prefilter, the result depends on the grid phase
     flat, _ = resample(np.full((20, 20, 20), -860.0, np.float32), affine, (3.0, 3.0, 3.0), "trilinear", True)
     np.testing.assert_allclose(flat, -860.0, atol=1e-3)
+
+
+def test_antialiased_resampling_equals_gaussian_filter_then_interpolate():
+    """The separable matrix path against the plain reference it replaces: scipy's gaussian_filter
+    (mode nearest) on every input voxel, then torch's trilinear interpolate; shrinking and growing axes."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    arr = rng.integers(-1000, 1500, (37, 41, 23)).astype(np.int16)
+    affine = np.diag([0.7, 0.8, 2.5, 1.0])
+    spacing = (3.0, 1.9, 1.25)  # x, y shrink (sigma > 0), z grows (no filter along it)
+    out, new = resample(arr, affine, spacing, "trilinear", antialias=True)
+    scale = np.array([0.7, 0.8, 2.5]) / np.array(spacing)
+    sigma = np.maximum(1 / scale - 1, 0) / 2
+    filtered = ndimage.gaussian_filter(arr.astype(np.float32), sigma, mode="nearest")
+    ref = torch.nn.functional.interpolate(torch.from_numpy(filtered)[None, None], scale_factor=tuple(scale),
+                                          mode="trilinear", align_corners=False, recompute_scale_factor=False)[0, 0]
+    assert out.shape == tuple(ref.shape) and out.dtype == np.float32
+    np.testing.assert_allclose(out, ref.numpy(), atol=0.02)  # HU; float32 rounding of 2,500-wide values
+    np.testing.assert_allclose(np.linalg.norm(new[:3, :3], axis=0), spacing)
+    base = np.asfortranarray(arr.transpose(1, 0, 2)[::-1, :, ::-1])  # a file's layout...
+    strided = base[::-1, :, ::-1].transpose(1, 0, 2)  # ...and the reoriented view of it: flipped, permuted
+    assert np.array_equal(strided, arr) and not strided.flags.c_contiguous
+    np.testing.assert_allclose(resample(strided, affine, spacing, "trilinear", antialias=True)[0], out, atol=1e-3)
+    eye = np.eye(29)
+    np.testing.assert_allclose(gaussian_matrix(29, 1.7), ndimage.gaussian_filter1d(eye, 1.7, axis=0, mode="nearest"),
+                               atol=1e-12)
+    grown = torch.nn.functional.interpolate(torch.from_numpy(eye)[None], scale_factor=1.7, mode="linear",
+                                            align_corners=False, recompute_scale_factor=False)[0]  # (29, 49)
+    np.testing.assert_allclose(linear_matrix(29, 1.7), grown.numpy().T, atol=1e-12)
 
 
 def test_resample_matches_map_coordinates():

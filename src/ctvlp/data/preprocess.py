@@ -2,7 +2,7 @@
 
 Steps (``preprocess``): reorient to RAS (nibabel's orientation algebra: axis flips and permutations,
 no resampling); resample to the target spacing (trilinear for the image, nearest for masks, both
-with torch's ``interpolate`` so the new affine is exact, see :func:`resample`; along axes that shrink,
+with torch's ``interpolate`` sampling rule so the new affine is exact, see :func:`resample`; along axes that shrink,
 the image is Gaussian-prefiltered first so that small bright structures are averaged, not aliased); body mask = largest
 connected component above ``body_threshold`` HU with holes filled per axial slice; crop to the
 body's bounding box plus a margin; store z-first ``(Z, Y, X)``. Intensities stay int16 HU:
@@ -84,6 +84,37 @@ def reorient_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.
     return out, affine @ nio.inv_ornt_aff(transform, array.shape)
 
 
+def gaussian_matrix(n: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """(n, n) matrix of scipy's 1-D Gaussian filter with ``mode="nearest"`` (``ndimage.gaussian_filter1d``:
+    kernel radius int(truncate sigma + 1/2), normalised weights, edge values repeated); identity for sigma 0."""
+    if sigma <= 0:
+        return np.eye(n)
+    radius = int(truncate * sigma + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    weights /= weights.sum()
+    out = np.zeros((n, n))
+    rows = np.arange(n)[:, None]
+    np.add.at(out, (np.broadcast_to(rows, (n, offsets.size)), np.clip(rows + offsets, 0, n - 1)),
+              np.broadcast_to(weights, (n, offsets.size)))
+    return out
+
+
+def linear_matrix(n: int, scale: float) -> np.ndarray:
+    """(floor(n scale), n) matrix of torch's 1-D linear ``interpolate`` (``align_corners=False``, ``scale_factor``
+    without recomputation): output m reads input x = max((m + 1/2) / scale - 1/2, 0) from floor(x) and the
+    next index (clamped at n - 1) with weights 1 - frac(x), frac(x)."""
+    n_out = int(np.floor(n * scale))
+    x = np.maximum((np.arange(n_out) + 0.5) / scale - 0.5, 0.0)
+    lo = np.minimum(np.floor(x).astype(np.int64), n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    frac = x - lo
+    out = np.zeros((n_out, n))
+    np.add.at(out, (np.arange(n_out), lo), 1.0 - frac)
+    np.add.at(out, (np.arange(n_out), hi), frac)
+    return out
+
+
 def resample(array: np.ndarray, affine: np.ndarray, spacing: tuple[float, float, float],
              mode: str, antialias: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Resample (I, J, K) to ``spacing`` mm along the array axes.
@@ -91,26 +122,52 @@ def resample(array: np.ndarray, affine: np.ndarray, spacing: tuple[float, float,
     torch ``interpolate`` with ``scale_factor`` s = old/new and ``align_corners=False`` samples output
     voxel n at input index (n + 1/2) r - 1/2 with r = 1/s, so the new affine is
     ``affine @ [[diag(r), r/2 - 1/2], [0, 1]]``: exact target spacing, same field of view.
-    ``mode``: "trilinear" (images, returns float32) or "nearest-exact" (masks, same rounding rule).
+    ``mode``: "trilinear" (images, returns float32) or "nearest-exact" (masks, torch's ``interpolate``,
+    same rounding rule).
     ``antialias`` (trilinear only): Gaussian prefilter with sigma = (r - 1) / 2 input voxels along each
-    axis that shrinks by r > 1.
+    axis that shrinks by r > 1 (scipy's ``gaussian_filter``, ``mode="nearest"``).
+
+    With the prefilter, filter + trilinear is computed as what it is, a separable linear map: per axis the
+    (out, in) matrix ``linear_matrix @ gaussian_matrix`` applied by a matrix product, axes in memory
+    order (:func:`_apply_separable`). It equals ``gaussian_filter`` + ``interpolate(mode="trilinear")`` up to float rounding
+    (tested) without filtering every input voxel: a 512 x 512 x 300 chest to 3 x 3 x 6 mm takes ~0.2 s
+    instead of ~3.4 s. Without it, torch's ``interpolate`` is the faster path and is used.
     """
     old = np.linalg.norm(affine[:3, :3], axis=0)
     scale = old / np.asarray(spacing, dtype=np.float64)  # (3,)
     if np.allclose(scale, 1.0):
         return array, affine
-    sigma = np.maximum(1.0 / scale - 1.0, 0.0) / 2.0  # (3,) input voxels
-    if antialias and mode == "trilinear" and sigma.max() > 0:
-        array = ndimage.gaussian_filter(np.asarray(array, dtype=np.float32), sigma, mode="nearest")
-    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]  # (1, 1, I, J, K)
-    kwargs = {"align_corners": False} if mode == "trilinear" else {}
-    out = torch.nn.functional.interpolate(t, scale_factor=tuple(scale), mode=mode,
-                                          recompute_scale_factor=False, **kwargs)[0, 0].numpy()
     r = 1.0 / scale
     step = np.eye(4)
     step[:3, :3] = np.diag(r)
     step[:3, 3] = r / 2 - 0.5
-    return out, affine @ step
+    sigma = np.maximum(r - 1.0, 0.0) / 2.0  # (3,) input voxels
+    if not (antialias and mode == "trilinear" and sigma.max() > 0):
+        kwargs = {"align_corners": False} if mode == "trilinear" else {}
+        t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]  # (1, 1, I, J, K)
+        out = torch.nn.functional.interpolate(t, scale_factor=tuple(scale), mode=mode,
+                                              recompute_scale_factor=False, **kwargs)[0, 0].numpy()
+        return out, affine @ step
+    matrices = [(linear_matrix(array.shape[a], scale[a]) @ gaussian_matrix(array.shape[a], sigma[a])).astype(np.float32)
+                for a in range(3)]  # (out, in) per axis
+    return _apply_separable(np.asarray(array), matrices), affine @ step
+
+
+def _apply_separable(array: np.ndarray, matrices: list[np.ndarray]) -> np.ndarray:
+    """``array`` (I, J, K) with matrix a applied along axis a, float32. A reoriented volume is a strided view
+    (flipped, permuted axes of the file's layout); copying it to C order costs more than the products, so the
+    axes are taken in memory order instead (a flipped axis as its unflipped view with the matrix's columns
+    reversed) and the first product reads the array as one (n, rest) matrix."""
+    view, mats = array, list(matrices)
+    for a in range(3):
+        if view.strides[a] < 0:
+            view, mats[a] = np.flip(view, a), mats[a][:, ::-1]
+    order = [int(a) for a in np.argsort([-abs(st) for st in view.strides], kind="stable")]  # slowest axis first
+    out = torch.from_numpy(np.ascontiguousarray(view.transpose(order), dtype=np.float32))  # a sequential copy
+    for pos, a in enumerate(order):  # torch, not numpy: its thread count is the process's (1 in loader workers)
+        out = torch.movedim(torch.tensordot(torch.from_numpy(np.ascontiguousarray(mats[a])), out, dims=([1], [pos])),
+                            0, pos)
+    return np.ascontiguousarray(out.permute(*np.argsort(order).tolist()).numpy())
 
 
 def body_mask(hu: np.ndarray, threshold: float = -150.0) -> np.ndarray:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 ArrayLike = np.ndarray | list | tuple
 
@@ -44,6 +43,8 @@ def auroc(scores: ArrayLike, labels: ArrayLike, available: ArrayLike | None = No
     scores, labels = select_available(scores, labels, available)
     if np.unique(labels).size < 2:
         return float("nan")
+    from sklearn.metrics import roc_auc_score  # on use: importing sklearn takes ~1 s, inference never needs it
+
     return float(roc_auc_score(labels, scores))
 
 

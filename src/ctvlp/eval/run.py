@@ -22,12 +22,11 @@ from ctvlp.data.manifest import label_names_of
 from ctvlp.data.sampling import report_text
 from ctvlp.eval.generation import evaluate_generation
 from ctvlp.eval.organs import evaluate_organs
-from ctvlp.eval.prompts import LABEL_HEAD, build_prompts
 from ctvlp.eval.retrieval import retrieval_both
 from ctvlp.eval.real_masks import evaluate_real_masks
 from ctvlp.eval.seg_probe import evaluate_seg_probe, trained_probe
 from ctvlp.eval.segmentation import evaluate_segmentation
-from ctvlp.eval.zeroshot import encode_texts, evaluate_zero_shot, zero_shot_scores
+from ctvlp.eval.zeroshot import encode_texts, evaluate_zero_shot, prompt_scorer
 from ctvlp.train.data import split_dataset
 
 
@@ -111,29 +110,6 @@ EXTRA_TASKS = {"organs": _organs, "segmentation": _segmentation, "generation": _
                "robustness": _robustness, "seg_probe": _seg_probe,
                "real_masks": _real_masks}
 """``EvalConfig.tasks`` -> function(model, cache, eval config, device) -> the task's metrics."""
-
-
-@torch.no_grad()
-def prompt_scorer(model, labels: list[str], style, prompts=None):
-    """A function image embeddings (N, D) -> (N, L) zero-shot probabilities of ``labels``: every
-    prompt of ``style`` (a name in ``prompts``, default the packaged set) encoded once, pooled per label;
-    for ``style`` :data:`~ctvlp.eval.prompts.LABEL_HEAD` the model's label head, sigmoid(t cos(v, u_k) + b)
-    (ValueError when the model has none)."""
-    if style == LABEL_HEAD:
-        if not getattr(model.cfg, "label_prompts", False):
-            raise ValueError(f"prompt style {LABEL_HEAD!r} scores with the model's label head, and this model has "
-                             "none (model.label_prompts: recipe uniferum); use a prompt-pair style such as 'ctclip'")
-        device = model.logit_scale.device
-
-        @torch.no_grad()
-        def label_head(image_emb: torch.Tensor) -> np.ndarray:
-            return torch.sigmoid(model.label_logits(image_emb.to(device), labels)).float().cpu().numpy()
-
-        return label_head
-    texts, index = build_prompts(labels, style, prompts)
-    pos, neg = index.pool(encode_texts(model, texts))
-    scale = float(model.scale())
-    return lambda image_emb: zero_shot_scores(image_emb, pos, neg, scale).numpy()
 
 
 @torch.no_grad()

@@ -29,7 +29,8 @@ from ctvlp.eval.aggregate import Grouping, scan_embeddings, scan_scores
 from ctvlp.eval.probe import Split, linear_probe
 from ctvlp.eval.prompts import LABEL_HEAD, load_prompts
 from ctvlp.eval.retrieval import rank_summary, recall_intervals, retrieval_ranks
-from ctvlp.eval.run import EXTRA_TASKS, Encoded, chance_recall, encode_split, prompt_scorer
+from ctvlp.eval.run import EXTRA_TASKS, Encoded, chance_recall, encode_split
+from ctvlp.eval.zeroshot import prompt_scorer
 from ctvlp.eval.zeroshot import evaluate_zero_shot
 
 SCHEMA_VERSION = 1

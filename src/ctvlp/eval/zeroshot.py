@@ -13,6 +13,7 @@ import torch
 
 from ctvlp.eval.metrics import (auroc, best_f1_threshold, binary_metrics, bootstrap_values, percentile_interval,
                                 select_available)
+from ctvlp.eval.prompts import LABEL_HEAD, build_prompts
 
 _THRESHOLD_METRICS = ("f1", "precision", "recall", "accuracy", "balanced_accuracy")
 METRICS = ("auroc", *_THRESHOLD_METRICS)
@@ -143,3 +144,26 @@ def _mean(values: list[float]) -> float:
     """Mean of the finite values, NaN when there are none."""
     finite = [v for v in values if np.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
+
+
+@torch.no_grad()
+def prompt_scorer(model, labels: list[str], style, prompts=None):
+    """A function image embeddings (N, D) -> (N, L) zero-shot probabilities of ``labels``: every
+    prompt of ``style`` (a name in ``prompts``, default the packaged set) encoded once, pooled per label;
+    for ``style`` :data:`~ctvlp.eval.prompts.LABEL_HEAD` the model's label head, sigmoid(t cos(v, u_k) + b)
+    (ValueError when the model has none)."""
+    if style == LABEL_HEAD:
+        if not getattr(model.cfg, "label_prompts", False):
+            raise ValueError(f"prompt style {LABEL_HEAD!r} scores with the model's label head, and this model has "
+                             "none (model.label_prompts: recipe uniferum); use a prompt-pair style such as 'ctclip'")
+        device = model.logit_scale.device
+
+        @torch.no_grad()
+        def label_head(image_emb: torch.Tensor) -> np.ndarray:
+            return torch.sigmoid(model.label_logits(image_emb.to(device), labels)).float().cpu().numpy()
+
+        return label_head
+    texts, index = build_prompts(labels, style, prompts)
+    pos, neg = index.pool(encode_texts(model, texts))
+    scale = float(model.scale())
+    return lambda image_emb: zero_shot_scores(image_emb, pos, neg, scale).numpy()

@@ -146,7 +146,7 @@ class CtvlpModel:
     @torch.no_grad()
     def zero_shot(self, volume: VolumeInput, labels: Sequence[str] | None = None) -> dict[str, float]:
         """{label: probability that the finding is present}; default labels: the checkpoint's."""
-        from ctvlp.eval.run import prompt_scorer
+        from ctvlp.eval.zeroshot import prompt_scorer
 
         if labels is None and not self.spec.label_names:
             raise InferenceError(self.spec.path, "the checkpoint records no label names: pass the labels")
