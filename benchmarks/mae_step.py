@@ -40,6 +40,7 @@ Measured (2026-11-23, 1 thread, 5 repeats, AMD EPYC 2 cores at load ~5):
         take 0.19 s = 0.27 of the full step and half of the MAE step; embedding only the visible
         quarter would give ~0.35.
   base: full 7.8 s, MAE 3.1 s -> 0.40 (goal met); the plain patch conv is 0.03 of the full step.
+  colipri (1 thread, 3 repeats, quiet machine): full 18.7 s, MAE 4.6 s -> 0.24 (goal met).
 
 Results: benchmarks/results/mae_step-<date>.json (with the machine and the thread count).
 """
