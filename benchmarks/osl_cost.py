@@ -33,6 +33,7 @@ Measured (2026-11-23, 1 thread, batch 32, 5 repeats, the 2,000-volume demo cache
   trainable: CLIP 10.3 s, CLIP + OSL 12.9 s -> 1.25 (1.252: at the goal, within the noise; paired
              per-repeat ratios 1.11-1.27); per-slot encoding (442 sentences) 27.8 s -> 2.69;
   frozen:    CLIP 5.2 s, CLIP + OSL 6.2 s -> 1.20; per-slot 10.1 s -> 1.95.
+Rerun on a quiet machine (trainable only, 5 repeats): CLIP 14.4 s, CLIP + OSL 17.4 s -> 1.21.
 
 Threads: 1 by default (see benchmarks/mae_step.py: on the shared 2-core machine a second torch thread
 mostly waits for a core). Results: benchmarks/results/osl_cost-<date>.json.
