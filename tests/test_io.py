@@ -352,3 +352,15 @@ def test_itk_bad_content(tmp_path):
     nan[1, 1, 1] = np.nan
     sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "nan.mha"))
     refused(tmp_path / "nan.mha", "1 voxel(s) are NaN")
+
+
+def test_integer_masks_and_labels_keep_exact_values(tmp_path):
+    """(u)int8 files (masks, label maps) come back as exact int16, without a detour through wider types;
+    a uint16 file whose values exceed int16 is widened instead of wrapped."""
+    for dtype, values in [(np.uint8, [0, 1, 7, 255]), (np.int8, [-128, -1, 0, 127]), (np.uint16, [0, 40000])]:
+        data = np.resize(np.array(values, dtype), (4, 3, 2))
+        path = tmp_path / f"m_{np.dtype(dtype).name}.nii.gz"
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+        out = load_volume(path, require_ct=False).array
+        assert out.dtype == (np.float32 if dtype == np.uint16 else np.int16)
+        np.testing.assert_array_equal(out, data.astype(np.int64))

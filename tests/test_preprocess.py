@@ -143,6 +143,30 @@ def test_antialiased_resampling_equals_gaussian_filter_then_interpolate():
     np.testing.assert_allclose(linear_matrix(29, 1.7), grown.numpy().T, atol=1e-12)
 
 
+def test_nearest_masks_equal_torch_interpolate():
+    """Masks are read by index (:func:`nearest_indices`) instead of interpolated as floats: the same voxels
+    as torch's 3-D nearest-exact interpolate, for shrinking, growing and tie-prone scales, on a flipped and
+    permuted view too, and in the mask's own dtype."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    for shape, spacing in [((37, 41, 23), (3.0, 1.9, 1.25)), ((128, 128, 60), (3.0, 3.0, 6.0)),
+                           ((50, 64, 117), (0.75, 1.5, 2.0)), ((9, 10, 11), (2.0, 2.0, 2.0))]:
+        mask = rng.random(shape) > 0.6
+        affine = np.diag([*rng.uniform(0.5, 1.0, 2), rng.choice([1.0, 1.25, 5.0]), 1.0])
+        out, new = resample(mask, affine, spacing, "nearest-exact")
+        scale = np.diag(affine)[:3] / np.array(spacing)
+        ref = torch.nn.functional.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None],
+                                              scale_factor=tuple(scale), mode="nearest-exact",
+                                              recompute_scale_factor=False)[0, 0].numpy() > 0.5
+        assert out.dtype == bool and out.shape == ref.shape
+        np.testing.assert_array_equal(out, ref)
+        np.testing.assert_allclose(np.linalg.norm(new[:3, :3], axis=0), spacing)
+        strided = np.asfortranarray(mask.transpose(1, 0, 2)[::-1])[::-1].transpose(1, 0, 2)
+        assert np.array_equal(strided, mask) and not strided.flags.c_contiguous
+        np.testing.assert_array_equal(resample(strided, affine, spacing, "nearest-exact")[0], ref)
+
+
 def test_resample_matches_map_coordinates():
     rng = np.random.default_rng(0)
     arr = ndimage.gaussian_filter(rng.normal(size=(23, 17, 11)), 1.5).astype(np.float32) * 100

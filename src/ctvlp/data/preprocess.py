@@ -115,6 +115,18 @@ def linear_matrix(n: int, scale: float) -> np.ndarray:
     return out
 
 
+def nearest_indices(n: int, scale: float) -> np.ndarray:
+    """Input indices torch's ``interpolate(mode="nearest-exact", scale_factor=scale,
+    recompute_scale_factor=False)`` reads along an axis of length ``n``: asked of torch itself on
+    ``arange(n)``, so its float rounding is matched exactly. Indexing a mask with them costs the output's
+    size; interpolating it needs a float copy of the whole input (a third of a synthetic volume's
+    preparation, 14 masks each)."""
+    ramp = torch.arange(n, dtype=torch.float64)[None, None]  # (1, 1, n); exact indices up to 2**53
+    picked = torch.nn.functional.interpolate(ramp, scale_factor=float(scale), mode="nearest-exact",
+                                             recompute_scale_factor=False)
+    return picked[0, 0].numpy().astype(np.int64)
+
+
 def resample(array: np.ndarray, affine: np.ndarray, spacing: tuple[float, float, float],
              mode: str, antialias: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Resample (I, J, K) to ``spacing`` mm along the array axes.
@@ -122,8 +134,8 @@ def resample(array: np.ndarray, affine: np.ndarray, spacing: tuple[float, float,
     torch ``interpolate`` with ``scale_factor`` s = old/new and ``align_corners=False`` samples output
     voxel n at input index (n + 1/2) r - 1/2 with r = 1/s, so the new affine is
     ``affine @ [[diag(r), r/2 - 1/2], [0, 1]]``: exact target spacing, same field of view.
-    ``mode``: "trilinear" (images, returns float32) or "nearest-exact" (masks, torch's ``interpolate``,
-    same rounding rule).
+    ``mode``: "trilinear" (images, returns float32) or "nearest-exact" (masks: the voxels torch's
+    ``interpolate`` would pick, read by index from ``array`` in its own dtype, see :func:`nearest_indices`).
     ``antialias`` (trilinear only): Gaussian prefilter with sigma = (r - 1) / 2 input voxels along each
     axis that shrinks by r > 1 (scipy's ``gaussian_filter``, ``mode="nearest"``).
 
@@ -142,11 +154,12 @@ def resample(array: np.ndarray, affine: np.ndarray, spacing: tuple[float, float,
     step[:3, :3] = np.diag(r)
     step[:3, 3] = r / 2 - 0.5
     sigma = np.maximum(r - 1.0, 0.0) / 2.0  # (3,) input voxels
-    if not (antialias and mode == "trilinear" and sigma.max() > 0):
-        kwargs = {"align_corners": False} if mode == "trilinear" else {}
+    if mode == "nearest-exact":
+        return array[np.ix_(*(nearest_indices(n, s) for n, s in zip(array.shape, scale)))], affine @ step
+    if not (antialias and sigma.max() > 0):
         t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]  # (1, 1, I, J, K)
-        out = torch.nn.functional.interpolate(t, scale_factor=tuple(scale), mode=mode,
-                                              recompute_scale_factor=False, **kwargs)[0, 0].numpy()
+        out = torch.nn.functional.interpolate(t, scale_factor=tuple(scale), mode=mode, align_corners=False,
+                                              recompute_scale_factor=False)[0, 0].numpy()
         return out, affine @ step
     matrices = [(linear_matrix(array.shape[a], scale[a]) @ gaussian_matrix(array.shape[a], sigma[a])).astype(np.float32)
                 for a in range(3)]  # (out, in) per axis

@@ -33,8 +33,8 @@ def to_hu(stored: np.ndarray, slope: float = 1.0, intercept: float = 0.0) -> np.
     slope, intercept = float(slope), float(intercept)
     integral_pair = all(v.is_integer() and abs(v) < EXACT_INT_LIMIT for v in (slope, intercept))
     if np.issubdtype(stored.dtype, np.integer) and integral_pair:
-        if slope == 1 and intercept == 0 and stored.dtype == np.int16:
-            return stored
+        if slope == 1 and intercept == 0 and (stored.dtype == np.int16 or stored.dtype.itemsize == 1):
+            return stored.astype(np.int16, copy=False)  # (u)int8 masks and label maps always fit
         hu = stored.astype(np.int32) * int(slope) + int(intercept) if stored.dtype.itemsize < 4 else \
             stored.astype(np.int64) * int(slope) + int(intercept)
         if hu.size == 0 or (hu.min() >= INT16.min and hu.max() <= INT16.max):
