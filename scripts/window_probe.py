@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.metrics import auroc
 from ctvlp.models.vit3d import create_vision_tower
 from ctvlp.recipes import DEMO_WINDOWS, get_recipe
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from machine import machine  # noqa: E402  (what every saved benchmark result records about the machine)
 
 WINDOW_SETS: dict[str, tuple[tuple[float, float], ...]] = {
     "whole range": DEMO_WINDOWS[:1], "+ lung": DEMO_WINDOWS[:2], "+ lung + low attenuation": DEMO_WINDOWS}
@@ -84,8 +88,8 @@ def main() -> None:
         print(f"{name:26s} mean {np.mean(list(per_label.values())):.3f}  " + "  ".join(
             f"{label} {value:.2f}" for label, value in sorted(per_label.items())), flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "steps": args.steps, "rows": rows},
-                                       indent=1))
+        record = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "steps": args.steps, "rows": rows}
+        args.out.write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

@@ -220,7 +220,7 @@ def preprocess(volume: Volume, masks: dict[str, Volume], config: PreprocessConfi
     out = {}
     for name, mask in masks.items():
         m, _ = reorient_ras(mask.array != 0, mask.affine)
-        out[name] = resample(m, affine, config.spacing, "nearest-exact")[0] > 0.5
+        out[name] = resample(m, affine, config.spacing, "nearest-exact")[0]  # bool, read by index
     body = body_mask(image, config.body_threshold)
     if not body.any():
         raise BadVolumeError(volume.path, f"no body found (no voxel above {config.body_threshold} HU)")
