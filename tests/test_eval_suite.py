@@ -283,3 +283,23 @@ def test_bad_inputs_exit_2_naming_the_file_and_reason(run, tmp_path, capsys):
                        "        positive: ['Cardiomegaly.']\n        negative: ['No cardiomegaly.']\n")
     _bad(base + good + ["--prompts", str(partial), "--prompt-style", "mine"], capsys, str(partial), "Emphysema")
     _bad(base + good + ["--prompts", str(partial), "--prompt-style", "ctclip"], capsys, str(partial), "no prompt style")
+
+
+def test_corpus_prompts_mined_at_evaluation_equal_the_ones_the_model_carries(run):
+    """A model trained with style corpus scores with its own mined prompts; one without them (cleared here)
+    gets the same prompts mined from the cache's corpus split, and a missing split is a clear error."""
+    from ctvlp.errors import CtvlpError
+    from ctvlp.eval.prompts import CORPUS
+    from ctvlp.eval.suite import run_suite
+    from ctvlp.train.restore import load_trained
+
+    ckpt, cache = run
+    trained = load_trained(ckpt)
+    assert trained.config.eval.prompt_style == CORPUS and CORPUS in trained.model.prompts
+    suite = SuiteConfig(tasks=("zeroshot",), n_bootstrap=0)
+    carried = run_suite(trained.model, Cache(cache), trained.config.eval, suite).metrics["zeroshot"]
+    trained.model.prompts = {}
+    mined = run_suite(trained.model, Cache(cache), trained.config.eval, suite).metrics["zeroshot"]
+    assert json.dumps(mined, sort_keys=True) == json.dumps(carried, sort_keys=True)  # NaN-safe: labels without positives
+    with pytest.raises(CtvlpError, match="nosuch"):
+        run_suite(trained.model, Cache(cache), dataclasses.replace(trained.config.eval, corpus_split="nosuch"), suite)

@@ -11,7 +11,7 @@ import torch
 from ctvlp.data.labels import CTRATE_LABELS
 from ctvlp.errors import CtvlpError
 from ctvlp.eval.metrics import auroc, best_f1_threshold, binary_metrics
-from ctvlp.eval.prompts import PromptStyle, build_prompts, load_prompts
+from ctvlp.eval.prompts import CORPUS, PromptStyle, build_prompts, corpus_style, load_prompts, prompt_set
 from ctvlp.eval.zeroshot import evaluate_zero_shot, zero_shot_scores
 
 
@@ -96,6 +96,61 @@ def test_bad_prompt_requests(tmp_path):
         build_prompts(["Emphysema"], "nope")
     with pytest.raises(ValueError, match="distinct"):
         build_prompts(["Emphysema", "Emphysema"], PromptStyle(positive=("{label}",), negative=("no {label}",)))
+
+
+# ---------------------------------------------------------------- prompts mined from reports
+
+REPORTS = [
+    "No pleural effusion. Atherosclerotic calcifications in the coronary arteries. Heart size is normal.",
+    "No pleural effusion. A 5 mm nodule {x} in the right lung. Coronary artery calcification.",
+    "Small bilateral pleural effusion. No pleural effusion or pericardial effusion.",
+    "A venous port is seen in the right chest wall. Atherosclerotic calcifications in the coronary arteries.",
+]
+
+
+def test_corpus_style_keeps_single_finding_sentences_most_frequent_first():
+    report = load_prompts().style("report")
+    labels = ["Pleural effusion", "Coronary artery wall calcification", "Medical material", "Lung nodule"]
+    style = corpus_style(REPORTS, labels, report)
+    texts, index = build_prompts(labels, style)
+    by = {(index.labels[l], bool(p)): [t for t, li, pi in zip(texts, index.label, index.positive) if li == l and pi == p]
+          for l in range(len(labels)) for p in (True, False)}
+    # two findings in one sentence ("No pleural effusion or pericardial effusion.") is no template of either
+    assert by["Pleural effusion", False] == ["No pleural effusion."]
+    assert by["Pleural effusion", True] == ["Small bilateral pleural effusion."]
+    assert by["Coronary artery wall calcification", True] == [  # twice before once
+        "Atherosclerotic calcifications in the coronary arteries.", "Coronary artery calcification."]
+    assert by["Medical material", True] == ["A venous port is seen in the right chest wall."]
+    # sides no report states fall back to the report style, braces in a report stay literal
+    assert by["Medical material", False] == ["No medical material.", "There is no medical material."]
+    assert by["Lung nodule", True] == ["A 5 mm nodule {x} in the right lung."]
+    assert corpus_style(REPORTS, labels, report, per_side=1).templates[
+        "Coronary artery wall calcification"]["positive"] == ("Atherosclerotic calcifications in the coronary arteries.",)
+    # a label outside the mined ones still has the fallback's prompts
+    assert build_prompts(["Emphysema"], style)[0] == ["Emphysema.", "Emphysema is seen.", "No emphysema.",
+                                                      "There is no emphysema."]
+    with pytest.raises(ValueError, match="per_side"):
+        corpus_style(REPORTS, labels, report, per_side=0)
+
+
+def test_prompt_set_takes_the_models_own_corpus_style_then_mines_then_refuses():
+    labels = ["Pleural effusion"]
+    mined = prompt_set(CORPUS, labels, reports=lambda: REPORTS)
+    assert build_prompts(labels, CORPUS, mined)[0] == ["Small bilateral pleural effusion.", "No pleural effusion."]
+    stored = {CORPUS: PromptStyle(positive=(), negative=(), templates={
+        "Pleural effusion": {"positive": ("Fluid.",), "negative": ("Dry.",)}}).to_dict()}
+
+    def never():
+        pytest.fail("a model with its own corpus style is not mined again")
+
+    own = prompt_set(CORPUS, labels, stored=stored, reports=never)
+    assert build_prompts(labels, CORPUS, own)[0] == ["Fluid.", "Dry."]
+    assert {"ctclip", "report"} <= set(own.styles)  # the packaged styles stay available
+    assert prompt_set("ctclip", labels, reports=never).styles.keys() == load_prompts().styles.keys()
+    with pytest.raises(CtvlpError, match="mined from training reports"):
+        prompt_set(CORPUS, labels)
+    with pytest.raises(CtvlpError, match="no report text"):
+        prompt_set(CORPUS, labels, reports=lambda: ["", " "])
 
 
 # ---------------------------------------------------------------- scores

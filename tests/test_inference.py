@@ -17,6 +17,7 @@ from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.errors import InferenceError
 from ctvlp.eval.generation import generate_reports
+from ctvlp.eval.prompts import CORPUS
 from ctvlp.eval.run import encode_split, evaluate_model
 from ctvlp.inference import CtvlpModel, ModelSpec, export_model
 from ctvlp.io.volume import Volume
@@ -66,6 +67,10 @@ def test_zero_shot_gives_the_numbers_of_evaluate_model(runs):
     config = dataclasses.replace(load_trained(runs["demo"]).config.eval, batch_size=4)
     _, test, scores, labels = evaluate_model(model.model, cache, config, details=True)
     assert labels == model.spec.label_names
+    # the demo's prompts are mined from its training reports and travel in the checkpoint
+    assert config.prompt_style == CORPUS and set(model.model.prompts) == {CORPUS}
+    assert model.model.prompts == Trainer(load_trained(runs["demo"]).config, runs["cache"], runs["demo"] / "again",
+                                          progress=False).model.prompts
     for i, vid in enumerate(test.ids):
         probs = model.zero_shot(raw_file(cache, vid))
         assert list(probs) == labels
@@ -166,3 +171,11 @@ def test_export_loads_offline_and_gives_the_same_outputs(runs, tmp_path, monkeyp
     assert torch.equal(exported.encode_text(["No effusion."]), original.encode_text(["No effusion."]))
     np.testing.assert_array_equal(exported.segment(path, ["aorta"])["aorta"].array,
                                   original.segment(path, ["aorta"])["aorta"].array)
+
+
+def test_export_carries_the_mined_prompts(runs, tmp_path):
+    original = ctvlp.load_model(runs["demo"])
+    exported = ctvlp.load_model(export_model(original, tmp_path / "export"))
+    assert exported.model.prompts == original.model.prompts and CORPUS in exported.model.prompts
+    path = raw_file(Cache(runs["cache"]), "valid_1_a_2")
+    assert exported.zero_shot(path) == original.zero_shot(path)

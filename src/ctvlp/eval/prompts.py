@@ -4,11 +4,16 @@ The styles live in ``ctvlp/data/resources/prompts.yaml`` (its header explains th
 file with the same layout replaces it. :func:`build_prompts` returns the flat list of texts to
 encode once and a :class:`PromptIndex` that maps every text back to (label, polarity, template) and
 pools the text embeddings into one positive and one negative embedding per label.
+
+The style :data:`CORPUS` is not written by hand: :func:`corpus_style` mines it from the training
+reports (the sentences that state one label, present or absent, as the reports phrase them). A model
+trained with it carries the mined style in its checkpoint and export (:func:`prompt_set` merges it in).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,6 +22,7 @@ import numpy as np
 import torch
 import yaml
 
+from ctvlp.data.reports import sentence_findings, split_sentences
 from ctvlp.errors import CtvlpError
 
 _CASES = ("as_is", "lower")
@@ -24,6 +30,9 @@ LABEL_HEAD = "label_head"
 """The style name that scores each label with the model's own label head instead of prompt pairs:
 sigmoid(t cos(v, u_k) + b), u_k the embedding of "<label>." (Uniferum's labels as prompts; models
 built with ``label_prompts``)."""
+CORPUS = "corpus"
+"""The style mined from the training reports by :func:`corpus_style` (``EvalConfig.corpus_split``); a
+model trained with it carries it (:func:`prompt_set`)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,12 @@ class PromptStyle:
         cap = phrase[:1].upper() + phrase[1:]
         return [(t, t.format(label=phrase, Label=cap)) for t in pair["positive" if positive else "negative"]]
 
+    def to_dict(self) -> dict:
+        """The style in the YAML file's layout (:func:`load_prompts` and :func:`prompt_set` read it back)."""
+        return {"case": self.case, "positive": list(self.positive), "negative": list(self.negative),
+                "phrases": dict(self.phrases),
+                "templates": {label: {k: list(v) for k, v in pair.items()} for label, pair in self.templates.items()}}
+
 
 @dataclass(frozen=True)
 class PromptSet:
@@ -90,6 +105,63 @@ class PromptSet:
         if name not in self.styles:
             raise ValueError(f"unknown prompt style {name!r}; known: {sorted(self.styles)}")
         return self.styles[name]
+
+
+def _literal(sentence: str) -> str:
+    """A sentence as a template that formats to itself."""
+    return sentence.replace("{", "{{").replace("}", "}}")
+
+
+def corpus_style(reports: Iterable[str], labels: Sequence[str], fallback: PromptStyle,
+                 per_side: int = 32) -> PromptStyle:
+    """The reports' own phrasing of each label as a prompt style.
+
+    Every sentence of ``reports`` that states exactly one label (``ctvlp.data.reports.sentence_findings``:
+    "Atherosclerotic calcifications in the coronary arteries." states coronary artery wall calcification,
+    present) is a template of that label and polarity; each side keeps its ``per_side`` most frequent
+    sentences (ties in text order), and a side no sentence states ("medical material" is never written
+    absent) takes ``fallback``'s sentences for the label; a label outside ``labels`` gets ``fallback``'s
+    templates. No image and no label column is read: the prompts are text mined from the training
+    split, as a radiologist's prompt would be written in the reports' language."""
+    if per_side < 1:
+        raise ValueError(f"per_side must be >= 1, got {per_side}")
+    counts = Counter(s for report in reports for s in split_sentences(report))
+    mined: dict[tuple[str, bool], list[str]] = {}
+    for sentence, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        found = sentence_findings(sentence)
+        if len(found) == 1:
+            mined.setdefault(found[0], []).append(sentence)
+    templates = {}
+    for label in labels:
+        pair = {}
+        for side, positive in (("positive", True), ("negative", False)):
+            texts = mined.get((label, positive), [])[:per_side] or [t for _, t in fallback.sentences(label, positive)]
+            pair[side] = tuple(_literal(t) for t in texts)
+        templates[label] = pair
+    return PromptStyle(positive=fallback.positive, negative=fallback.negative, case=fallback.case,
+                       phrases=fallback.phrases, templates={**fallback.templates, **templates})
+
+
+def prompt_set(style: str, labels: Sequence[str], path: str | Path | None = None, stored: dict | None = None,
+               reports: Callable[[], Iterable[str]] | None = None) -> PromptSet:
+    """The styles ``style`` is looked up in: the file at ``path`` (default the packaged one) and, for
+    :data:`CORPUS`, the model's own mined style (``stored``: its ``prompts``, {name: style dict}, which
+    checkpoints and exports carry) or, when it carries none, one mined now from ``reports()`` with the
+    ``report`` style as fallback (CtvlpError when neither is given)."""
+    prompts = load_prompts(path)
+    if style != CORPUS or CORPUS in prompts.styles:
+        return prompts
+    if stored and CORPUS in stored:
+        mined = _parse_style(CORPUS, stored[CORPUS])
+    elif reports is not None:
+        texts = list(reports())
+        if not any(t.strip() for t in texts):
+            raise CtvlpError(None, f"prompt style {CORPUS!r}: no report text to mine the prompts from")
+        mined = corpus_style(texts, labels, prompts.style("report"))
+    else:
+        raise CtvlpError(None, f"prompt style {CORPUS!r} is mined from training reports, and this model carries "
+                               "none: evaluate it on a prepared cache (ctvlp eval) or choose another style")
+    return PromptSet({**prompts.styles, CORPUS: mined})
 
 
 def _parse_style(name: str, raw: object) -> PromptStyle:

@@ -22,6 +22,7 @@ from ctvlp.data.manifest import label_names_of
 from ctvlp.data.sampling import report_text
 from ctvlp.eval.generation import evaluate_generation
 from ctvlp.eval.organs import evaluate_organs
+from ctvlp.eval.prompts import prompt_set
 from ctvlp.eval.retrieval import retrieval_both
 from ctvlp.eval.real_masks import evaluate_real_masks
 from ctvlp.eval.seg_probe import evaluate_seg_probe, trained_probe
@@ -61,6 +62,21 @@ def encode_split(model, cache: Cache, cfg, split: str, device: torch.device, num
                    labels=dataset.labels[order], available=dataset.label_mask[order],
                    scans=[f"{p}/{s}" for p, s in zip(index["patient_id"], index["scan_id"])], texts=texts,
                    patients=[str(p) for p in index["patient_id"]])
+
+
+def split_reports(cache: Cache, split: str) -> list[str]:
+    """The findings text of every volume of ``split`` (what the ``corpus`` prompt style is mined from)."""
+    index = cache.index
+    if "findings" not in index.columns:
+        return []
+    return [str(t) for t in index.loc[index["split"] == split, "findings"].fillna("")]
+
+
+def model_prompts(model, cache: Cache, cfg, labels: list[str], path: str | None = None):
+    """The PromptSet ``cfg.prompt_style`` is read from (:func:`ctvlp.eval.prompts.prompt_set`: the model's
+    own mined style, else one mined from ``cfg.corpus_split``'s reports)."""
+    return prompt_set(cfg.prompt_style, labels, path, stored=model.prompts,
+                      reports=lambda: split_reports(cache, cfg.corpus_split))
 
 
 def chance_recall(groups: list[str], k: int) -> float:
@@ -127,7 +143,7 @@ def evaluate_model(model, cache: Cache, cfg, device: torch.device | str = "cpu",
         test = encode_split(model, cache, cfg, cfg.test_split, device)
         encoded = time.perf_counter()
         labels = label_names_of(cache.index.columns)
-        score = prompt_scorer(model, labels, cfg.prompt_style)
+        score = prompt_scorer(model, labels, cfg.prompt_style, model_prompts(model, cache, cfg, labels))
         scores = {name: score(s.image_emb) for name, s in (("val", val), ("test", test))}
         zero_shot = evaluate_zero_shot(scores["val"], val.labels, val.available, scores["test"], test.labels,
                                        test.available, labels)

@@ -13,6 +13,7 @@ level follows :mod:`ctvlp.eval.aggregate`. The keys of the returned metrics are 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -27,9 +28,9 @@ from ctvlp.errors import BadDatasetError, CtvlpError
 from ctvlp.eval.aggregate import RULE as SCAN_RULE
 from ctvlp.eval.aggregate import Grouping, scan_embeddings, scan_scores
 from ctvlp.eval.probe import Split, linear_probe
-from ctvlp.eval.prompts import LABEL_HEAD, load_prompts
+from ctvlp.eval.prompts import CORPUS, LABEL_HEAD, prompt_set
 from ctvlp.eval.retrieval import rank_summary, recall_intervals, retrieval_ranks
-from ctvlp.eval.run import EXTRA_TASKS, Encoded, chance_recall, encode_split
+from ctvlp.eval.run import EXTRA_TASKS, Encoded, chance_recall, encode_split, split_reports
 from ctvlp.eval.zeroshot import prompt_scorer
 from ctvlp.eval.zeroshot import evaluate_zero_shot
 
@@ -116,17 +117,19 @@ def check_splits(cache: Cache, splits: list[str]) -> None:
         raise BadDatasetError(cache.root, f"no volume in split(s) {missing}; the cache has {have}")
 
 
-def check_prompts(path: str | None, style: str, labels: list[str], model=None):
+def check_prompts(path: str | None, style: str, labels: list[str], model=None, reports=None):
     """The PromptSet of ``path`` (None: packaged), or CtvlpError naming the file when it does not
     parse, lacks ``style`` or has no templates for one of ``labels``. Style :data:`LABEL_HEAD` needs no
-    prompts (None) but a ``model`` with a label head (CtvlpError otherwise)."""
+    prompts (None) but a ``model`` with a label head (CtvlpError otherwise); style ``corpus`` is the
+    model's own mined one, else mined from ``reports()`` (:func:`ctvlp.eval.prompts.prompt_set`)."""
     if style == LABEL_HEAD:
         if model is not None and not getattr(model.cfg, "label_prompts", False):
             raise CtvlpError(None, f"prompt style {LABEL_HEAD!r} scores with the model's label head, and this "
                                    "checkpoint's model has none (recipe uniferum has one)")
         return None
     where = path or "packaged prompts.yaml"
-    prompts = load_prompts(path)  # CtvlpError(file, bad prompt file) when it does not parse
+    # CtvlpError(file, bad prompt file) when it does not parse
+    prompts = prompt_set(style, labels, path, stored=getattr(model, "prompts", None), reports=reports)
     if style not in prompts.styles:
         raise CtvlpError(where, f"no prompt style {style!r}; styles: {sorted(prompts.styles)}")
     lacking = [label for label in labels if not prompts.styles[style].covers(label)]
@@ -193,7 +196,10 @@ def run_suite(model, cache: Cache, eval_cfg, cfg: SuiteConfig, device: torch.dev
     eval_cfg = dataclasses.replace(eval_cfg, tasks=tuple(t for t in tasks if t not in CORE_TASKS))
     labels, skipped = protocol_labels(cfg.protocol, cache)
     check_splits(cache, [eval_cfg.val_split, eval_cfg.test_split] + ([cfg.train_split] if "probe" in tasks else []))
-    prompts = check_prompts(cfg.prompts, eval_cfg.prompt_style, labels, model) if "zeroshot" in tasks else None
+    if "zeroshot" in tasks and eval_cfg.prompt_style == CORPUS and CORPUS not in model.prompts:
+        check_splits(cache, [eval_cfg.corpus_split])  # the style is mined from its reports
+    reports = functools.partial(split_reports, cache, eval_cfg.corpus_split)
+    prompts = check_prompts(cfg.prompts, eval_cfg.prompt_style, labels, model, reports) if "zeroshot" in tasks else None
     start = time.perf_counter()
     model.eval()
     val = encode_split(model, cache, eval_cfg, eval_cfg.val_split, device)

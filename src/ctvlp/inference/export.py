@@ -4,7 +4,8 @@ Layout of ``DIR``::
 
     config.json          {"format": "ctvlp-export", "format_version": 1, "ctvlp_version", "recipe", "step",
                           "source" (the checkpoint), "model" (ModelConfig), "preprocess" (PreprocessConfig),
-                          "sampler" (the evaluation SamplerConfig), "prompt_style", "label_names"}
+                          "sampler" (the evaluation SamplerConfig), "prompt_style", "label_names",
+                          "prompts" (the model's own prompt styles, e.g. the mined ``corpus`` one)}
     model.safetensors    every weight of the model except the text encoder's (``text.model.*``)
     text/                the text tower (``TextTower.save_pretrained``): Hugging Face encoder config and
                          weights, tokenizer files, text_tower.json
@@ -51,7 +52,7 @@ def export_model(model: CtvlpModel, out: str | Path) -> Path:
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "ctvlp_version": __version__,
               "recipe": spec.recipe, "step": spec.step, "source": spec.path, "model": to_dict(net.cfg),
               "preprocess": spec.preprocess.to_dict(), "sampler": to_dict(spec.sampler),
-              "prompt_style": spec.prompt_style, "label_names": list(spec.label_names)}
+              "prompt_style": spec.prompt_style, "label_names": list(spec.label_names), "prompts": net.prompts}
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return out
 
@@ -94,4 +95,5 @@ def load_export(folder: str | Path, device: torch.device | str = "cpu", max_voxe
     if wrong:
         raise CheckpointError(folder / WEIGHTS, f"weights do not fit the model its config describes: {wrong[:5]}")
     model.cfg = model_cfg
+    model.prompts = dict(config.get("prompts") or {})
     return CtvlpModel(model, spec, device, max_voxels)

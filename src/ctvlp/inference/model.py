@@ -146,13 +146,16 @@ class CtvlpModel:
     @torch.no_grad()
     def zero_shot(self, volume: VolumeInput, labels: Sequence[str] | None = None) -> dict[str, float]:
         """{label: probability that the finding is present}; default labels: the checkpoint's."""
+        from ctvlp.eval.prompts import prompt_set
         from ctvlp.eval.zeroshot import prompt_scorer
 
         if labels is None and not self.spec.label_names:
             raise InferenceError(self.spec.path, "the checkpoint records no label names: pass the labels")
         labels = _distinct(self.spec.label_names if labels is None else labels, "labels")
         emb = self.encode_volume(volume)
-        prob = prompt_scorer(self.model, labels, self.spec.prompt_style)(emb[None])[0]  # (L,), as evaluate_model
+        style = self.spec.prompt_style
+        prompts = prompt_set(style, labels, stored=self.model.prompts)  # the mined corpus style travels with the model
+        prob = prompt_scorer(self.model, labels, style, prompts)(emb[None])[0]  # (L,), as evaluate_model
         return {label: float(p) for label, p in zip(labels, prob)}
 
     @torch.no_grad()

@@ -12,7 +12,7 @@ from typing import Callable
 
 from ctvlp.config import ConfigError
 from ctvlp.data.sampling import SamplerConfig
-from ctvlp.eval.prompts import LABEL_HEAD
+from ctvlp.eval.prompts import CORPUS, LABEL_HEAD
 from ctvlp.models.decoder import DecoderConfig
 from ctvlp.models.mae import MaeDecoderConfig
 from ctvlp.models.resnet3d import ResNet3dConfig
@@ -110,8 +110,8 @@ def demo() -> TrainConfig:
         data=DataConfig(sampler=sampler, batch_size=32, num_workers=2),
         loss=LossConfig(name="sentence_sigmoid", weights={"siglip": 0.1}),
         optim=OptimConfig(name="muon", lr=1e-3, warmup_steps=20),
-        eval=EvalConfig(prompt_style="report", sampler=SamplerConfig(mode="whole", text="report", size=(32, 40),
-                                                                     windows=DEMO_WINDOWS),
+        eval=EvalConfig(prompt_style=CORPUS, sampler=SamplerConfig(mode="whole", text="report", size=(32, 40),
+                                                                   windows=DEMO_WINDOWS),
                         batch_size=32, robustness_depth=train_depth(sampler)),
         steps=600, log_every=10, ckpt_every=200)
 

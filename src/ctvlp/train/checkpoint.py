@@ -7,6 +7,7 @@ A checkpoint is one ``torch.save`` file ``OUT/checkpoints/step-0000100.pt`` hold
 - ``preprocess``: the cache's preprocessing (spacing, HU window, crop), so inference needs nothing else;
 - ``tokenizer``: the text tower's tokenizer files as ``{name: bytes}``;
 - ``label_names``: the label vocabulary the model was evaluated on;
+- ``prompts``: prompt styles made for the model (the ``corpus`` style mined from its training reports), or {};
 - ``model``, ``optimizer``, ``scheduler``: state dicts; ``step``, ``epoch``, ``batch_in_epoch``;
 - ``rng``: torch / numpy / python generator states, so ``--resume`` continues exactly.
 

@@ -114,7 +114,10 @@ class EvalConfig:
     test_split: str = "test"
     """Split the numbers are reported on (never used to choose anything)."""
     prompt_style: str = "ctclip"
-    """Prompt templates from ``ctvlp/data/resources/prompts.yaml`` (e.g. ``ctclip``, ``colipri``, ``ensemble``)."""
+    """Prompt templates from ``ctvlp/data/resources/prompts.yaml`` (e.g. ``ctclip``, ``colipri``, ``ensemble``),
+    or ``corpus``: the sentences of ``corpus_split``'s reports that state one label (``ctvlp.eval.prompts``)."""
+    corpus_split: str = "train"
+    """Split whose reports the ``corpus`` prompt style is mined from (never the test split)."""
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(mode="whole", text="report"))
     """How an evaluation volume is read (whole volume, report text)."""
     batch_size: int = 4

@@ -18,8 +18,11 @@ from tqdm import tqdm
 
 from ctvlp.config import to_dict
 from ctvlp.data.cache import Cache
+from ctvlp.data.manifest import label_names_of
 from ctvlp.data.osl_pairs import build_osl_pairs
 from ctvlp.errors import CtvlpError
+from ctvlp.eval.prompts import CORPUS
+from ctvlp.eval.run import model_prompts
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.train import distributed
 from ctvlp.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -70,6 +73,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = VisionLanguageModel(cfg.model).to(self.place.device)
         self.model.vision.set_grad_checkpointing(cfg.grad_checkpointing)
+        if cfg.eval.prompt_style == CORPUS:  # mined once from the training reports, carried by the checkpoints
+            labels = label_names_of(self.cache.index.columns)
+            style = model_prompts(self.model, self.cache, cfg.eval, labels).style(CORPUS)
+            self.model.prompts = {CORPUS: style.to_dict()}
         self.objectives = {kind: Objective(loss) for kind, loss in cfg.objectives.items()}
         self.loss_terms = cfg.all_terms
         if not {"siglip", "swca", "sentence_sigmoid"} & set(self.loss_terms) and "clip" in self.loss_terms:
@@ -107,7 +114,7 @@ class Trainer:
         if not self.place.is_main:
             return None
         state = {"config": to_dict(self.cfg), "recipe": self.cfg.recipe, "preprocess": to_dict(self.cache.config),
-                 "tokenizer": self.tokenizer, "label_names": self.label_names(),
+                 "tokenizer": self.tokenizer, "label_names": self.label_names(), "prompts": self.model.prompts,
                  "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": self.epoch,
                  "batch_in_epoch": self.batch_in_epoch, "bad_steps": self.bad_steps, "rng": rng_state()}

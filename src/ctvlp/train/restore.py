@@ -51,5 +51,6 @@ def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") ->
         raise CheckpointError(where, f"weights do not fit the model its config describes: "
                                      f"{str(err).splitlines()[0]}") from None
     model.cfg = cfg.model  # the config as trained (pretrained only decided where the weights came from)
+    model.prompts = dict(state.get("prompts") or {})
     return Trained(model=model.to(device).eval(), config=cfg, preprocess=preprocess,
                    label_names=list(state.get("label_names") or []), step=int(state["step"]), path=where)
