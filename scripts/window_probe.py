@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from machine import machine  # noqa: E402  (what every saved benchmark result records about the machine)
 
 WINDOW_SETS: dict[str, tuple[tuple[float, float], ...]] = {
-    "whole range": DEMO_WINDOWS[:1], "+ lung": DEMO_WINDOWS[:2], "+ lung + low attenuation": DEMO_WINDOWS}
+    "whole range": DEMO_WINDOWS[:1], "+ lung": DEMO_WINDOWS[:2], "+ lung + low attenuation": DEMO_WINDOWS[:3],
+    "+ lung + low attenuation + calcium": DEMO_WINDOWS}
 
 
 def split_arrays(cache: Cache, split: str, windows) -> tuple[torch.Tensor, np.ndarray, list[str]]:

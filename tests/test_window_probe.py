@@ -21,7 +21,7 @@ def test_window_probe_writes_a_row_per_window_set(tmp_path):
     assert run.returncode == 0, run.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [tuple(map(tuple, r["windows"])) for r in rows.values()] == [DEMO_WINDOWS[:1], DEMO_WINDOWS[:2],
-                                                                          DEMO_WINDOWS]
+                                                                          DEMO_WINDOWS[:3], DEMO_WINDOWS]
     for row in rows.values():
         assert row["auroc"] and all(math.isnan(v) or 0.0 <= v <= 1.0 for v in row["auroc"].values())
-    assert len(run.stdout.strip().splitlines()) == 3
+    assert len(run.stdout.strip().splitlines()) == 4

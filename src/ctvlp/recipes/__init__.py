@@ -74,8 +74,10 @@ def debug_variant(cfg: TrainConfig) -> TrainConfig:
                                ckpt_every=5)
 
 
-DEMO_WINDOWS: tuple[tuple[float, float], ...] = ((-1000.0, 1000.0), (-1000.0, -500.0), (-1000.0, -850.0))
-"""HU windows of the demo's input channels: whole range, lung parenchyma, low attenuation (emphysema)."""
+DEMO_WINDOWS: tuple[tuple[float, float], ...] = ((-1000.0, 1000.0), (-1000.0, -500.0), (-1000.0, -850.0),
+                                                 (150.0, 950.0))
+"""HU windows of the demo's input channels: whole range, lung parenchyma, low attenuation (emphysema),
+calcium (plaques above contrast-filled blood)."""
 
 
 @register
@@ -91,13 +93,18 @@ def demo() -> TrainConfig:
     volume-report retrieval. The packaged MiniLM text tower is frozen and encodes each distinct sentence
     once, so the CPU's time goes to the vision tower.
 
-    Three HU windows are three input channels (:data:`DEMO_WINDOWS`): the whole range, the lung
-    parenchyma and the low-attenuation range in which emphysema is measured clinically (LAA-950/-910).
-    In the 2,000 HU window alone, lung-density findings differ from normal lung by a few hundredths of
-    the input range: a supervised probe of this tower (``scripts/window_probe.py``, 300 steps) reached
-    AUROC 0.53 / 0.54 / 0.58 on emphysema / mosaic attenuation / ground glass with it, 0.91 / 0.97 / 0.68
-    with the three windows; the calcifications fell from 0.92 / 0.95 to 0.70 / 0.79
-    (docs/results/demo-windows-2026-11-23.md)."""
+    Four HU windows are four input channels (:data:`DEMO_WINDOWS`): the whole range, the lung
+    parenchyma, the low-attenuation range in which emphysema is measured clinically (LAA-950/-910) and a
+    calcium window. In the 2,000 HU window alone, lung-density findings differ from normal lung by a few
+    hundredths of the input range: a supervised probe of this tower (``scripts/window_probe.py``, 300
+    steps) reached AUROC 0.53 / 0.54 / 0.58 on emphysema / mosaic attenuation / ground glass with it,
+    0.91 / 0.97 / 0.68 with the lung and low-attenuation windows, which cost the calcifications
+    (0.92 / 0.95 -> 0.70 / 0.79); the calcium window gives back part of that (0.76 / 0.84;
+    docs/results/demo-windows-2026-11-23.md).
+
+    Zero-shot prompts are the training reports' own sentences (``prompt_style="corpus"``,
+    ``ctvlp.eval.prompts.corpus_style``): the reports never write "medical material", they write "A
+    venous port is seen in the right chest wall."."""
     vision = vit_config("small", width=192, depth=4, heads=3, patch=(4, 8, 8), pos="rope", rope_base=1000.0,
                         stem="conv", in_chans=len(DEMO_WINDOWS))
     text = TextTowerConfig(name="minilm", pooling="mean", freeze="all", max_length=64)
@@ -113,7 +120,7 @@ def demo() -> TrainConfig:
         eval=EvalConfig(prompt_style=CORPUS, sampler=SamplerConfig(mode="whole", text="report", size=(32, 40),
                                                                    windows=DEMO_WINDOWS),
                         batch_size=32, robustness_depth=train_depth(sampler)),
-        steps=600, log_every=10, ckpt_every=200)
+        steps=700, log_every=10, ckpt_every=200)
 
 
 @register
