@@ -120,7 +120,7 @@ def demo() -> TrainConfig:
         eval=EvalConfig(prompt_style=CORPUS, sampler=SamplerConfig(mode="whole", text="report", size=(32, 40),
                                                                    windows=DEMO_WINDOWS),
                         batch_size=32, robustness_depth=train_depth(sampler)),
-        steps=700, log_every=10, ckpt_every=200)
+        steps=800, log_every=10, ckpt_every=200)
 
 
 @register
