@@ -72,10 +72,10 @@ def split_reports(cache: Cache, split: str) -> list[str]:
     return [str(t) for t in index.loc[index["split"] == split, "findings"].fillna("")]
 
 
-def model_prompts(model, cache: Cache, cfg, labels: list[str], path: str | None = None):
-    """The PromptSet ``cfg.prompt_style`` is read from (:func:`ctvlp.eval.prompts.prompt_set`: the model's
-    own mined style, else one mined from ``cfg.corpus_split``'s reports)."""
-    return prompt_set(cfg.prompt_style, labels, path, stored=model.prompts,
+def model_prompts(model, cache: Cache, cfg, labels: list[str]):
+    """The PromptSet ``cfg.prompt_style`` is read from (:func:`ctvlp.eval.prompts.prompt_set`: the packaged
+    styles, plus for ``corpus`` the model's own mined style, else one mined from ``cfg.corpus_split``'s reports)."""
+    return prompt_set(cfg.prompt_style, labels, stored=model.prompts,
                       reports=lambda: split_reports(cache, cfg.corpus_split))
 
 

@@ -117,7 +117,8 @@ class EvalConfig:
     """Prompt templates from ``ctvlp/data/resources/prompts.yaml`` (e.g. ``ctclip``, ``colipri``, ``ensemble``),
     or ``corpus``: the sentences of ``corpus_split``'s reports that state one label (``ctvlp.eval.prompts``)."""
     corpus_split: str = "train"
-    """Split whose reports the ``corpus`` prompt style is mined from (never the test split)."""
+    """Split whose reports the ``corpus`` prompt style is mined from (the training split: prompts mined from
+    the test split's reports would have read the reports the numbers are scored against)."""
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(mode="whole", text="report"))
     """How an evaluation volume is read (whole volume, report text)."""
     batch_size: int = 4
