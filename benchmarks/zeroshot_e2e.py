@@ -2,7 +2,7 @@
 
     python benchmarks/zeroshot_e2e.py [--workdir DIR] [--source CHEST_CT.nii.gz]
 
-Input: the real chest CT ``../shared/data/real/chest_ct_angio_1p5mm.nii.gz`` (120 x 126 x 164 voxels,
+Input: the real chest CT ``tests/data/real/chest_ct_angio_1p5mm.nii.gz`` (120 x 126 x 164 voxels,
 1.5 mm) resampled (trilinear) to 512 x 512 x 300 int16 and saved as .nii.gz (same field of view and
 orientation, ~0.35 x 0.37 x 0.82 mm). Model: the ``demo`` recipe (not debug), randomly initialised, saved
 as a checkpoint with the demo's cache preprocessing (3 x 3 x 6 mm) and the 18 CT-RATE labels. In one run:
@@ -40,7 +40,7 @@ from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import get_recipe
 from ctvlp.train.checkpoint import save_checkpoint
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "chest_ct_angio_1p5mm.nii.gz"
+REAL = Path(__file__).resolve().parents[1] / "tests" / "data" / "real" / "chest_ct_angio_1p5mm.nii.gz"
 SHAPE = (512, 512, 300)
 DEMO_SPACING = (3.0, 3.0, 6.0)
 

@@ -3,14 +3,15 @@ from pathlib import Path
 import pytest
 import torch
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL = Path(__file__).resolve().parent / "data" / "real"
+"""The real CT fixtures kept in the repository (TotalSegmentator's Apache-2.0 test files, see its README)."""
 
 
 @pytest.fixture(scope="session")
 def real_dir() -> Path:
-    """The real CT files shipped beside the repository (never copied into it)."""
+    """The real CT files of ``tests/data/real`` (part of the repository: missing means a broken checkout)."""
     if not REAL.is_dir():
-        pytest.fail(f"real data folder missing: {REAL}")
+        pytest.fail(f"real data folder missing from the checkout: {REAL}")
     return REAL
 
 

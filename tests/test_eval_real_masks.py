@@ -1,12 +1,11 @@
-"""Real-mask segmentation (eval/real_masks.py) on the shared real CTs: geometry of the scoring (the reference
+"""Real-mask segmentation (eval/real_masks.py) on the real CTs of tests/data/real: geometry of the scoring (the reference
 as the prediction gives Dice 1 and HD95 0; a one-voxel shift along x gives HD95 = the x spacing in mm), the
 TotalSegmentator name mapping, and a random tiny SegVL model end to end (plumbing, not quality)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,13 +18,9 @@ from ctvlp.eval.real_masks import evaluate_real_masks, load_cases, score_cases, 
 from ctvlp.eval.run import EXTRA_TASKS
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import get_recipe
-from conftest import REAL as BESIDE
+from conftest import REAL
 
-REAL = Path(os.environ.get("CTVLP_REAL_DATA", BESIDE))
-"""The real CTs beside the repository, or where ``CTVLP_REAL_DATA`` points (a git worktree's parent differs)."""
-
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.skipif(not REAL.is_dir(), reason=f"real data folder absent: {REAL}")]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CONFIG = PreprocessConfig(spacing=(1.5, 1.5, 3.0))
 
@@ -74,5 +69,6 @@ def test_random_tiny_model_end_to_end(cases):
         scored = [e for e in case["per_structure"].values() if e["n"]]
         assert scored and all(0.0 <= e["dice"] <= 1.0 for e in scored)
     json.dumps(metrics)
-    task = EXTRA_TASKS["real_masks"](model, SimpleNamespace(config=CONFIG), recipe.eval, torch.device("cpu"))
+    cfg = dataclasses.replace(recipe.eval, real_dir=str(REAL))
+    task = EXTRA_TASKS["real_masks"](model, SimpleNamespace(config=CONFIG), cfg, torch.device("cpu"))
     assert task["zero_shot"]["chest"]["per_structure"].keys() == {"aorta"}

@@ -29,6 +29,8 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--train-split", help="split the linear probe is fitted on (default: the checkpoint's training split)")
     p.add_argument("--overlays", type=int, default=2,
                    help="segmentation tasks: test volumes drawn as overlays in report.html (default 2)")
+    p.add_argument("--real-dir", type=Path, help="real_masks: folder of the real cases (tests/data/real of a ctvlp "
+                                                 "checkout; default: the checkpoint's eval.real_dir)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=run)
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     trained = load_trained(args.checkpoint, args.device)
     cache = Cache(args.data)
     eval_cfg = with_overrides(trained.config.eval, val_split=args.val_split, test_split=args.test_split,
-                              prompt_style=args.prompt_style, overlays=args.overlays)
+                              prompt_style=args.prompt_style, overlays=args.overlays,
+                              real_dir=None if args.real_dir is None else str(args.real_dir))
     tasks = ([t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks
              else [*CORE_TASKS, *trained.config.eval.tasks])
     cfg = SuiteConfig(tasks=tuple(tasks), protocol=str(args.protocol),

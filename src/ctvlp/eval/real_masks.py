@@ -1,6 +1,7 @@
-"""Segmentation of real CTs: zero-shot (mask-name anchors) and the probe head on the shared real scans.
+"""Segmentation of real CTs: zero-shot (mask-name anchors) and the probe head on real scans.
 
-Cases (files in ``EvalConfig.real_dir``, see its README; read in place, never copied):
+Cases (files in ``EvalConfig.real_dir`` / ``ctvlp eval --real-dir``, laid out as ``tests/data/real`` of a ctvlp
+checkout, see its README; read in place):
 
 * ``chest``: ``chest_ct_angio_1p5mm.nii.gz`` (contrast chest CT, LPS, 1.5 mm) with its binary aorta mask:
   structure ``aorta``.
@@ -80,6 +81,9 @@ def _read(path: Path, **kw) -> Volume:
 
 def load_cases(real_dir: str | Path, config: PreprocessConfig) -> dict[str, MemoryVolume]:
     """{``chest``, ``abdomen``}: the real scans preprocessed with ``config``, masks named by prompt."""
+    if not str(real_dir):
+        raise BadDatasetError(None, "real_masks: no folder of real cases given (ctvlp eval --real-dir DIR, or "
+                                    "eval.real_dir; tests/data/real of a ctvlp checkout has the expected files)")
     root = Path(real_dir)
     chest = _read(root / CHEST[0])
     aorta = _read(root / CHEST[1], require_ct=False)
@@ -124,7 +128,7 @@ def case_structures(cases: dict[str, MemoryVolume]) -> dict[str, list[str]]:
 
 @torch.no_grad()
 def evaluate_real_masks(model, preprocess_cfg: PreprocessConfig, sampler: SamplerConfig,
-                        device: torch.device | str = "cpu", real_dir: str | Path = "/work/shared/data/real",
+                        device: torch.device | str = "cpu", real_dir: str | Path = "",
                         probe=None, threshold: float = 0.5, hd95: bool = True, batch_size: int = 2,
                         overlays: bool = False) -> dict:
     """Zero-shot segmentation (and the ``probe`` when given) of the real cases (module docstring).

@@ -151,8 +151,9 @@ class EvalConfig:
     probe_split: str = "train"
     """``seg_probe``: split whose masks train the probe (scored on ``test_split``); ``robustness``: split the
     linear probe is fitted on."""
-    real_dir: str = "/work/shared/data/real"
-    """``real_masks``: folder of the real CTs and their masks (see its README)."""
+    real_dir: str = ""
+    """``real_masks``: folder of the real CTs and their masks, laid out as ``tests/data/real`` of a ctvlp checkout
+    (its README names the files); the task refuses to run while it is unset."""
     overlays: int = 0
     """``segmentation``, ``seg_probe``: draw the first this many test volumes as overlay figures (base64 PNGs
     in the task's ``overlays``; ``real_masks``: every case when > 0). ``ctvlp eval`` sets it for its report;
