@@ -3,7 +3,8 @@ run folders) and ``--set a.b=value`` overrides with type checks.
 
 Configs themselves are ordinary dataclasses defined next to the code they configure; these
 helpers only walk them. Values in overrides are parsed as YAML scalars/lists (``1e-3``, ``true``,
-``[16, 16, 8]``, ``null``) and then checked against the field's annotation.
+``[16, 16, 8]``, ``null``) with ``yaml.safe_load`` and then checked against the field's annotation; a
+value with a tag that safe loading does not construct (``!!python/object/apply:...``) is refused.
 """
 
 from __future__ import annotations
@@ -124,7 +125,10 @@ def apply_overrides(cfg, overrides: list[str]):
             if depth < len(parts) - 1:
                 node = node[part]
         try:
-            value = yaml.safe_load(raw)
+            value = yaml.safe_load(raw)  # plain YAML only: a tag like !!python/object is never constructed
+        except yaml.constructor.ConstructorError as err:
+            raise ConfigError(f"--set {item!r}: {err.problem}; give a plain value (number, string, list, "
+                              f"true/false, null)") from None
         except yaml.YAMLError:
             value = raw
         node[parts[-1]] = value

@@ -11,7 +11,10 @@ Layout of ``DIR``::
                          weights, tokenizer files, text_tower.json
 
 :func:`load_export` rebuilds the model with its text tower read from ``text/`` and refuses a folder of
-another ``format_version`` (re-export the checkpoint with this ctvlp).
+another ``format_version`` (re-export the checkpoint with this ctvlp). Nothing in the folder can run code:
+the weights are safetensors only (a ``text/`` with just a pickle ``pytorch_model.bin`` is refused unread),
+the configs are JSON, and a text model's own Python code (``auto_map``) runs only when the caller passes
+``trust_remote_code=True`` -- the folder's config cannot ask for it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ WEIGHTS = "model.safetensors"
 TEXT_DIR = "text"
 TEXT_ENCODER = "text.model."
 """Prefix of the weights ``text/`` holds (not repeated in model.safetensors)."""
+TEXT_FILES = ("config.json", "model.safetensors")
+"""What ``text/`` must hold for the encoder (Hugging Face config, safetensors weights)."""
 
 
 def export_model(model: CtvlpModel, out: str | Path) -> Path:
@@ -76,10 +81,28 @@ def _read_config(folder: Path) -> dict:
     return config
 
 
-def load_export(folder: str | Path, device: torch.device | str = "cpu", max_voxels: int | None = None) -> CtvlpModel:
-    """The :class:`CtvlpModel` of an export folder (see the module docstring)."""
+def _check_text_tower(folder: Path) -> None:
+    """``text/`` holds the encoder's config and safetensors weights; a pickle ``.bin`` is never read."""
+    text = folder / TEXT_DIR
+    if not text.is_dir():
+        raise CheckpointError(folder, f"export has no text tower: {TEXT_DIR}/ is missing; export the checkpoint "
+                                      f"again (ctvlp export)")
+    missing = [f"{TEXT_DIR}/{name}" for name in TEXT_FILES if not (text / name).is_file()]
+    if not missing:
+        return
+    pickles = sorted(f"{TEXT_DIR}/{p.name}" for p in text.glob("*.bin"))
+    refused = f" ({', '.join(pickles)} is a pickle file, which ctvlp never reads: it could run code)" if pickles else ""
+    raise CheckpointError(folder, f"export's text tower is incomplete: {', '.join(missing)} missing{refused}; "
+                                  f"export the checkpoint again (ctvlp export)")
+
+
+def load_export(folder: str | Path, device: torch.device | str = "cpu", max_voxels: int | None = None,
+                trust_remote_code: bool = False) -> CtvlpModel:
+    """The :class:`CtvlpModel` of an export folder (see the module docstring). ``trust_remote_code``: let a
+    text tower that ships its own Python code run it (the folder's own config cannot turn this on)."""
     folder = Path(folder)
     config = _read_config(folder)
+    _check_text_tower(folder)
     try:
         model_cfg = from_dict(ModelConfig, config["model"])
         spec = ModelSpec(preprocess=PreprocessConfig.from_dict(config["preprocess"]),
@@ -88,7 +111,8 @@ def load_export(folder: str | Path, device: torch.device | str = "cpu", max_voxe
                          path=str(folder))
     except (ConfigError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(folder / CONFIG, f"its config does not fit this ctvlp: {err}") from None
-    text = dataclasses.replace(model_cfg.text, name=str(folder / TEXT_DIR), pretrained=True)
+    text = dataclasses.replace(model_cfg.text, name=str(folder / TEXT_DIR), pretrained=True,
+                               trust_remote_code=trust_remote_code)
     model = VisionLanguageModel(dataclasses.replace(model_cfg, text=text))
     missing, unexpected = model.load_state_dict(load_file(folder / WEIGHTS), strict=False)
     wrong = [k for k in missing if not k.startswith(TEXT_ENCODER)] + list(unexpected)

@@ -11,6 +11,10 @@ Sources (``TextTowerConfig.name``):
   loaded with ``AutoModel``/``AutoTokenizer``. With ``HF_HUB_OFFLINE`` set nothing is downloaded
   (``local_files_only``); otherwise transformers may fetch the id from the hub.
 
+Loading never runs code that comes with a model: weights are read from safetensors or with
+``torch.load(weights_only=True)``, and a model that ships its own Python modules (``auto_map`` in its
+config) is refused unless ``TextTowerConfig.trust_remote_code`` is set by the user.
+
 The encoder's own pooler (BERT's ``pooler``) is dropped: no pooling here uses it, and parameters
 without gradients break DistributedDataParallel.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -29,6 +34,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ctvlp.errors import CtvlpError
 from ctvlp.models.heads import masked_mean
 
 TINY_BERT = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128,
@@ -54,6 +60,10 @@ class TextTowerConfig:
     """Layers left trainable (counted from the top) when ``freeze='all_but_last_n'``."""
     pretrained: bool = True
     """Load the weights; False builds the same architecture randomly initialised (``tiny`` is always random)."""
+    trust_remote_code: bool = False
+    """Let transformers import and run the Python code a model folder or hub id ships (``auto_map`` in its
+    config.json). Off: such a tower is refused. Set it (``--set model.text.trust_remote_code=true``) only for
+    code you have read; checkpoints and exports never turn it on by themselves (see ``load_model``)."""
 
     def __post_init__(self) -> None:
         if self.pooling not in ("cls", "mean", "attention"):
@@ -64,6 +74,10 @@ class TextTowerConfig:
             raise ValueError(f"max_length must be at least 2 (room for the special tokens), got {self.max_length}")
         if self.trainable_layers < 0:
             raise ValueError(f"trainable_layers must be >= 0, got {self.trainable_layers}")
+
+
+class TextTowerError(CtvlpError, ValueError):
+    """A text tower that cannot be loaded: not found, or it ships code the user has not trusted."""
 
 
 def minilm_dir() -> Path:
@@ -93,7 +107,8 @@ def _offline() -> bool:
 
 
 def load_encoder(cfg: TextTowerConfig) -> tuple[nn.Module, object]:
-    """(Hugging Face encoder without its pooler, tokenizer) for ``cfg.name``; ValueError when not found."""
+    """(Hugging Face encoder without its pooler, tokenizer) for ``cfg.name``; TextTowerError (a ValueError)
+    when not found, or when it needs code run that ``cfg.trust_remote_code`` does not allow."""
     with _quiet_transformers():
         if cfg.name == "tiny":
             tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir())
@@ -101,17 +116,27 @@ def load_encoder(cfg: TextTowerConfig) -> tuple[nn.Module, object]:
             model = transformers.BertModel(config, add_pooling_layer=False)
             return model, tokenizer
         source = str(minilm_dir()) if cfg.name == "minilm" else cfg.name
-        kwargs = {"local_files_only": True} if _offline() and not Path(source).is_dir() else {}
+        offline = _offline() and not Path(source).is_dir()
+        kwargs = {"trust_remote_code": cfg.trust_remote_code} | ({"local_files_only": True} if offline else {})
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
             if cfg.pretrained:
-                model = transformers.AutoModel.from_pretrained(source, **kwargs)
+                model = transformers.AutoModel.from_pretrained(source, weights_only=True, **kwargs)
             else:
-                model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(source, **kwargs))
+                config = transformers.AutoConfig.from_pretrained(source, **kwargs)
+                model = transformers.AutoModel.from_config(config, trust_remote_code=cfg.trust_remote_code)
+        except pickle.UnpicklingError:  # transformers reads a .bin with torch.load(weights_only=True)
+            raise TextTowerError(source, "refused: its weights are a pickle file holding more than tensors, which "
+                                         "could run code; use a model saved as safetensors") from None
         except (OSError, ValueError) as err:
-            where = "locally" if kwargs else "locally or on the Hugging Face hub"
-            raise ValueError(f"text tower {cfg.name!r} is not 'minilm', 'tiny' or a local model directory, and "
-                             f"could not be found {where} ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+            if "trust_remote_code" in str(err):  # transformers' refusal of a model's own code
+                raise TextTowerError(source, "this text model ships its own Python code (auto_map in its config), "
+                                             "which loading would run; refused. Set model.text.trust_remote_code="
+                                             "true only if you have read and trust that code") from err
+            where = "locally" if offline else "locally or on the Hugging Face hub"
+            raise TextTowerError(None, f"text tower {cfg.name!r} is not 'minilm', 'tiny' or a local model directory, "
+                                       f"and could not be found {where} ({type(err).__name__}: "
+                                       f"{str(err).splitlines()[0]})") from err
     if getattr(model, "pooler", None) is not None:
         model.pooler = None
     return model, tokenizer
@@ -223,13 +248,14 @@ class TextTower(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> TextTower:
-        """The tower written by :meth:`save_pretrained` (same outputs, same trainable parameters)."""
+    def from_pretrained(cls, directory: str | Path, trust_remote_code: bool = False) -> TextTower:
+        """The tower written by :meth:`save_pretrained` (same outputs, same trainable parameters).
+        ``trust_remote_code`` is the caller's decision, never the saved config's."""
         directory = Path(directory)
         if not (directory / CONFIG_FILE).is_file():
             raise ValueError(f"{directory} has no {CONFIG_FILE}: not written by TextTower.save_pretrained")
         saved = TextTowerConfig(**json.loads((directory / CONFIG_FILE).read_text()))
-        tower = cls(replace(saved, name=str(directory), pretrained=True))
+        tower = cls(replace(saved, name=str(directory), pretrained=True, trust_remote_code=trust_remote_code))
         if tower.pool is not None:
             tower.pool.load_state_dict(load_file(directory / POOL_FILE))
         return tower

@@ -11,6 +11,11 @@ A checkpoint is one ``torch.save`` file ``OUT/checkpoints/step-0000100.pt`` hold
 - ``model``, ``optimizer``, ``scheduler``: state dicts; ``step``, ``epoch``, ``batch_in_epoch``;
 - ``rng``: torch / numpy / python generator states, so ``--resume`` continues exactly.
 
+Everything in it is a tensor or a plain value (str, bytes, int, float, bool, None, list, tuple, dict):
+it is read with ``torch.load(weights_only=True)`` only, so a crafted file cannot run code when loaded.
+The generator states of numpy and python are stored as plain lists and numbers (see :func:`rng_state`).
+Format 1 (numpy objects in ``rng``) needed unpickling and is refused, like any file that does.
+
 It is written to a temporary file in the same folder and renamed, so a kill never leaves half a file.
 """
 
@@ -31,7 +36,7 @@ from ctvlp import __version__
 from ctvlp.errors import CtvlpError
 
 FORMAT = "ctvlp-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _NAME = re.compile(r"^step-(\d{7,})\.pt$")
 
 
@@ -39,14 +44,27 @@ class CheckpointError(CtvlpError):
     """A checkpoint that cannot be read or is not a ctvlp checkpoint of this version."""
 
 
+_UNSAFE = re.compile(r"Unsupported global: GLOBAL (\S+)")
+
+
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The torch / numpy / python generator states as a tensor and plain values (weights_only-loadable)."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()  # MT19937: keys (624,) uint32
+    version, internal, gauss = random.getstate()  # internal: 624 words + position
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "cached_gaussian": float(cached_gaussian)},
+            "python": {"version": version, "internal": list(internal), "gauss": gauss}}
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore the generators from :func:`rng_state`'s dict."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
 
 
 def save_checkpoint(folder: Path, state: dict, keep_last: int) -> Path:
@@ -93,10 +111,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         path = found
     if not path.is_file():
         raise CheckpointError(path, "no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise CheckpointError(path, f"not a readable checkpoint (truncated or corrupt?): {err}") from None
+    state = _read(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(path, "not a ctvlp checkpoint")
     if state.get("version") != FORMAT_VERSION:
@@ -105,3 +120,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
                                     f"{FORMAT_VERSION}")
     state["path"] = str(path)
     return state
+
+
+def _read(path: Path) -> object:
+    """``torch.load(weights_only=True)``: tensors and plain values only; anything else is refused unread."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        unsafe = _UNSAFE.search(str(err))
+        if unsafe is None:
+            raise CheckpointError(path, "not a readable checkpoint (truncated or corrupt?): not a torch.save "
+                                        "file of tensors and plain values") from None
+        raise CheckpointError(path, f"refused: reading it would unpickle {unsafe.group(1)}, which can run code; "
+                                    f"ctvlp reads checkpoints with torch.load(weights_only=True) only. A checkpoint "
+                                    f"of format 1 (older ctvlp) needs unpickling too: train it again with this "
+                                    f"ctvlp") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(path, f"not a readable checkpoint (truncated or corrupt?): {reason}") from None

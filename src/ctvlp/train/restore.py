@@ -4,7 +4,8 @@
 :class:`~ctvlp.models.vlp.VisionLanguageModel` from the saved :class:`~ctvlp.train.config.TrainConfig`
 and loads its weights. The text tower is built with ``pretrained=False``: its weights come from the
 checkpoint, so the packaged encoder is not read twice (a hub-id tower still needs its config from
-the hub cache; ``ctvlp export`` writes everything, for fully offline use).
+the hub cache; ``ctvlp export`` writes everything, for fully offline use). The checkpoint is read with
+``torch.load(weights_only=True)`` and its config cannot turn on ``trust_remote_code``: only the caller can.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ class Trained:
     path: str
 
 
-def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") -> Trained:
-    """The model of checkpoint ``path`` (a ``step-*.pt`` file, or a run folder: its latest checkpoint)."""
+def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu",
+                 trust_remote_code: bool = False) -> Trained:
+    """The model of checkpoint ``path`` (a ``step-*.pt`` file, or a run folder: its latest checkpoint).
+    ``trust_remote_code``: let a text tower that ships its own Python code run it."""
     state = load_checkpoint(path)
     where = state["path"]
     try:
@@ -43,14 +46,15 @@ def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") ->
         preprocess = PreprocessConfig.from_dict(state["preprocess"])
     except (ConfigError, TypeError, ValueError, KeyError) as err:
         raise CheckpointError(where, f"its config does not fit this ctvlp: {err}") from None
-    model_cfg = dataclasses.replace(cfg.model, text=dataclasses.replace(cfg.model.text, pretrained=False))
+    text = dataclasses.replace(cfg.model.text, pretrained=False, trust_remote_code=trust_remote_code)
+    model_cfg = dataclasses.replace(cfg.model, text=text)
     model = VisionLanguageModel(model_cfg)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
         raise CheckpointError(where, f"weights do not fit the model its config describes: "
                                      f"{str(err).splitlines()[0]}") from None
-    model.cfg = cfg.model  # the config as trained (pretrained only decided where the weights came from)
+    model.cfg = cfg.model  # the config as trained (pretrained and trust only decided how it was loaded)
     model.prompts = dict(state.get("prompts") or {})
     return Trained(model=model.to(device).eval(), config=cfg, preprocess=preprocess,
                    label_names=list(state.get("label_names") or []), step=int(state["step"]), path=where)
