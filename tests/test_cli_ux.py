@@ -1,18 +1,23 @@
 """What a user meets before anything runs: help that answers at once and names the registries' choices,
-bad values refused in one line with exit code 2, `--device` and progress bars on stderr."""
+bad values refused in one line with exit code 2, `--device`, progress bars on stderr, and `ctvlp config`."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+import yaml
 
 from ctvlp.cli import main
 from ctvlp.cli._model import device
-from ctvlp.recipes import NAMES, RECIPES
+from ctvlp.config import field_help, to_dict
+from ctvlp.recipes import NAMES, RECIPES, get_recipe
+from ctvlp.train.optim import OptimConfig
 from conftest import stderr_terminal
 
 
@@ -42,7 +47,7 @@ def test_help_of_every_command_imports_no_torch_and_shows_no_rest_markup():
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert int(done.stdout) == 18
+    assert int(done.stdout) == 19
 
 
 def test_the_names_the_help_lists_are_those_the_code_runs(capsys):
@@ -66,6 +71,10 @@ EVAL = ["eval", "--checkpoint", "run", "--data", "cache", "--out", "ev"]
     (["train", "--recipe", "sigvlpp", "--data", "c", "--out", "o"],
      "argument --recipe: invalid choice: 'sigvlpp' (choose from 'demo', 'ctclip', 'sigvlp', 'scalevlp', 'segvl', "
      "'uniferum', 'colipri')"),
+    (["config", "sigvlpp"], "argument recipe: invalid choice: 'sigvlpp' (choose from 'demo', 'ctclip'"),
+    (["config", "demo", "--set", "optim.lr=fast"], "optim.lr: 'fast' is not a float"),
+    (["config", "demo", "--set", "optim.lrr=1"],
+     "--set 'optim.lrr=1': optim.lrr is not a config field; fields here: ['betas'"),
     (EVAL + ["--tasks", "zeroshot,dance"],
      "argument --tasks: unknown task(s) dance in 'zeroshot,dance'; tasks: zeroshot, retrieval, probe, organs, "
      "segmentation, generation, robustness, seg_probe, real_masks"),
@@ -74,7 +83,7 @@ EVAL = ["eval", "--checkpoint", "run", "--data", "cache", "--out", "ev"]
                                          "ctclip, colipri, ensemble, report, organs, label_head, corpus"),
     (["synth", "--out", "o", "--n", "2", "--difficulty", "extreme"],
      "argument --difficulty: invalid choice: 'extreme' (choose from 'large', 'easy', 'medium', 'hard')"),
-], ids=["recipe", "tasks", "protocol", "prompt-style", "difficulty"])
+], ids=["recipe", "config-recipe", "set-type", "set-field", "tasks", "protocol", "prompt-style", "difficulty"])
 def test_bad_value_is_one_line_naming_the_choices(argv, message, capsys):
     command = " ".join(argv[:1])
     assert main(argv) == 2
@@ -125,3 +134,52 @@ def test_synth_progress_bar_counts_the_volumes_on_stderr_only(tmp_path, capsys):
     with stderr_terminal() as terminal:
         assert main([*argv, "--out", str(tmp_path / "b"), "--no-progress"]) == 0
     assert terminal.getvalue() == ""
+
+
+# ---------------------------------------------------------------- ctvlp config
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_prints_every_field_with_help_as_yaml_that_reads_back(name, capsys):
+    for debug in (False, True):
+        assert main(["config", name, *(["--debug"] if debug else [])]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert yaml.safe_load("\n".join(lines)) == to_dict(get_recipe(name, debug=debug))
+        assert lines[0].startswith("# ctvlp train --recipe " + name)
+        assert all("  # " in line for line in lines[1:]), [line for line in lines if "  # " not in line]
+
+
+def test_config_shows_the_set_values_a_fields_own_help_and_json(capsys):
+    argv = ["config", "demo", "--debug", "--steps", "7", "--set", "optim.lr=0.02",
+            "--set", "model.vision.rope_base=1e4"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    data = yaml.safe_load(text)
+    assert (data["steps"], data["optim"]["lr"], data["model"]["vision"]["rope_base"]) == (7, 0.02, 10000.0)
+    lines = text.splitlines()
+    assert "--steps 7 --set optim.lr=0.02 --set model.vision.rope_base=1e4" in lines[0]
+    assert f"  lr: 0.02  # {field_help(OptimConfig)['lr']}" in lines
+    assert "steps: 7  # Optimiser steps." in lines
+    assert "model:  # A vision tower, a text tower and the heads that join them." in lines  # no own doc: the class's
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == data
+
+
+@dataclasses.dataclass
+class _Base:
+    a: int = 1
+    """The ``a`` of :class:`~ctvlp.train.config.TrainConfig`,
+    over two lines; see :func:`ctvlp.config.to_dict`."""
+    b: int = 2
+
+
+@dataclasses.dataclass
+class _Child(_Base):
+    c: str = "x"
+    """Own field."""
+    d: float = 0.5
+
+
+def test_field_help_is_the_docstring_under_each_field_as_plain_text():
+    assert field_help(_Child) == {"a": "The `a` of `TrainConfig`, over two lines; see `ctvlp.config.to_dict`.",
+                                  "c": "Own field."}

@@ -19,8 +19,9 @@ import sys
 from ctvlp import __version__
 from ctvlp.errors import CtvlpError
 
-SUBCOMMANDS: tuple[str, ...] = ("info", "manifest", "synth", "prepare", "train", "eval", "demo", "compare",
-                               "zeroshot", "segment", "generate", "export", "embed", "index", "retrieve")
+SUBCOMMANDS: tuple[str, ...] = ("info", "manifest", "synth", "prepare", "train", "config", "eval", "demo",
+                               "compare", "zeroshot", "segment", "generate", "export", "embed", "index",
+                               "retrieve")
 
 EXIT_USAGE = 2
 
