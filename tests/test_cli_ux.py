@@ -83,7 +83,9 @@ EVAL = ["eval", "--checkpoint", "run", "--data", "cache", "--out", "ev"]
                                          "ctclip, colipri, ensemble, report, organs, label_head, corpus"),
     (["synth", "--out", "o", "--n", "2", "--difficulty", "extreme"],
      "argument --difficulty: invalid choice: 'extreme' (choose from 'large', 'easy', 'medium', 'hard')"),
-], ids=["recipe", "config-recipe", "set-type", "set-field", "tasks", "protocol", "prompt-style", "difficulty"])
+    (["train", "--data", "c"], "the following arguments are required: --recipe, --out"),
+], ids=["recipe", "config-recipe", "set-type", "set-field", "tasks", "protocol", "prompt-style", "difficulty",
+        "missing"])
 def test_bad_value_is_one_line_naming_the_choices(argv, message, capsys):
     command = " ".join(argv[:1])
     assert main(argv) == 2
