@@ -1,3 +1,6 @@
+import contextlib
+import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def stderr_terminal():
+    """``sys.stderr`` inside the block: a terminal that records what is written to it, so that progress
+    bars, drawn only on a terminal, show up in its ``getvalue()`` (a context manager, not a fixture:
+    pytest's capture would put its own stderr back before the test runs)."""
+    terminal, saved = _Terminal(), sys.stderr
+    sys.stderr = terminal
+    try:
+        yield terminal
+    finally:
+        sys.stderr = saved
 
 
 def make_synthetic_cache(root: Path, n: int, seed: int) -> Path:

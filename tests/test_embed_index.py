@@ -21,7 +21,7 @@ from ctvlp.inference.index import load_index, model_fingerprint
 from ctvlp.recipes import get_recipe
 from ctvlp.train.checkpoint import load_checkpoint, save_checkpoint
 from ctvlp.train.loop import Trainer
-from conftest import make_synthetic_cache
+from conftest import make_synthetic_cache, stderr_terminal
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,6 +85,40 @@ def test_bad_files_are_skipped_listed_and_the_rest_embedded(run, tmp_path, capsy
     assert not (tmp_path / "none.parquet").exists() and (tmp_path / "none.parquet.skipped.csv").is_file()
 
 
+def test_progress_bar_counts_every_input_on_stderr_only(run, tmp_path, capsys):
+    """embed and index build (--device cpu): the bar counts embedded and skipped inputs; --no-progress draws none."""
+    text = tmp_path / "notes.nii.gz"
+    text.write_text("not an image")
+    paths = [run["files"][0], str(text), run["files"][1]]
+    commands = {"embed": ["embed", *paths, "--out", str(tmp_path / "e.parquet")],
+                "index build": ["index", "build", *paths, "--out", str(tmp_path / "idx")]}
+    for name, argv in commands.items():
+        with stderr_terminal() as terminal:
+            assert main([*argv, "--checkpoint", run["checkpoint"], "--workers", "0", "--device", "cpu"]) == 0
+        assert "embed: 100%" in terminal.getvalue() and "| 3/3 [" in terminal.getvalue(), name
+        assert f"ctvlp {name}: skipped {text}" in terminal.getvalue()
+        assert "%|" not in capsys.readouterr().out
+    np.testing.assert_array_equal(read_embeddings(tmp_path / "e.parquet")[1], run["reference"][:2])
+    with stderr_terminal() as terminal:
+        assert main([*commands["embed"], "--checkpoint", run["checkpoint"], "--workers", "0", "--no-progress"]) == 0
+    lines = terminal.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ctvlp embed: skipped {text}: ")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_embeds_indexes_and_retrieves_as_the_cpu(run, tmp_path, capsys):
+    cuda = ["--checkpoint", run["checkpoint"], "--workers", "0", "--device", "cuda"]
+    assert main(["embed", *run["files"], "--out", str(tmp_path / "e.parquet"), *cuda]) == 0
+    np.testing.assert_allclose(read_embeddings(tmp_path / "e.parquet")[1], run["reference"], rtol=0, atol=5e-3)
+    assert main(["index", "build", *run["files"], "--out", str(tmp_path / "idx"), *cuda]) == 0
+    capsys.readouterr()
+    query = "Large right pleural effusion."
+    scores = run["reference"] @ run["model"].encode_text([query])[0].numpy()  # (4,) on the CPU
+    assert main(["retrieve", str(tmp_path / "idx"), query, "--json", "--device", "cuda"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose([h["score"] for h in hits], sorted(scores, reverse=True), rtol=0, atol=5e-3)
+
+
 def test_folder_rule_finds_volumes_and_dicom_series(tmp_path):
     (tmp_path / "a" / "deep").mkdir(parents=True)
     series, named = tmp_path / "a" / "series", tmp_path / "d"
@@ -118,7 +152,7 @@ def test_index_build_and_retrieve_rank_as_a_direct_matmul(run, tmp_path, capsys)
     query = "Large right pleural effusion."
     scores = run["reference"] @ run["model"].encode_text([query])[0].numpy()  # (4,)
     order = np.argsort(-scores, kind="stable")
-    assert main(["retrieve", str(idx), query, "--json"]) == 0
+    assert main(["retrieve", str(idx), query, "--json", "--device", "cpu"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert [h["rank"] for h in hits] == [1, 2, 3, 4]
     assert [h["path"] for h in hits] == [index.paths[i] for i in order]

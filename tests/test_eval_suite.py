@@ -26,7 +26,7 @@ from ctvlp.eval.suite import SuiteConfig, protocol_labels, zero_shot_levels
 from ctvlp.eval.zeroshot import METRICS
 from ctvlp.recipes import get_recipe
 from ctvlp.train.loop import Trainer
-from conftest import make_synthetic_cache
+from conftest import make_synthetic_cache, stderr_terminal
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "eval-metrics.md"
@@ -175,10 +175,15 @@ def _paths(obj, path: str = "") -> set[str]:
 
 
 def test_cli_writes_metrics_matching_the_schema_doc_csvs_and_html(run, tmp_path, capsys):
+    """... with --device cpu, and a progress bar (stderr, on a terminal) that counts the encoding and each task."""
     ckpt, cache = run
     out = tmp_path / "eval"
-    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(cache), "--out", str(out), "--bootstrap", "50"]) == 0
+    with stderr_terminal() as terminal:
+        assert main(["eval", "--checkpoint", str(ckpt), "--data", str(cache), "--out", str(out), "--bootstrap", "50",
+                     "--device", "cpu"]) == 0
+    assert "eval: 100%" in terminal.getvalue() and "| 4/4 [" in terminal.getvalue()  # encode, zeroshot, retrieval, probe
     printed = capsys.readouterr().out
+    assert "%|" not in printed
     assert "zero-shot macro AUROC" in printed and "R@5 volume to report" in printed and "linear probe" in printed
     assert str(out / "metrics.json") in printed and str(out / "report.html") in printed
     metrics = json.loads((out / "metrics.json").read_text())
@@ -255,6 +260,28 @@ def test_protocol_16_has_16_labels(run, tmp_path):
     assert len(labels) == 16 and not skipped and {"Lymphadenopathy", "Medical material"}.isdisjoint(labels)
 
 
+def test_no_progress_draws_no_bar(run, tmp_path):
+    ckpt, cache = run
+    with stderr_terminal() as terminal:
+        assert main(["eval", "--checkpoint", str(ckpt), "--data", str(cache), "--out", str(tmp_path / "ev"),
+                     "--bootstrap", "0", "--tasks", "retrieval", "--no-progress"]) == 0
+    assert terminal.getvalue() == ""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_eval_on_cuda_scores_the_same_volumes(run, tmp_path):
+    ckpt, cache = run
+    metrics = {}
+    for device in ("cpu", "cuda"):
+        argv = ["eval", "--checkpoint", str(ckpt), "--data", str(cache), "--out", str(tmp_path / device),
+                "--bootstrap", "0", "--tasks", "zeroshot,retrieval", "--device", device]
+        assert main(argv) == 0
+        metrics[device] = json.loads((tmp_path / device / "metrics.json").read_text())
+    assert metrics["cuda"]["n"] == metrics["cpu"]["n"]
+    cpu, cuda = (metrics[d]["zeroshot"]["volume"]["mean_auroc"] for d in ("cpu", "cuda"))
+    assert abs(cuda - cpu) < 0.05
+
+
 def _bad(argv, capsys, *needles):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -273,7 +300,7 @@ def test_bad_inputs_exit_2_naming_the_file_and_reason(run, tmp_path, capsys):
     _bad(base + good + ["--tasks", "zeroshot,segmentation"], capsys, "segmentation", "voxel head")
     _bad(base + good + ["--tasks", "generation"], capsys, "generation", "report decoder")
     _bad(base + good + ["--tasks", "zeroshot,dance"], capsys, "unknown task", "dance")
-    _bad(base + good + ["--protocol", "17"], capsys, "unknown protocol", "17")
+    _bad(base + good + ["--protocol", "17"], capsys, "invalid choice: '17'", "'18', '16'")
     _bad(base + good + ["--prompt-style", "label_head"], capsys, "label head", "uniferum")
     broken = tmp_path / "broken.yaml"
     broken.write_text("styles: [unclosed\n")
@@ -282,7 +309,8 @@ def test_bad_inputs_exit_2_naming_the_file_and_reason(run, tmp_path, capsys):
     partial.write_text("styles:\n  mine:\n    templates:\n      Cardiomegaly:\n"
                        "        positive: ['Cardiomegaly.']\n        negative: ['No cardiomegaly.']\n")
     _bad(base + good + ["--prompts", str(partial), "--prompt-style", "mine"], capsys, str(partial), "Emphysema")
-    _bad(base + good + ["--prompts", str(partial), "--prompt-style", "ctclip"], capsys, str(partial), "no prompt style")
+    _bad(base + good + ["--prompts", str(partial), "--prompt-style", "ctclip"], capsys, str(partial),
+         "--prompt-style 'ctclip' is not a style of this file; styles: mine, label_head, corpus")
 
 
 def test_corpus_prompts_mined_at_evaluation_equal_the_ones_the_model_carries(run):

@@ -7,6 +7,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 import ctvlp
 from ctvlp.cli import main
@@ -35,7 +36,8 @@ def test_zeroshot_table_and_json(runs, capsys):
     printed = json.loads(capsys.readouterr().out)
     expected = ctvlp.load_model(runs["demo"]).zero_shot(runs["volume"])
     assert printed == {"labels": expected}
-    assert main(["zeroshot", runs["volume"], "--checkpoint", runs["demo"], "--labels", "Emphysema", "Cardiomegaly"]) == 0
+    assert main(["zeroshot", runs["volume"], "--checkpoint", runs["demo"], "--labels", "Emphysema", "Cardiomegaly",
+                 "--device", "cpu"]) == 0
     rows = [line.rsplit(None, 1) for line in capsys.readouterr().out.splitlines()]
     assert [name for name, _ in rows] == sorted(["Emphysema", "Cardiomegaly"], key=lambda n: -expected[n])
     assert [float(p) for _, p in rows] == [round(expected[n], 3) for n, _ in rows]
@@ -51,7 +53,8 @@ def test_zeroshot_reads_a_real_dicom_series(runs, real_dir, capsys):
 
 def test_segment_writes_maps_on_the_input_grid(runs, tmp_path, capsys):
     one = tmp_path / "heat.nii.gz"
-    assert main(["segment", runs["volume"], "--checkpoint", runs["segvl"], "--prompt", "aorta", "--out", str(one)]) == 0
+    assert main(["segment", runs["volume"], "--checkpoint", runs["segvl"], "--prompt", "aorta", "--out", str(one),
+                 "--device", "cpu"]) == 0
     source = nib.load(runs["volume"])
     heat = nib.load(one)
     assert heat.shape == source.shape and np.allclose(heat.affine, source.affine)
@@ -74,11 +77,37 @@ def test_export_then_zeroshot_from_the_folder(runs, tmp_path, capsys):
 def test_generate_prints_the_models_report_greedy_and_beam(runs, capsys):
     model = ctvlp.load_model(runs["colipri"])
     for extra, kwargs in (([], {}), (["--beam", "2"], {"beam": 2})):
-        assert main(["generate", runs["volume"], "--checkpoint", runs["colipri"], "--max-new-tokens", "8", *extra]) == 0
+        assert main(["generate", runs["volume"], "--checkpoint", runs["colipri"], "--max-new-tokens", "8", "--device",
+                     "cpu", *extra]) == 0
         printed = capsys.readouterr().out
         assert printed.strip() and printed == model.generate_report(runs["volume"], max_new_tokens=8, **kwargs) + "\n"
     expect_error(capsys, ["generate", runs["volume"], "--checkpoint", runs["colipri"], "--beam", "0"],
                  "beam must be at least 1")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_puts_model_and_inputs_on_the_gpu_and_gives_the_cpus_numbers(runs, tmp_path, capsys):
+    """--device cuda, and auto (which picks it), run every tensor on the GPU (a tensor left behind fails
+    the first matmul) and give the CPU's scores up to float rounding (cuDNN's TF32 convolutions)."""
+    assert all(p.is_cuda for p in ctvlp.load_model(runs["demo"], device="cuda").model.parameters())
+    for device in ("cpu", "cuda", "auto"):
+        assert main(["zeroshot", runs["volume"], "--checkpoint", runs["demo"], "--json", "--device", device]) == 0
+    cpu, cuda, auto = (json.loads(line)["labels"] for line in capsys.readouterr().out.splitlines())
+    assert cuda == auto and cuda.keys() == cpu.keys()
+    np.testing.assert_allclose(list(cuda.values()), list(cpu.values()), rtol=0, atol=5e-3)
+    maps = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.nii.gz"
+        assert main(["segment", runs["volume"], "--checkpoint", runs["segvl"], "--prompt", "aorta", "--out", str(out),
+                     "--device", device]) == 0
+        maps[device] = nib.load(out).get_fdata(dtype=np.float32)
+    np.testing.assert_allclose(maps["cuda"], maps["cpu"], rtol=0, atol=5e-3)
+    capsys.readouterr()
+    for device in ("cpu", "cuda"):
+        assert main(["generate", runs["volume"], "--checkpoint", runs["colipri"], "--max-new-tokens", "8",
+                     "--device", device]) == 0
+    reports = capsys.readouterr().out.splitlines()
+    assert len(reports) == 2 and reports[0].strip() and reports[0] == reports[1]
 
 
 def nifti(path, array, zooms=(1.0, 1.0, 2.0)):

@@ -71,7 +71,7 @@ def test_resume_continues_exactly(cache, tmp_path, workers):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--recipe", "nope"], "unknown recipe 'nope'"),
+    (["--recipe", "nope"], "invalid choice: 'nope' (choose from 'demo', 'ctclip'"),
     (["--set", "optim.lrr=1"], "optim.lrr is not a config field"),
     (["--set", "steps=many"], "is not a int"),
     (["--data", "/nonexistent/cache"], "not a cache folder"),

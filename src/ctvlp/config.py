@@ -1,15 +1,22 @@
 """Typed dataclass configs at the edge: to/from plain dicts (saved as YAML/JSON in checkpoints and
-run folders) and ``--set a.b=value`` overrides with type checks.
+run folders), ``--set a.b=value`` overrides with type checks, and each field's help text.
 
 Configs themselves are ordinary dataclasses defined next to the code they configure; these
 helpers only walk them. Values in overrides are parsed as YAML scalars/lists (``1e-3``, ``true``,
 ``[16, 16, 8]``, ``null``) with ``yaml.safe_load`` and then checked against the field's annotation; a
-value with a tag that safe loading does not construct (``!!python/object/apply:...``) is refused.
+value with a tag that safe loading does not construct (``!!python/object/apply:...``) is refused. A
+field's help is the docstring written under it in its class (:func:`field_help`);
+:func:`to_yaml_with_help` prints a config with it (`ctvlp config`).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import re
+import textwrap
 import types
 import typing
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -28,10 +35,13 @@ class ConfigError(CtvlpError):
 
 def to_dict(cfg) -> dict:
     """Nested plain dict (tuples become lists) of a dataclass config."""
-    return _plain(dataclasses.asdict(cfg))
+    return _plain(cfg)
 
 
 def _plain(value):
+    """``value`` with dataclasses as dicts and tuples as lists, all the way down."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -133,3 +143,77 @@ def apply_overrides(cfg, overrides: list[str]):
             value = raw
         node[parts[-1]] = value
     return from_dict(type(cfg), data)
+
+
+# -- help --------------------------------------------------------------------------------------------
+_ROLE = re.compile(r":[a-z]+:`(~?)([^`]+)`")  # :func:`ctvlp.x.f` -> `ctvlp.x.f`; :class:`~a.B` -> `B`
+
+
+def plain_text(doc: str) -> str:
+    """A docstring as one line of plain text: whitespace collapsed, reST roles and ``literals`` as `x`."""
+    text = _ROLE.sub(lambda m: f"`{m[2].rsplit('.', 1)[-1] if m[1] else m[2]}`", doc)
+    return " ".join(text.replace("``", "`").split())
+
+
+@functools.cache
+def field_help(cls: type) -> dict[str, str]:
+    """Field name -> help of dataclass ``cls`` (and its dataclass bases): the docstring written under the
+    field in the class body, as :func:`plain_text`; fields without one are absent."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for stmt, after in zip(body, body[1:]):
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[stmt.target.id] = plain_text(after.value.value)
+    return docs
+
+
+def _class_help(value) -> str:
+    """The first paragraph of a dataclass value's class docstring (the help of a field that has none)."""
+    if not dataclasses.is_dataclass(value):
+        return ""
+    return plain_text(inspect.cleandoc(type(value).__doc__ or "").split("\n\n")[0])
+
+
+def to_yaml_with_help(cfg) -> str:
+    """``cfg`` as block YAML with every field's help as a comment on its line (``lr: 0.001  # peak ...``);
+    ``yaml.safe_load`` of it gives ``to_dict(cfg)``."""
+    return "\n".join(_fields_yaml(cfg, 0)) + "\n"
+
+
+def _fields_yaml(obj, indent: int) -> list[str]:
+    docs = field_help(type(obj))
+    lines = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        lines += _entry_yaml(f.name, value, docs.get(f.name) or _class_help(value), indent)
+    return lines
+
+
+def _entry_yaml(key, value, help_text: str, indent: int) -> list[str]:
+    """The lines of ``key: value`` at ``indent``: a dataclass, a dict of dataclasses and a list of
+    dataclasses as blocks (their fields with help), anything else as one flow-style value."""
+    head = " " * indent + _flow(key) + ":"
+    comment = f"  # {help_text}" if help_text else ""
+    if dataclasses.is_dataclass(value):
+        return [head + comment, *_fields_yaml(value, indent + 2)]
+    if isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):
+        return [head + comment, *(line for k, v in value.items()
+                                  for line in _entry_yaml(k, v, _class_help(v), indent + 2))]
+    if isinstance(value, (list, tuple)) and value and all(dataclasses.is_dataclass(v) for v in value):
+        lines = [head + comment]
+        for item in value:  # "- " then the item's fields, aligned after it
+            item_lines = _fields_yaml(item, indent + 4)
+            lines += [" " * (indent + 2) + "- " + item_lines[0].lstrip(), *item_lines[1:]]
+        return lines
+    return [f"{head} {_flow(_plain(value))}{comment}"]
+
+
+def _flow(value) -> str:
+    """One value as YAML on one line (flow style)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), sort_keys=False)
+    return text.removesuffix("\n...\n").rstrip("\n")

@@ -2,17 +2,17 @@
 [--budget-minutes M | --steps N] [--seed S] [--set a.b=v ...]`
 
 Trains each recipe for the same wall-clock budget on the same cache and seed and evaluates all of them
-on the same held-out split. A ``--variant`` is a named run of a recipe with its own overrides (an
-ablation: ``--variant "sigvlp-rope10k=sigvlp model.vision.rope_base=10000"``); it runs after the
-``--recipes`` and is a row of the table like them. ``--steps N`` replaces the budget by a fixed step
+on the same held-out split. A `--variant` is a named run of a recipe with its own overrides (an
+ablation: `--variant "sigvlp-rope10k=sigvlp model.vision.rope_base=10000"`); it runs after the
+`--recipes` and is a row of the table like them. `--steps N` replaces the budget by a fixed step
 count for every run (no probe, no clock), so that the runs of an ablation differ only in their knob.
-``--resume`` keeps the finished runs of an earlier, stopped comparison in DIR (same per-run command,
-status ok) and runs the rest. A recipe runs at its cohort size (``ctvlp.recipes.cohort``: the demo's
+`--resume` keeps the finished runs of an earlier, stopped comparison in DIR (same per-run command,
+status ok) and runs the rest. A recipe runs at its cohort size (`ctvlp.recipes.cohort`: the demo's
 model, input and batch size with the recipe's objective, sampler, positions, pooling and optimiser;
-``--debug``: its tiny debug variant). Per recipe: a probe times a few steps on the cache (2 warm-up, 5
-timed); ``steps`` is set to what fits in the budget less the ``EVAL_RESERVE`` (15 %) kept for
-evaluation, and ``max_minutes`` stops training there in any case; then it trains and evaluates
-(``ctvlp.cli.demo.train_and_evaluate``). ``--set`` applies to every recipe; ``--seed`` is every run's.
+`--debug`: its tiny debug variant). Per recipe: a probe times a few steps on the cache (2 warm-up, 5
+timed); `steps` is set to what fits in the budget less the `EVAL_RESERVE` (15 %) kept for
+evaluation, and `max_minutes` stops training there in any case; then it trains and evaluates
+(`ctvlp.cli.demo.train_and_evaluate`). `--set` applies to every recipe; `--seed` is every run's.
 
 Writes DIR/<recipe>/ (run/ with checkpoints and metrics.jsonl, config.yaml, report.html),
 DIR/compare.json (per recipe: metrics, steps, samples/s, budget, seed and the command) and
@@ -32,6 +32,8 @@ import sys
 import time
 import traceback
 from pathlib import Path
+
+from ctvlp.recipes import NAMES
 
 EVAL_RESERVE = 0.15
 """Fraction of each recipe's budget left for evaluation; training gets the rest."""
@@ -58,7 +60,8 @@ MISSING = "—"
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train several recipes for the same wall-clock budget and tabulate them",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipes", default="", help="comma-separated recipe names, e.g. ctclip,sigvlp,scalevlp")
+    p.add_argument("--recipes", default="", metavar="RECIPE[,RECIPE...]",
+                   help=f"comma-separated, from: {', '.join(NAMES)}")
     p.add_argument("--variant", dest="variants", action="append", default=[], metavar='"NAME=RECIPE KEY=VALUE ..."',
                    help="a named run of RECIPE with these overrides on top of --set (repeatable)")
     p.add_argument("--data", type=Path, required=True, help="cache folder written by `ctvlp prepare`")

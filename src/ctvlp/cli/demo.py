@@ -1,6 +1,6 @@
 """`ctvlp demo --out DIR`: the whole framework on a laptop without a GPU.
 
-synth (a chest-CT cohort in CT-RATE's layout, findings at the ``large`` size so that they span
+synth (a chest-CT cohort in CT-RATE's layout, findings at the `large` size so that they span
 several voxels at the demo's resolution) -> `manifest ctrate` (the real adapter) -> `prepare` (the
 chunk cache at 3 x 3 x 6 mm, anti-aliased) -> `train --recipe demo` (RoPE ViT, z-chunks with organ sentences, sigmoid loss,
 Muon) -> zero-shot classification and retrieval on the held-out split -> DIR/metrics.json and
@@ -33,7 +33,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the demo recipe (repeatable)")
     p.add_argument("--debug", action="store_true", help="the recipe's tiny debug variant (seconds, for tests)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
 
@@ -52,17 +52,17 @@ def _step(title: str, argv: list[str]) -> float:
 def prepare_data(args: argparse.Namespace) -> tuple[Path, dict[str, float]]:
     out = args.out
     cohort, manifest, cache_dir = out / "cohort", out / "manifest.parquet", out / "cache"
-    seconds = {}
+    seconds, quiet = {}, ["--no-progress"] if args.no_progress else []
     if not (cohort / "synth.json").is_file():
         seconds["synth"] = _step("synthesise", ["synth", "--out", str(cohort), "--n", str(args.n), "--seed",
                                                 str(args.seed), "--workers", str(args.workers),
-                                                "--difficulty", DIFFICULTY])
+                                                "--difficulty", DIFFICULTY, *quiet])
     if not manifest.is_file():
         seconds["manifest"] = _step("read with the CT-RATE adapter", [
             "manifest", "ctrate", str(cohort), "--radgenome", str(cohort / "radgenome"), "--out", str(manifest)])
     seconds["prepare"] = _step("prepare the cache (finished volumes are skipped)", [
         "prepare", "--manifest", str(manifest), "--out", str(cache_dir), "--workers", str(args.workers),
-        "--spacing", SPACING])
+        "--spacing", SPACING, *quiet])
     return cache_dir, seconds
 
 

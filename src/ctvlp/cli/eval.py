@@ -2,7 +2,7 @@
 
 Zero-shot classification (CT-RATE 18- or 16-label protocol, thresholds on the validation split),
 volume<->report retrieval and a linear probe, at volume and scan level, with 95 % intervals from
-patient resamples; plus the checkpoint's own ``eval.tasks`` (organs, segmentation, generation, ...).
+patient resamples; plus the checkpoint's own `eval.tasks` (organs, segmentation, generation, ...).
 Writes DIR/metrics.json (docs/eval-metrics.md), DIR/<task>.csv and DIR/report.html.
 """
 
@@ -11,6 +11,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ctvlp.cli._model import add_device_arg
+from ctvlp.data.labels import PROTOCOLS
+from ctvlp.eval.names import CORE_TASKS, CORPUS, EVAL_TASKS, LABEL_HEAD, prompt_style_names
+
+TASKS = (*CORE_TASKS, *EVAL_TASKS)
+
+
+def task_list(text: str) -> tuple[str, ...]:
+    """`--tasks a,b` -> ("a", "b") (duplicates dropped); a usage error naming the tasks for an unknown one."""
+    tasks = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise argparse.ArgumentTypeError(f"{'unknown task(s) ' + ', '.join(unknown) if unknown else 'no task'} "
+                                         f"in {text!r}; tasks: {', '.join(TASKS)}")
+    return tasks
+
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot, retrieval, probe (+ its eval tasks)",
@@ -18,11 +34,15 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or run folder (latest)")
     p.add_argument("--data", type=Path, required=True, help="prepared cache (ctvlp prepare)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--tasks", help="comma-separated tasks (default: zeroshot,retrieval,probe + the checkpoint's "
-                                   "eval.tasks); also organs, segmentation, generation, robustness, seg_probe, real_masks")
-    p.add_argument("--protocol", default="18", help="label protocol: 18 (CT-RATE) or 16 (fVLM/HLIP); default 18")
+    p.add_argument("--tasks", type=task_list, metavar="TASK[,TASK...]",
+                   help=f"comma-separated, from: {', '.join(TASKS)} (default: {','.join(CORE_TASKS)} + the "
+                        "checkpoint's eval.tasks)")
+    p.add_argument("--protocol", choices=tuple(PROTOCOLS), default="18",
+                   help="label protocol: 18 (CT-RATE) or 16 (fVLM/HLIP); default 18")
     p.add_argument("--prompts", type=Path, help="prompt YAML file replacing the packaged one")
-    p.add_argument("--prompt-style", help="prompt style (default: the checkpoint's eval.prompt_style)")
+    p.add_argument("--prompt-style", metavar="STYLE",
+                   help=f"prompt style: {', '.join(prompt_style_names())} or a style of the --prompts file "
+                        "(default: the checkpoint's eval.prompt_style)")
     p.add_argument("--bootstrap", type=int, default=1000, help="patient resamples per interval (default 1000)")
     p.add_argument("--val-split", help="split choosing thresholds and C (default: the checkpoint's)")
     p.add_argument("--test-split", help="split the numbers are reported on (default: the checkpoint's)")
@@ -32,9 +52,28 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--real-dir", type=Path, help="real_masks: folder of the real cases (tests/data/real of a ctvlp "
                                                  "checkout; default: the checkpoint's eval.real_dir)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device_arg(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal, on stderr)")
     p.set_defaults(func=run)
     return p
+
+
+def check_prompt_style(style: str | None, prompts: Path | None) -> None:
+    """CtvlpError naming the styles when ``style`` is neither a style of the prompt file (``prompts``, or
+    the packaged one) nor one made for the model (label_head, corpus)."""
+    from ctvlp.errors import CtvlpError
+
+    if style is None:
+        return
+    if prompts is None:
+        names = prompt_style_names()
+    else:
+        from ctvlp.eval.prompts import load_prompts
+
+        names = (*load_prompts(prompts).styles, LABEL_HEAD, CORPUS)
+    if style not in names:
+        raise CtvlpError(prompts, f"--prompt-style {style!r} is not a style of "
+                                  f"{'this file' if prompts else 'the packaged prompts'}; styles: {', '.join(names)}")
 
 
 def _summary(metrics: dict) -> list[str]:
@@ -64,25 +103,27 @@ def _summary(metrics: dict) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ctvlp.data.cache import Cache
     from ctvlp.errors import CtvlpError
-    from ctvlp.eval.outputs import write_outputs
-    from ctvlp.eval.suite import CORE_TASKS, SuiteConfig, run_suite, with_overrides
-    from ctvlp.train.restore import load_trained
 
     if args.bootstrap < 0 or args.overlays < 0:
         raise CtvlpError(None, f"--bootstrap and --overlays must be >= 0, got {args.bootstrap}, {args.overlays}")
+    check_prompt_style(args.prompt_style, args.prompts)
+
+    from ctvlp.data.cache import Cache
+    from ctvlp.eval.outputs import write_outputs
+    from ctvlp.eval.suite import SuiteConfig, run_suite, with_overrides
+    from ctvlp.train.restore import load_trained
+
     trained = load_trained(args.checkpoint, args.device)
     cache = Cache(args.data)
     eval_cfg = with_overrides(trained.config.eval, val_split=args.val_split, test_split=args.test_split,
                               prompt_style=args.prompt_style, overlays=args.overlays,
                               real_dir=None if args.real_dir is None else str(args.real_dir))
-    tasks = ([t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks
-             else [*CORE_TASKS, *trained.config.eval.tasks])
-    cfg = SuiteConfig(tasks=tuple(tasks), protocol=str(args.protocol),
+    tasks = args.tasks or (*CORE_TASKS, *trained.config.eval.tasks)
+    cfg = SuiteConfig(tasks=tasks, protocol=args.protocol,
                       prompts=None if args.prompts is None else str(args.prompts), n_bootstrap=args.bootstrap,
                       seed=args.seed, train_split=args.train_split or trained.config.data.train_split)
-    result = run_suite(trained.model, cache, eval_cfg, cfg, args.device)
+    result = run_suite(trained.model, cache, eval_cfg, cfg, args.device, progress=not args.no_progress)
     result.metrics = {**result.metrics, "checkpoint": trained.path, "step": trained.step,
                       "recipe": trained.config.recipe}
     paths = write_outputs(args.out, result)

@@ -5,7 +5,7 @@
     ctvlp manifest merge A.parquet B.parquet --out M.parquet
 
 Each prints rows per split, patients, label prevalence among available labels, and how many rows
-were skipped; the skipped list (name, reason) is written to ``M.skipped.csv`` beside the output.
+were skipped; the skipped list (name, reason) is written to `M.skipped.csv` beside the output.
 """
 
 from __future__ import annotations

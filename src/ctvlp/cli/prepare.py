@@ -41,6 +41,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--shard", default=(0, 1), type=_shard, help="process rows with index %% N == i (i/N)")
     p.add_argument("--workers", type=int, default=0, help="worker processes (0: in this process)")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows of this shard")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal, on stderr)")
     p.set_defaults(func=run)
     return p
 
@@ -54,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = Manifest.load(args.manifest)
     config = PreprocessConfig(spacing=args.spacing, hu_window=args.window, crop_to_body=not args.no_crop,
                               antialias=not args.no_antialias)
-    report = prepare(manifest, args.out, config, shard=args.shard, workers=args.workers, limit=args.limit)
+    report = prepare(manifest, args.out, config, shard=args.shard, workers=args.workers, limit=args.limit,
+                     progress=not args.no_progress)
     total = report.done + report.cached + len(report.failed)
     rate = report.done / report.seconds if report.seconds > 0 else 0.0
     print(f"prepared {report.done}, already cached {report.cached}, failed {len(report.failed)} "

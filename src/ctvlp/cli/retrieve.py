@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ctvlp.cli._model import add_device_arg
+
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("retrieve", help="find the CT files of an index closest to a text query",
@@ -16,6 +18,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None,
                    help="encode the query with this model instead of the index's export (must be the same model)")
     p.add_argument("--json", action="store_true", help="print a JSON list of {rank, path, score}")
+    add_device_arg(p)
     p.set_defaults(func=run)
     return p
 
@@ -29,7 +32,7 @@ def run(args) -> int:
     if args.k < 1:
         raise InferenceError(None, f"-k must be at least 1, got {args.k}")
     index = load_index(args.index)
-    hits = search(index, query_model(index, args.checkpoint), args.query, args.k)
+    hits = search(index, query_model(index, args.checkpoint, args.device), args.query, args.k)
     if args.json:
         print(json.dumps(hits))
         return 0

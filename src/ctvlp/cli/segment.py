@@ -2,7 +2,7 @@
 
 Each map is a float32 NIfTI on the input's own grid and affine (opens over the input in any viewer),
 P = (cos(voxel embedding, anchor of "This is <prompt>.") + 1) / 2, 0 outside the model's field of view.
-One prompt: written to ``--out``. Several: one file per prompt, ``<out stem>_<prompt>.nii.gz`` beside it.
+One prompt: written to `--out`. Several: one file per prompt, `<out stem>_<prompt>.nii.gz` beside it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """`ctvlp train --recipe NAME --data CACHE --out DIR [--steps N] [--set a.b=value ...] [--resume] [--debug]`
 
 Trains a recipe on a prepared cache (`ctvlp prepare`). Writes OUT/config.yaml (the resolved config),
-OUT/metrics.jsonl, OUT/tb/ (TensorBoard) and OUT/checkpoints/step-NNNNNNN.pt (the last --keep-last).
-Runs the same under `torchrun --nproc_per_node N -m ctvlp train ...` (DDP; only rank 0 writes).
+OUT/metrics.jsonl, OUT/tb/ (TensorBoard) and OUT/checkpoints/step-NNNNNNN.pt (the last `keep_last`,
+e.g. --set keep_last=3). `ctvlp config NAME [--set ...]` prints the resolved config with every field's
+help: what --set can change. Runs the same under `torchrun --nproc_per_node N -m ctvlp train ...`
+(DDP; only rank 0 writes).
 """
 
 from __future__ import annotations
@@ -10,18 +12,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ctvlp.recipes import NAMES
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """`--steps`, `--set` and `--debug`: how `ctvlp train` and `ctvlp config` change a recipe."""
+    p.add_argument("--steps", type=int, help="optimiser steps (overrides the recipe's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set optim.lr=1e-3 (repeatable; `ctvlp config RECIPE` "
+                        "lists the fields)")
+    p.add_argument("--debug", action="store_true", help="the recipe's tiny debug variant")
+
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a recipe on a prepared cache", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", required=True, help="recipe name: demo, ctclip, sigvlp")
+    p.add_argument("--recipe", required=True, choices=NAMES,
+                   help="the recipe (`ctvlp config RECIPE` prints its settings)")
     p.add_argument("--data", type=Path, required=True, help="cache folder written by `ctvlp prepare`")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--steps", type=int, help="optimiser steps (overrides the recipe's)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set optim.lr=1e-3 (repeatable)")
+    add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUT")
-    p.add_argument("--debug", action="store_true", help="the recipe's tiny debug variant")
     p.add_argument("--no-eval", action="store_true", help="skip the zero-shot evaluation at the end")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -132,9 +132,10 @@ def _index_rows(manifest_rows: list[dict], root: Path) -> pd.DataFrame:
 
 
 def prepare(manifest: Manifest, root: str | Path, config: PreprocessConfig, *, shard: tuple[int, int] = (0, 1),
-            workers: int = 0, limit: int | None = None, progress=None) -> PrepareReport:
-    """Prepare this shard's rows of ``manifest`` into ``root``; see the module docstring."""
-    from tqdm import tqdm
+            workers: int = 0, limit: int | None = None, progress: bool = True) -> PrepareReport:
+    """Prepare this shard's rows of ``manifest`` into ``root``; see the module docstring. ``progress``: a bar
+    of the volumes (:func:`ctvlp.progress.progress_bar`)."""
+    from ctvlp.progress import progress_bar
 
     root = Path(root)
     check_config(root, config)
@@ -144,7 +145,7 @@ def prepare(manifest: Manifest, root: str | Path, config: PreprocessConfig, *, s
     remove_stale_temp(root, [r["id"] for r in todo])  # left by a killed run of this shard
     report = PrepareReport(cached=len(rows) - len(todo))
     start = time.perf_counter()
-    bar = progress or tqdm(total=len(todo), desc="prepare", unit="vol", disable=None)
+    bar = progress_bar(len(todo), "prepare", "vol", progress)
     for result in _run_tasks(todo, root, config, workers, bar):
         if result["status"] == "done":
             report.done += 1

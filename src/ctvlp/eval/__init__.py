@@ -1,17 +1,26 @@
 """Evaluation over embeddings: metrics as pure functions, zero-shot classification, retrieval.
 
 Nothing here runs a model: callers encode each volume and each text once and pass the embeddings.
+The names below load their module on first use, so that a light submodule (:mod:`ctvlp.eval.names`,
+read by the CLI's help) does not pull in torch.
 """
 
 from __future__ import annotations
 
-from ctvlp.eval.metrics import auroc, best_f1_threshold, binary_metrics, bootstrap_ci
-from ctvlp.eval.prompts import PromptIndex, PromptSet, PromptStyle, build_prompts, load_prompts
-from ctvlp.eval.retrieval import retrieval_both, retrieval_metrics, retrieval_ranks
-from ctvlp.eval.zeroshot import evaluate_zero_shot, zero_shot_scores
+import importlib
 
-__all__ = [
-    "PromptIndex", "PromptSet", "PromptStyle", "auroc", "best_f1_threshold", "binary_metrics",
-    "bootstrap_ci", "build_prompts", "evaluate_zero_shot", "load_prompts", "retrieval_both",
-    "retrieval_metrics", "retrieval_ranks", "zero_shot_scores",
-]
+_EXPORTS = {
+    "auroc": "metrics", "best_f1_threshold": "metrics", "binary_metrics": "metrics", "bootstrap_ci": "metrics",
+    "PromptIndex": "prompts", "PromptSet": "prompts", "PromptStyle": "prompts", "build_prompts": "prompts",
+    "load_prompts": "prompts", "retrieval_both": "retrieval", "retrieval_metrics": "retrieval",
+    "retrieval_ranks": "retrieval", "evaluate_zero_shot": "zeroshot", "zero_shot_scores": "zeroshot",
+}
+"""Exported name -> the submodule that defines it."""
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ctvlp.eval' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ctvlp.eval.{_EXPORTS[name]}"), name)

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +23,9 @@ import yaml
 
 from ctvlp.data.reports import sentence_findings, split_sentences
 from ctvlp.errors import CtvlpError
+from ctvlp.eval.names import CORPUS, packaged_prompts
 
 _CASES = ("as_is", "lower")
-LABEL_HEAD = "label_head"
-"""The style name that scores each label with the model's own label head instead of prompt pairs:
-sigmoid(t cos(v, u_k) + b), u_k the embedding of "<label>." (Uniferum's labels as prompts; models
-built with ``label_prompts``)."""
-CORPUS = "corpus"
-"""The style mined from the training reports by :func:`corpus_style` (``EvalConfig.corpus_split``); a
-model trained with it carries it (:func:`prompt_set`)."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +171,7 @@ def _parse_style(name: str, raw: object) -> PromptStyle:
 def load_prompts(path: str | Path | None = None) -> PromptSet:
     """Prompt styles from a YAML file, or the packaged ``prompts.yaml`` when ``path`` is None."""
     if path is None:
-        source = resources.files("ctvlp.data.resources").joinpath("prompts.yaml")
+        source = packaged_prompts()
     else:
         source = Path(path)
         if not source.is_file():

@@ -12,6 +12,7 @@ level follows :mod:`ctvlp.eval.aggregate`. The keys of the returned metrics are 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -22,23 +23,22 @@ import torch
 
 from ctvlp import __version__
 from ctvlp.data.cache import Cache
-from ctvlp.data.labels import CTRATE_LABELS, CTRATE_LABELS_16
+from ctvlp.data.labels import PROTOCOLS
 from ctvlp.data.manifest import label_names_of
 from ctvlp.errors import BadDatasetError, CtvlpError
 from ctvlp.eval.aggregate import RULE as SCAN_RULE
 from ctvlp.eval.aggregate import Grouping, scan_embeddings, scan_scores
 from ctvlp.eval.probe import Split, linear_probe
-from ctvlp.eval.prompts import CORPUS, LABEL_HEAD, prompt_set
+from ctvlp.eval.names import CORE_TASKS, CORPUS, LABEL_HEAD
+from ctvlp.eval.prompts import prompt_set
 from ctvlp.eval.retrieval import rank_summary, recall_intervals, retrieval_ranks
 from ctvlp.eval.run import EXTRA_TASKS, Encoded, chance_recall, encode_split, split_reports
 from ctvlp.eval.zeroshot import prompt_scorer
 from ctvlp.eval.zeroshot import evaluate_zero_shot
+from ctvlp.progress import progress_bar
 
 SCHEMA_VERSION = 1
 """Version of the metrics.json layout described in docs/eval-metrics.md; bumped on any change."""
-CORE_TASKS = ("zeroshot", "retrieval", "probe")
-PROTOCOLS = {"18": CTRATE_LABELS, "16": CTRATE_LABELS_16}
-"""CT-RATE's 18 labels, and the 16 fVLM and HLIP report (without Medical material, Lymphadenopathy)."""
 TASK_NEEDS = {"segmentation": ("seg", "a voxel head (model.seg: recipes segvl, uniferum)"),
               "generation": ("decoder", "a report decoder (model.decoder: recipe colipri)")}
 """Task -> (ModelConfig field that must be set, what it is) for tasks only some models can do."""
@@ -184,11 +184,13 @@ def retrieval_levels(test: Encoded, cfg: SuiteConfig) -> tuple[dict, list]:
     return metrics, examples
 
 
-def run_suite(model, cache: Cache, eval_cfg, cfg: SuiteConfig, device: torch.device | str = "cpu") -> SuiteResult:
+def run_suite(model, cache: Cache, eval_cfg, cfg: SuiteConfig, device: torch.device | str = "cpu",
+              progress: bool = False) -> SuiteResult:
     """Every task of ``cfg.tasks`` on ``cache`` (splits from ``eval_cfg``; see the module docstring).
 
     Checks the request first (CtvlpError: unknown task or protocol, a task the model cannot do, a
-    missing split, a prompt file that does not parse or lacks a label), then encodes and scores.
+    missing split, a prompt file that does not parse or lacks a label), then encodes and scores;
+    ``progress``: a bar of the stages (encoding, then each task; :func:`ctvlp.progress.progress_bar`).
     """
     device = torch.device(device)
     tasks = check_tasks(cfg.tasks, model)
@@ -200,42 +202,48 @@ def run_suite(model, cache: Cache, eval_cfg, cfg: SuiteConfig, device: torch.dev
         check_splits(cache, [eval_cfg.corpus_split])  # the style is mined from its reports
     reports = functools.partial(split_reports, cache, eval_cfg.corpus_split)
     prompts = check_prompts(cfg.prompts, eval_cfg.prompt_style, labels, model, reports) if "zeroshot" in tasks else None
-    start = time.perf_counter()
+    start, seconds = time.perf_counter(), {}
     model.eval()
-    val = encode_split(model, cache, eval_cfg, eval_cfg.val_split, device)
-    test = encode_split(model, cache, eval_cfg, eval_cfg.test_split, device)
-    seconds = {"encode": time.perf_counter() - start}
-    cache_labels = label_names_of(cache.index.columns)
-    cols = [cache_labels.index(name) for name in labels]
     result = SuiteResult(metrics={})
     m = result.metrics
-    if "zeroshot" in tasks:
-        tick = time.perf_counter()
-        m["zeroshot"], test_scores = zero_shot_levels(
-            prompt_scorer(model, labels, eval_cfg.prompt_style, prompts), val, test, cols, labels, cfg)
-        avail = test.available[:, cols]
-        result.roc = {name: (test_scores[avail[:, j], j], test.labels[avail[:, j], cols[j]])
-                      for j, name in enumerate(labels)}
-        seconds["zeroshot"] = time.perf_counter() - tick
-    if "retrieval" in tasks:
-        tick = time.perf_counter()
-        m["retrieval"], result.examples = retrieval_levels(test, cfg)
-        seconds["retrieval"] = time.perf_counter() - tick
-    if "probe" in tasks:
-        tick = time.perf_counter()
-        train = encode_split(model, cache, eval_cfg, cfg.train_split, device)
-        m["probe"] = linear_probe(*(Split(e.image_emb.numpy(), *_columns(e, cols)) for e in (train, val, test)),
-                                  labels, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, clusters=test.patients,
-                                  level=cfg.level)
-        m["probe"]["n_train"] = len(train.ids)
-        seconds["probe"] = time.perf_counter() - tick
-    for task in tasks:
-        if task not in CORE_TASKS:
+    with progress_bar(1 + len(tasks), "eval", "stage", progress) as bar:
+        @contextlib.contextmanager
+        def stage(name: str):
+            """Time the stage into ``seconds[name]`` and move the bar past it."""
+            bar.set_postfix_str(name)
             tick = time.perf_counter()
-            m[task] = EXTRA_TASKS[task](model, cache, eval_cfg, device)
-            if isinstance(m[task], dict) and "overlays" in m[task]:
-                result.overlays[task] = m[task].pop("overlays")
-            seconds[task] = time.perf_counter() - tick
+            yield
+            seconds[name] = time.perf_counter() - tick
+            bar.update(1)
+
+        with stage("encode"):
+            val = encode_split(model, cache, eval_cfg, eval_cfg.val_split, device)
+            test = encode_split(model, cache, eval_cfg, eval_cfg.test_split, device)
+        cache_labels = label_names_of(cache.index.columns)
+        cols = [cache_labels.index(name) for name in labels]
+        if "zeroshot" in tasks:
+            with stage("zeroshot"):
+                m["zeroshot"], test_scores = zero_shot_levels(
+                    prompt_scorer(model, labels, eval_cfg.prompt_style, prompts), val, test, cols, labels, cfg)
+                avail = test.available[:, cols]
+                result.roc = {name: (test_scores[avail[:, j], j], test.labels[avail[:, j], cols[j]])
+                              for j, name in enumerate(labels)}
+        if "retrieval" in tasks:
+            with stage("retrieval"):
+                m["retrieval"], result.examples = retrieval_levels(test, cfg)
+        if "probe" in tasks:
+            with stage("probe"):
+                train = encode_split(model, cache, eval_cfg, cfg.train_split, device)
+                m["probe"] = linear_probe(*(Split(e.image_emb.numpy(), *_columns(e, cols)) for e in (train, val, test)),
+                                          labels, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, clusters=test.patients,
+                                          level=cfg.level)
+                m["probe"]["n_train"] = len(train.ids)
+        for task in tasks:
+            if task not in CORE_TASKS:
+                with stage(task):
+                    m[task] = EXTRA_TASKS[task](model, cache, eval_cfg, device)
+                    if isinstance(m[task], dict) and "overlays" in m[task]:
+                        result.overlays[task] = m[task].pop("overlays")
     header = {"schema_version": SCHEMA_VERSION, "ctvlp_version": __version__, "tasks": list(tasks),
               "cache": str(cache.root),
               "splits": {"val": eval_cfg.val_split, "test": eval_cfg.test_split,

@@ -13,7 +13,8 @@ import torch
 
 from ctvlp.eval.metrics import (auroc, best_f1_threshold, binary_metrics, bootstrap_values, percentile_interval,
                                 select_available)
-from ctvlp.eval.prompts import LABEL_HEAD, build_prompts
+from ctvlp.eval.names import LABEL_HEAD
+from ctvlp.eval.prompts import build_prompts
 
 _THRESHOLD_METRICS = ("f1", "precision", "recall", "accuracy", "balanced_accuracy")
 METRICS = ("auroc", *_THRESHOLD_METRICS)

@@ -35,6 +35,7 @@ from ctvlp.errors import CtvlpError
 from ctvlp.inference.model import CtvlpModel, InputPipeline
 from ctvlp.io.load import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES
 from ctvlp.io.load import _has_dicom_preamble as has_dicom_preamble
+from ctvlp.progress import progress_bar
 
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 DICOM_PROBE_FILES = 3
@@ -154,15 +155,17 @@ def encoder_threads(workers: int):
 
 
 def embed_files(model: CtvlpModel, paths: Sequence[str | os.PathLike], workers: int = 2,
-                batch_size: int = 1) -> EmbedResult:
-    """Embed the inputs :func:`find_inputs` gives for ``paths`` (see the module docstring)."""
+                batch_size: int = 1, progress: bool = False) -> EmbedResult:
+    """Embed the inputs :func:`find_inputs` gives for ``paths`` (see the module docstring); ``progress``:
+    a bar of the inputs done (:func:`ctvlp.progress.progress_bar`)."""
     if workers < 0 or batch_size < 1:
         raise CtvlpError(None, f"workers must be >= 0 and batch size >= 1, got {workers} and {batch_size}")
-    with encoder_threads(workers):
-        return _embed(model, find_inputs(paths), workers, batch_size)
+    inputs = find_inputs(paths)
+    with encoder_threads(workers), progress_bar(len(inputs), "embed", "vol", progress) as bar:
+        return _embed(model, inputs, workers, batch_size, bar)
 
 
-def _embed(model: CtvlpModel, inputs: list[Path], workers: int, batch_size: int) -> EmbedResult:
+def _embed(model: CtvlpModel, inputs: list[Path], workers: int, batch_size: int, bar) -> EmbedResult:
     done: dict[int, tuple[np.ndarray, dict]] = {}
     pending: dict[tuple, list[dict]] = {}
     skipped: dict[int, tuple[str, str]] = {}
@@ -173,10 +176,12 @@ def _embed(model: CtvlpModel, inputs: list[Path], workers: int, batch_size: int)
         masks = torch.stack([torch.from_numpy(it["slice_mask"]) for it in items])  # (B, D)
         for it, emb in zip(items, model.encode_samples(images, masks).numpy()):
             done[it["index"]] = (emb, it)
+        bar.update(len(items))
 
     for item in input_loader(inputs, model.inputs, workers):
         if "error" in item:
             skipped[item["index"]] = (item["path"], item["error"])
+            bar.update(1)
             continue
         key = item["image"].shape
         pending.setdefault(key, []).append(item)

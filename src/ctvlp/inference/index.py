@@ -101,13 +101,14 @@ def load_index(folder: str | os.PathLike) -> EmbeddingIndex:
     return EmbeddingIndex(folder, meta, paths, embeddings)
 
 
-def query_model(index: EmbeddingIndex, checkpoint: str | os.PathLike | None = None) -> CtvlpModel:
-    """The model that encodes queries: the index's ``model/`` export, or ``checkpoint``; refused when its
-    parameters are not those the index was built with."""
+def query_model(index: EmbeddingIndex, checkpoint: str | os.PathLike | None = None,
+                device: torch.device | str = "cpu") -> CtvlpModel:
+    """The model that encodes queries, on ``device``: the index's ``model/`` export, or ``checkpoint``;
+    refused when its parameters are not those the index was built with."""
     from ctvlp.inference.load import load_model
 
     source = index.folder / MODEL_DIR if checkpoint is None else Path(checkpoint)
-    model = load_model(source)
+    model = load_model(source, device=device)
     if model_fingerprint(model) != index.meta["model"]["fingerprint"]:
         built = index.meta["model"]
         raise BadIndexError(source, f"this model differs from the one index {index.folder} was built with "

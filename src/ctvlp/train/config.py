@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ctvlp.data.sampling import SamplerConfig
+from ctvlp.eval.names import EVAL_TASKS
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.train.optim import OptimConfig
 
@@ -100,9 +101,6 @@ class StageConfig:
         self.cycle, self.frozen = tuple(self.cycle), tuple(self.frozen)
         if not 0.0 <= self.fraction <= 1.0 or not self.cycle:
             raise ValueError(f"a stage needs 0 <= fraction <= 1 and a non-empty cycle; got {self.fraction}, {self.cycle}")
-
-
-EVAL_TASKS = ("organs", "segmentation", "generation", "robustness", "seg_probe", "real_masks")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from ctvlp.data.cache import Cache
 from ctvlp.data.manifest import label_names_of
 from ctvlp.data.osl_pairs import build_osl_pairs
 from ctvlp.errors import CtvlpError
-from ctvlp.eval.prompts import CORPUS
+from ctvlp.eval.names import CORPUS
 from ctvlp.eval.run import model_prompts
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.train import distributed
