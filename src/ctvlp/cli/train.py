@@ -56,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
         if trainer.place.is_main:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if not args.no_eval:  # an empty or damaged evaluation split stops the run before step 1, not after the last
+            from ctvlp.train.data import split_dataset
+
+            for split in (cfg.eval.val_split, cfg.eval.test_split):
+                split_dataset(trainer.cache, cfg.eval.sampler, split, seed=0)
         summary = trainer.fit()
         if not args.no_eval and trainer.place.is_main:
             from ctvlp.eval.metrics import jsonable
@@ -63,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
             metrics = evaluate_model(trainer.model, trainer.cache, cfg.eval, device=trainer.place.device)
             summary["eval"] = metrics
-            (args.out / "eval.json").write_text(json.dumps(jsonable(metrics), indent=2))
+            (args.out / "eval.json").write_text(json.dumps(jsonable(metrics), indent=2, allow_nan=False))
         distributed.barrier(trainer.place)
     finally:
         distributed.teardown()
