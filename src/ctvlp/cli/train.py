@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in summary.items() if k != "eval"}))
         if "eval" in summary:
             zs, rt = summary["eval"]["zero_shot"], summary["eval"]["retrieval"]
-            print(f"zero-shot mean AUROC {zs['mean_auroc']:.3f} over {len(zs['labels_in_mean'])} labels; "
+            mean = f"{zs['mean_auroc']:.3f}" if zs["labels_in_mean"] else "n/a (every label has one class on the test split)"
+            print(f"zero-shot mean AUROC {mean} over {len(zs['labels_in_mean'])} labels; "
                   f"R@5 volume->report {rt['volume_to_report']['recall@5']:.3f}, "
                   f"report->volume {rt['report_to_volume']['recall@5']:.3f}")
     return 0

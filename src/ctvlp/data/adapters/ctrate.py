@@ -109,16 +109,21 @@ def _present_splits(root: Path) -> dict[str, Path]:
 
 
 def _volume_files(folder: Path, split: str, skipped: Skipped) -> dict[str, Path]:
-    """Volume stem -> path of every ``*.nii.gz`` below ``folder`` whose name is a CT-RATE name."""
-    files: dict[str, Path] = {}
+    """Volume stem -> path of every ``*.nii.gz`` below ``folder`` whose name is a CT-RATE name. A name found
+    in two places is left out (both listed): the tables describe one file of that name, not which."""
+    found: dict[str, list[Path]] = {}
     for path in sorted(folder.rglob("*.nii.gz")):
         stem = strip_nifti_suffix(path.name)
         match = NAME.match(stem)
         if match is None or match["split"] != split:
             skipped.append((str(path), f"file name is not {split}_<patient>_<scan>_<recon>.nii.gz"))
         else:
-            files[stem] = path.absolute()
-    return files
+            found.setdefault(stem, []).append(path.absolute())
+    for stem, paths in found.items():
+        if len(paths) > 1:
+            skipped += [(str(p), f"volume name {stem} is in {len(paths)} places ({', '.join(map(str, paths))}): "
+                                 "which file the reports and labels describe is ambiguous") for p in paths]
+    return {stem: paths[0] for stem, paths in found.items() if len(paths) == 1}
 
 
 def parse_spacing(xy: object, z: object) -> list[float]:
@@ -157,7 +162,7 @@ def parse_rescale(slope: object, intercept: object) -> tuple[float, float]:
 def _row(stem: str, split: str, files: dict[str, Path], tables: _Tables) -> dict:
     """The manifest row of one volume (without labels); raises _SkipRow with the reason."""
     if stem not in files:
-        raise _SkipRow("report row but no volume file")
+        raise _SkipRow("report row but no volume file (or a name found in several places)")
     if stem not in tables.reports.index:
         raise _SkipRow(f"no row in {SPLIT_FILES[split].reports}")
     if stem not in tables.metadata.index:
@@ -169,6 +174,8 @@ def _row(stem: str, split: str, files: dict[str, Path], tables: _Tables) -> dict
     except ValueError as err:
         raise _SkipRow(f"bad metadata: {err}") from None
     report = tables.reports.loc[stem]
+    if not any(text(report.get(REPORT_COLUMNS[section])) for section in ("findings", "impressions")):
+        raise _SkipRow(f"empty report (no {REPORT_COLUMNS['findings']} or {REPORT_COLUMNS['impressions']} text)")
     match = NAME.match(stem)
     return {
         "id": stem, "patient_id": f"{split}_{match['p']}", "scan_id": f"{split}_{match['p']}_{match['s']}",
