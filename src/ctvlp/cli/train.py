@@ -51,16 +51,18 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     if not (args.data / "index").is_dir():
         raise BadDatasetError(args.data, "not a cache folder (no index/); run `ctvlp prepare` first")
+    if not args.no_eval:  # an empty or damaged evaluation split stops the run before step 1, not after the last
+        from ctvlp.data.cache import Cache
+        from ctvlp.train.data import split_dataset
+
+        cache = Cache(args.data)
+        for split in (cfg.eval.val_split, cfg.eval.test_split):
+            split_dataset(cache, cfg.eval.sampler, split, seed=0)
     trainer = Trainer(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     try:
         if trainer.place.is_main:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        if not args.no_eval:  # an empty or damaged evaluation split stops the run before step 1, not after the last
-            from ctvlp.train.data import split_dataset
-
-            for split in (cfg.eval.val_split, cfg.eval.test_split):
-                split_dataset(trainer.cache, cfg.eval.sampler, split, seed=0)
         summary = trainer.fit()
         if not args.no_eval and trainer.place.is_main:
             from ctvlp.eval.metrics import jsonable

@@ -62,7 +62,7 @@ def _check_pixdim(path: Path, img) -> None:
         return
     with nib.openers.ImageOpener(str(path)) as f:
         raw = type(img.header).from_fileobj(f, check=False)
-    zooms = [float(z) for z in raw["pixdim"][1:1 + min(3, len(img.shape))]]
+    zooms = [round(float(z), 6) for z in raw["pixdim"][1:1 + min(3, len(img.shape))]]
     if any(z == 0 for z in zooms):
         raise BadVolumeError(path, f"voxel size (pixdim) {zooms} has a 0 and there is no sform: the header gives "
                                    "no usable spacing")

@@ -99,8 +99,9 @@ def checked(batch: dict) -> dict:
     return batch
 
 
-def _require_volumes(dataset: CTDataset, cache: Cache, split: str) -> None:
-    if len(dataset) == 0:
+def require_split(cache: Cache, split: str) -> None:
+    """A clear error when the cache has no volume in ``split``."""
+    if not (cache.index["split"] == split).any():
         have = cache.index["split"].value_counts().to_dict()
         raise BadDatasetError(cache.root, f"split {split!r} is empty; the cache has {have}")
 
@@ -114,8 +115,8 @@ def listing(bad: Sequence[BadVolume], first: int = 3) -> str:
 def split_dataset(cache: Cache, cfg, split: str, seed: int) -> CTDataset:
     """A :class:`CTDataset` over one split of the cache, or a clear error if the split is empty or one of
     its cached volumes is missing or damaged (evaluation reads every volume of a split)."""
+    require_split(cache, split)
     dataset = CTDataset(cache, cfg, split=split, seed=seed)
-    _require_volumes(dataset, cache, split)
     bad = cache.bad_volumes(dataset.index["id"])
     if bad:
         raise BadDatasetError(cache.root, f"{len(bad)} cached volume(s) of split {split!r} are missing or damaged: "
@@ -147,8 +148,8 @@ def train_loader(cache: Cache, cfg: DataConfig, tokenizer, seed: int, rank: int 
     """The training DataLoader without the volumes ``exclude`` names; its ``batch_sampler`` is a
     :class:`ShardedBatches` (call ``set_epoch``). With a ``tokenizer`` the workers also tokenise each
     sample's text (``input_ids``, ``attention_mask``). Pass its batches through :func:`checked`."""
+    require_split(cache, cfg.train_split)
     dataset = TrainingSamples(cache, cfg.sampler, split=cfg.train_split, seed=seed, exclude=exclude)
-    _require_volumes(dataset, cache, cfg.train_split)
     inner = LengthBucketBatchSampler(dataset.depths(), cfg.batch_size, seed=seed, pool_batches=cfg.pool_batches,
                                      drop_last=True)
     if len(inner) < world:
