@@ -108,9 +108,10 @@ def _present_splits(root: Path) -> dict[str, Path]:
     return present
 
 
-def _volume_files(folder: Path, split: str, skipped: Skipped) -> dict[str, Path]:
-    """Volume stem -> path of every ``*.nii.gz`` below ``folder`` whose name is a CT-RATE name. A name found
-    in two places is left out (both listed): the tables describe one file of that name, not which."""
+def _volume_files(folder: Path, split: str, skipped: Skipped) -> tuple[dict[str, Path], set[str]]:
+    """Volume stem -> path of every ``*.nii.gz`` below ``folder`` whose name is a CT-RATE name, and the names
+    found in two places or more: those are left out (every copy listed), since the tables describe one file
+    of that name and not which."""
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.rglob("*.nii.gz")):
         stem = strip_nifti_suffix(path.name)
@@ -123,7 +124,8 @@ def _volume_files(folder: Path, split: str, skipped: Skipped) -> dict[str, Path]
         if len(paths) > 1:
             skipped += [(str(p), f"volume name {stem} is in {len(paths)} places ({', '.join(map(str, paths))}): "
                                  "which file the reports and labels describe is ambiguous") for p in paths]
-    return {stem: paths[0] for stem, paths in found.items() if len(paths) == 1}
+    return ({stem: paths[0] for stem, paths in found.items() if len(paths) == 1},
+            {stem for stem, paths in found.items() if len(paths) > 1})
 
 
 def parse_spacing(xy: object, z: object) -> list[float]:
@@ -162,7 +164,7 @@ def parse_rescale(slope: object, intercept: object) -> tuple[float, float]:
 def _row(stem: str, split: str, files: dict[str, Path], tables: _Tables) -> dict:
     """The manifest row of one volume (without labels); raises _SkipRow with the reason."""
     if stem not in files:
-        raise _SkipRow("report row but no volume file (or a name found in several places)")
+        raise _SkipRow("report row but no volume file")
     if stem not in tables.reports.index:
         raise _SkipRow(f"no row in {SPLIT_FILES[split].reports}")
     if stem not in tables.metadata.index:
@@ -220,9 +222,9 @@ def _collect(root: Path, folders: dict[str, Path], mapping: labelmap.LabelMappin
     skipped: Skipped = []
     for split, folder in folders.items():
         tables = _read_tables(root / "dataset", split)
-        files = _volume_files(folder, split, skipped)
+        files, ambiguous = _volume_files(folder, split, skipped)
         rows = []
-        for stem in sorted(set(files) | set(tables.reports.index)):
+        for stem in sorted((set(files) | set(tables.reports.index)) - ambiguous):
             try:
                 rows.append(_row(stem, split, files, tables))
             except _SkipRow as reason:
