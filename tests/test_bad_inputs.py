@@ -480,6 +480,7 @@ def test_generic_rows_with_bad_bytes_labels_or_ids_are_skipped_and_listed(tmp_pa
     escaping = ["../../evil", "/abs/x", "a/b", ".", ".tmp-1"]
     rows = [{"path": scan.name, "id": k, "report": "Normal.", "label:Emphysema": v} for k, v in values.items()]
     rows += [{"path": scan.name, "id": vid, "report": "Normal.", "label:Emphysema": "0"} for vid in escaping]
+    rows.append({"path": scan.name, "id": "yes", "report": "Again.", "label:Emphysema": "1"})
     pd.DataFrame(rows).to_csv(tmp_path / "l.csv", index=False)
     assert main(["manifest", "generic", str(tmp_path / "l.csv"), "--out", str(tmp_path / "m.parquet")]) == 0
     df = Manifest.load(tmp_path / "m.parquet").df.set_index("id")
@@ -488,7 +489,8 @@ def test_generic_rows_with_bad_bytes_labels_or_ids_are_skipped_and_listed(tmp_pa
     skipped = pd.read_csv(tmp_path / "m.skipped.csv")["reason"].tolist()
     assert skipped[:3] == [f"label value(s) other than 0/1/yes/no/true/false/blank: label:Emphysema={v!r}"
                            for v in ("2", "-1", "0.5")]
-    assert all(f"id {vid!r} is not a plain file name" in r for vid, r in zip(escaping, skipped[3:]))
+    assert all(f"id {vid!r} is not a plain file name" in r for vid, r in zip(escaping, skipped[3:8], strict=True))
+    assert skipped[8:] == ["duplicate id 'yes' (give each row an `id`)"]
 
 
 def test_manifest_and_index_ids_cannot_write_outside_the_cache(data, tmp_path, capsys):
