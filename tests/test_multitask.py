@@ -50,8 +50,8 @@ def test_segvl_stage_one_freezes_the_heads_then_alternates(cache, tmp_path):
     after_stage1 = load_checkpoint(tmp_path / "segvl" / "checkpoints" / "step-0000002.pt")["model"]
     assert all(torch.equal(v, after_stage1[k]) for k, v in start.items()), "stage 1 trained a segmentation head"
     records = read_metrics(tmp_path / "segvl")
-    kinds = [("clip" if math.isfinite(r["loss_clip"]) else "") + ("tversky" if math.isfinite(r["loss_tversky"]) else "")
-             for r in records]
+    kinds = [("clip" if r["loss_clip"] is not None else "") + ("tversky" if r["loss_tversky"] is not None else "")
+             for r in records]  # null: no step of the window computed the term
     assert kinds == ["clip", "clip", "clip", "tversky"]
     assert records[3]["loss"] == pytest.approx(0.75 * records[3]["loss_tversky"], rel=1e-5)
     changed = [k for k, v in trainer.model.state_dict().items() if k in start and not torch.equal(start[k], v)]
@@ -74,7 +74,7 @@ def test_segvl_stages_under_torchrun_two_processes(cache, tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     records = read_metrics(out)
-    assert [math.isfinite(r["loss_tversky"]) for r in records] == [False, False, False, True]
+    assert [r["loss_tversky"] is not None for r in records] == [False, False, False, True]
     init = Trainer(apply_overrides(get_recipe("segvl", debug=True), ["steps=4"]), cache, tmp_path / "init",
                    progress=False).model.state_dict()  # same seed: the processes' initial weights
     stage1 = load_checkpoint(out / "checkpoints" / "step-0000002.pt")["model"]
@@ -95,8 +95,8 @@ def test_uniferum_trains_labels_masks_and_reports_in_one_step(cache, tmp_path):
 
 def test_colipri_alternates_image_report_and_mae_steps(cache, tmp_path):
     trainer, records = _fit(cache, tmp_path / "colipri", "colipri")
-    pairs = [all(math.isfinite(r[f"loss_{t}"]) for t in ("clip", "osl", "caption")) for r in records]
-    mae = [math.isfinite(r["loss_mae"]) for r in records]
+    pairs = [all(r[f"loss_{t}"] is not None for t in ("clip", "osl", "caption")) for r in records]
+    mae = [r["loss_mae"] is not None for r in records]
     assert pairs == [True, False, True, False] and mae == [False, True, False, True]
     text = next(iter(trainer.loader))["text"][0]
     assert "positive:" in text or "negative:" in text

@@ -290,7 +290,7 @@ def finished_runs(path: Path) -> dict[str, dict]:
 def write_outputs(summary: dict, out: Path) -> None:
     from ctvlp.eval.metrics import jsonable
 
-    (out / "compare.json").write_text(json.dumps(jsonable(summary), indent=2))
+    (out / "compare.json").write_text(json.dumps(jsonable(summary), indent=2, allow_nan=False))
     (out / "compare.md").write_text(markdown(summary))
 
 

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     cache_dir, seconds = prepare_data(args)
     metrics = train_and_evaluate(cfg, cache_dir, args.out, progress=not args.no_progress)
     metrics["seconds"] = {**seconds, "train": metrics["train_seconds"], "total": time.perf_counter() - start}
-    (args.out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2))
+    (args.out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2, allow_nan=False))
     zs, rt = metrics["zero_shot"], metrics["retrieval"]
     print(f"\n== zero-shot on {metrics['n_test']} held-out volumes: mean AUROC {zs['mean_auroc']:.3f} over "
           f"{len(zs['labels_in_mean'])} labels; R@5 volume->report {rt['volume_to_report']['recall@5']:.3f}, "

@@ -62,6 +62,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     if not (args.data / "index").is_dir():
         raise BadDatasetError(args.data, "not a cache folder (no index/); run `ctvlp prepare` first")
+    if not args.no_eval:  # an empty or damaged evaluation split stops the run before step 1, not after the last
+        from ctvlp.data.cache import Cache
+        from ctvlp.train.data import split_dataset
+
+        cache = Cache(args.data)
+        for split in (cfg.eval.val_split, cfg.eval.test_split):
+            split_dataset(cache, cfg.eval.sampler, split, seed=0)
     trainer = Trainer(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     try:
         if trainer.place.is_main:
@@ -74,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
             metrics = evaluate_model(trainer.model, trainer.cache, cfg.eval, device=trainer.place.device)
             summary["eval"] = metrics
-            (args.out / "eval.json").write_text(json.dumps(jsonable(metrics), indent=2))
+            (args.out / "eval.json").write_text(json.dumps(jsonable(metrics), indent=2, allow_nan=False))
         distributed.barrier(trainer.place)
     finally:
         distributed.teardown()
@@ -82,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in summary.items() if k != "eval"}))
         if "eval" in summary:
             zs, rt = summary["eval"]["zero_shot"], summary["eval"]["retrieval"]
-            print(f"zero-shot mean AUROC {zs['mean_auroc']:.3f} over {len(zs['labels_in_mean'])} labels; "
+            mean = f"{zs['mean_auroc']:.3f}" if zs["labels_in_mean"] else "n/a (every label has one class on the test split)"
+            print(f"zero-shot mean AUROC {mean} over {len(zs['labels_in_mean'])} labels; "
                   f"R@5 volume->report {rt['volume_to_report']['recall@5']:.3f}, "
                   f"report->volume {rt['report_to_volume']['recall@5']:.3f}")
     return 0

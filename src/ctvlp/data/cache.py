@@ -11,6 +11,8 @@ Layout (docs/architecture.md)::
 
 A volume directory appears only complete: it is written under CACHE/volumes/.tmp-<pid>/<id> and
 renamed; temporary directories left by a killed run are removed when its shard is prepared again.
+A volume damaged later (a file truncated, overwritten or deleted) is found by :meth:`Cache.bad_volumes`
+from its meta.json and the .npy headers and sizes, without reading a voxel.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from ctvlp.data.manifest import unsafe_ids
 from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.errors import BadDatasetError
+from ctvlp.io._convert import error_text
 from ctvlp.io.volume import Volume
 
 CONFIG_FILE = "preprocessing.json"
@@ -101,6 +106,58 @@ def write_cached_volume(root: str | Path, vid: str, image_zyx: np.ndarray, affin
     return final
 
 
+class BadVolume(NamedTuple):
+    """A cached volume that cannot be read, and why."""
+
+    id: str
+    file: str
+    """The missing or damaged file (or folder)."""
+    reason: str
+
+
+def npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a .npy file's header, checked against the file's size; ValueError (or OSError)
+    when the header does not parse, the array holds Python objects, or the size is not header + data."""
+    with path.open("rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"unsupported .npy format version {version}")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        offset = f.tell()
+    if fortran or dtype.hasobject:
+        raise ValueError("not a C-order array of numbers")
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = path.stat().st_size
+    if size != expected:
+        raise ValueError(f"{size} bytes where its header needs {expected} (truncated or overwritten)")
+    return tuple(int(n) for n in shape), dtype
+
+
+def check_volume(directory: Path) -> tuple[Path, str] | None:
+    """(file, reason) of the first thing wrong with one cached volume, from meta.json and the .npy headers
+    and sizes alone (no voxel is read); None when it is whole. Content overwritten in place with the same
+    size and a valid header is not detected (there is no checksum)."""
+    if not directory.is_dir():
+        return directory, "cached volume folder is missing (the cache index lists it)"
+    meta_path = directory / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        z, y, x = (int(n) for n in meta["shape"])
+        n_masks = len(meta["mask_names"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return meta_path, f"unreadable cache metadata ({error_text(err)})"
+    expected = {"image.npy": ((z, y, x), np.dtype(np.int16)), "masks.npy": ((z, n_masks, y, -(-x // 8)), np.dtype(np.uint8))}
+    for name, (shape, dtype) in expected.items():
+        try:
+            layout = npy_layout(directory / name)
+        except (OSError, ValueError) as err:
+            return directory / name, f"damaged cache file ({' '.join(str(err).split()) or type(err).__name__})"
+        if layout != (shape, dtype):
+            return directory / name, f"holds {layout[1]} {layout[0]} where meta.json says {dtype} {shape}"
+    return None
+
+
 class CachedVolume:
     """One cached volume; arrays are memory-mapped on first use (safe to create before forking)."""
 
@@ -108,23 +165,31 @@ class CachedVolume:
         self.directory = Path(directory)
         try:
             meta = json.loads((self.directory / "meta.json").read_text())
-        except (OSError, ValueError) as err:
-            raise BadDatasetError(self.directory, f"not a cached volume ({err})") from None
+            self.vid: str = meta["id"]
+            self.shape: tuple[int, int, int] = tuple(meta["shape"])  # type: ignore[assignment]
+            self.affine_zyx = np.asarray(meta["affine_zyx"], dtype=np.float64)
+            self.spacing_zyx = np.asarray(meta["spacing_zyx"], dtype=np.float64)
+            self.mask_names: list[str] = list(meta["mask_names"])
+            self.z_extents: dict[str, tuple[int, int]] = {k: tuple(v) for k, v in meta["z_extents"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise BadDatasetError(self.directory, f"not a cached volume ({error_text(err)})") from None
         self.meta = meta
-        self.vid: str = meta["id"]
-        self.shape: tuple[int, int, int] = tuple(meta["shape"])  # type: ignore[assignment]
-        self.affine_zyx = np.asarray(meta["affine_zyx"], dtype=np.float64)
-        self.spacing_zyx = np.asarray(meta["spacing_zyx"], dtype=np.float64)
-        self.mask_names: list[str] = list(meta["mask_names"])
-        self.z_extents: dict[str, tuple[int, int]] = {k: tuple(v) for k, v in meta["z_extents"].items()}
         self._image: np.ndarray | None = None
         self._masks: np.ndarray | None = None
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if self._image is None:
-            self._image = np.load(self.directory / "image.npy", mmap_mode="r")
-            self._masks = np.load(self.directory / "masks.npy", mmap_mode="r")
+            self._image, self._masks = (self._load(name) for name in ("image.npy", "masks.npy"))
         return self._image, self._masks
+
+    def _load(self, name: str) -> np.ndarray:
+        """Memory-map one array; a file gone or damaged since the cache was checked is a clear error."""
+        try:
+            return np.load(self.directory / name, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as err:
+            detail = err.strerror if isinstance(err, OSError) and err.strerror else error_text(err)
+            raise BadDatasetError(self.directory / name, f"cannot read the cached array ({detail}); delete the "
+                                                         "volume folder and rerun `ctvlp prepare`") from None
 
     def slab(self, z0: int, z1: int) -> np.ndarray:
         """int16 HU (z1 - z0, Y, X); reads only those slices."""
@@ -163,6 +228,10 @@ class Cache:
         if "id" not in index:  # every shard finished without a single volume
             raise BadDatasetError(self.root, "cache index lists no volume (see failures/)")
         self.index = index.drop_duplicates("id", keep="last").reset_index(drop=True)
+        unsafe = unsafe_ids(self.index["id"])
+        if unsafe:
+            raise BadDatasetError(self.root / "index", f"volume id(s) that are not plain file names: {unsafe[:5]}")
+        self._checked: dict[str, BadVolume | None] = {}
 
     def __len__(self) -> int:
         return len(self.index)
@@ -173,3 +242,13 @@ class Cache:
 
     def volume(self, vid: str) -> CachedVolume:
         return CachedVolume(self.root / VOLUMES / vid)
+
+    def bad_volumes(self, ids: Iterable[str]) -> list[BadVolume]:
+        """The volumes of ``ids`` whose files are missing or damaged (:func:`check_volume`), in ``ids`` order;
+        each volume is checked once per :class:`Cache` (evaluation asks for the same splits again)."""
+        ids = list(ids)
+        for vid in ids:
+            if vid not in self._checked:
+                problem = check_volume(self.root / VOLUMES / vid)
+                self._checked[vid] = problem and BadVolume(vid, str(problem[0]), problem[1])
+        return [self._checked[vid] for vid in ids if self._checked[vid] is not None]

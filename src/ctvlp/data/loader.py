@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Collection, Iterator
 
 import numpy as np
 import torch
@@ -26,12 +26,15 @@ from ctvlp.data.sampling import SamplerConfig, VolumeRecord, draw_sample, pad_in
 
 class CTDataset(Dataset):
     """Samples from a cache (``ctvlp.data.cache.Cache`` or anything with ``index``, ``config`` and
-    ``volume(vid)``), optionally restricted to one split."""
+    ``volume(vid)``), optionally restricted to one split and without the volumes ``exclude`` names."""
 
-    def __init__(self, cache, sampler_config: SamplerConfig, split: str | None = None, seed: int = 0):
+    def __init__(self, cache, sampler_config: SamplerConfig, split: str | None = None, seed: int = 0,
+                 exclude: Collection[str] = ()):
         self.cache = cache
         self.config = sampler_config
         index = cache.index if split is None else cache.index[cache.index["split"] == split]
+        if exclude:
+            index = index[~index["id"].isin(list(exclude))]
         self.index = index.reset_index(drop=True)
         self.seed = seed
         self.epoch = 0

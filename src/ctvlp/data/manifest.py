@@ -3,7 +3,8 @@
 Columns (all adapters write the same schema; see docs/architecture.md):
 
 ==================  ======  ===========================================================
-id                  str     unique volume id (CT-RATE: the file stem, e.g. ``train_1_a_1``)
+id                  str     unique volume id (CT-RATE: the file stem, e.g. ``train_1_a_1``); a plain file
+                            name (it names the volume's cache folder): :func:`unsafe_ids`
 patient_id          str     patient (bootstrap resampling and splits group by it)
 scan_id             str     scan within the patient
 recon_id            str     reconstruction within the scan
@@ -45,6 +46,13 @@ STR_COLUMNS: tuple[str, ...] = (
 FLOAT_COLUMNS: tuple[str, ...] = ("rescale_slope", "rescale_intercept")
 DEFAULTS = {"organ_sentences": "{}", "masks": "{}", "spacing_hint": "", "source": "generic",
             "clinical": "", "technique": "", "findings": "", "impressions": ""}
+
+
+def unsafe_ids(ids) -> list[str]:
+    """The ids that are not plain file names: empty, ``.``/``..``, starting with ``.`` (the cache's temporary
+    folders), or holding a path separator or a NUL. An id becomes the folder ``CACHE/volumes/<id>/``, so
+    such an id could make `ctvlp prepare` write outside its cache."""
+    return [str(v) for v in ids if not str(v) or str(v).startswith(".") or any(c in str(v) for c in "/\\\0")]
 
 
 def label_names_of(columns) -> list[str]:
@@ -139,5 +147,9 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     dup = df["id"][df["id"].duplicated()].tolist()
     if dup:
         raise ValueError(f"duplicate volume ids in manifest: {dup[:5]}")
+    unsafe = unsafe_ids(df["id"])
+    if unsafe:
+        raise ValueError(f"{len(unsafe)} volume id(s) are not plain file names (no '/', '\\', leading '.'): "
+                         f"{unsafe[:5]}")
     labels = [c for c in df.columns if c.startswith(LABEL_PREFIX)]
     return df[[*STR_COLUMNS, *FLOAT_COLUMNS, *labels]]

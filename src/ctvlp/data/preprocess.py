@@ -103,8 +103,9 @@ def gaussian_matrix(n: int, sigma: float, truncate: float = 4.0) -> np.ndarray:
 def linear_matrix(n: int, scale: float) -> np.ndarray:
     """(floor(n scale), n) matrix of torch's 1-D linear ``interpolate`` (``align_corners=False``, ``scale_factor``
     without recomputation): output m reads input x = max((m + 1/2) / scale - 1/2, 0) from floor(x) and the
-    next index (clamped at n - 1) with weights 1 - frac(x), frac(x)."""
-    n_out = int(np.floor(n * scale))
+    next index (clamped at n - 1) with weights 1 - frac(x), frac(x). At least one row: an axis shorter than
+    one output voxel (a single 2 mm slice resampled to 3 mm) keeps one, where torch would keep none."""
+    n_out = max(1, int(np.floor(n * scale)))
     x = np.maximum((np.arange(n_out) + 0.5) / scale - 0.5, 0.0)
     lo = np.minimum(np.floor(x).astype(np.int64), n - 1)
     hi = np.minimum(lo + 1, n - 1)
@@ -137,7 +138,8 @@ def resample(array: np.ndarray, affine: np.ndarray, spacing: tuple[float, float,
     ``mode``: "trilinear" (images, returns float32) or "nearest-exact" (masks: the voxels torch's
     ``interpolate`` would pick, read by index from ``array`` in its own dtype, see :func:`nearest_indices`).
     ``antialias`` (trilinear only): Gaussian prefilter with sigma = (r - 1) / 2 input voxels along each
-    axis that shrinks by r > 1 (scipy's ``gaussian_filter``, ``mode="nearest"``).
+    axis that shrinks by r > 1 (scipy's ``gaussian_filter``, ``mode="nearest"``). An axis shorter than one
+    output voxel (a single slice) keeps one voxel, on the same grid (:func:`linear_matrix`).
 
     With the prefilter, filter + trilinear is computed as what it is, a separable linear map: per axis the
     (out, in) matrix ``linear_matrix @ gaussian_matrix`` applied by a matrix product, axes in memory
@@ -154,9 +156,10 @@ def resample(array: np.ndarray, affine: np.ndarray, spacing: tuple[float, float,
     step[:3, :3] = np.diag(r)
     step[:3, 3] = r / 2 - 0.5
     sigma = np.maximum(r - 1.0, 0.0) / 2.0  # (3,) input voxels
-    if mode == "nearest-exact":
-        return array[np.ix_(*(nearest_indices(n, s) for n, s in zip(array.shape, scale)))], affine @ step
-    if not (antialias and sigma.max() > 0):
+    if mode == "nearest-exact":  # an axis shorter than one output voxel keeps its first (as linear_matrix)
+        picks = [nearest_indices(n, s) if n * s >= 1 else np.zeros(1, np.int64) for n, s in zip(array.shape, scale)]
+        return array[np.ix_(*picks)], affine @ step
+    if not (antialias and sigma.max() > 0) and np.all(np.asarray(array.shape) * scale >= 1):
         t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]  # (1, 1, I, J, K)
         out = torch.nn.functional.interpolate(t, scale_factor=tuple(scale), mode=mode, align_corners=False,
                                               recompute_scale_factor=False)[0, 0].numpy()

@@ -35,9 +35,10 @@ def _png(fig) -> str:
 
 
 def curve_figure(records: list[dict]) -> str:
+    """Loss and learning rate over the metrics.jsonl records; a window without a finite loss (null) is a gap."""
     fig, ax = pyplot().subplots(1, 2, figsize=(9, 3))
     steps = [r["step"] for r in records]
-    ax[0].plot(steps, [r["loss"] for r in records])
+    ax[0].plot(steps, [np.nan if r.get("loss") is None else r["loss"] for r in records])
     ax[0].set(xlabel="step", ylabel="training loss", title="loss")
     ax[1].plot(steps, [r["lr"] for r in records])
     ax[1].set(xlabel="step", ylabel="learning rate", title="schedule")

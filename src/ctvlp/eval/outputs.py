@@ -85,7 +85,7 @@ def write_outputs(out: Path, result) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     metrics = jsonable(result.metrics)
     paths = [out / "metrics.json"]
-    paths[0].write_text(json.dumps(metrics, indent=2))
+    paths[0].write_text(json.dumps(metrics, indent=2, allow_nan=False))
     tables = {}
     for task in metrics["tasks"]:
         if isinstance(metrics.get(task), dict):

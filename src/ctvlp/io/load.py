@@ -9,6 +9,7 @@ import numpy as np
 
 from ctvlp.errors import BadVolumeError
 from ctvlp.io._convert import error_text
+from ctvlp.io.header import check_header
 from ctvlp.io.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -46,17 +47,20 @@ def _has_dicom_preamble(path: Path) -> bool:
         raise BadVolumeError(path, f"cannot read the file ({error_text(err)})") from None
 
 
-def load_volume(path: str | PathLike, *, require_ct: bool = True, series_uid: str | None = None) -> Volume:
+def load_volume(path: str | PathLike, *, require_ct: bool = True, series_uid: str | None = None,
+                max_voxels: int | None = None) -> Volume:
     """Read NIfTI, NRRD/MHA/MHD, a DICOM series folder (or one file of a series) into HU.
 
     Args:
         path: the file or folder.
-        require_ct: check that the intensities look like CT in HU (see :func:`check_ct`); pass
-            False for masks and label maps.
+        require_ct: check that the intensities look like CT in HU and that a DICOM's Modality is CT
+            (see :func:`check_ct`); pass False for masks and label maps.
         series_uid: which series to read from a DICOM folder holding several.
+        max_voxels: refuse a header declaring more voxels, before reading them (default:
+            ``$CTVLP_MAX_VOXELS`` or 600 M; :mod:`ctvlp.io.header`).
     Raises:
-        BadVolumeError: missing, unreadable, truncated or empty file; not 3-D; a zero-size axis;
-            NaN/inf values; non-CT intensities (when ``require_ct``).
+        BadVolumeError: missing, unreadable, truncated or empty file; a header over the voxel limit;
+            not 3-D; a zero-size axis; NaN/inf values; non-CT intensities or Modality (when ``require_ct``).
     """
     path = Path(path)
     if not path.exists():
@@ -64,6 +68,7 @@ def load_volume(path: str | PathLike, *, require_ct: bool = True, series_uid: st
     if path.is_file() and path.stat().st_size == 0:
         raise BadVolumeError(path, "empty file (0 bytes)")
     kind = volume_format(path)
+    check_header(path, kind, max_voxels)
     if kind == "nifti":
         from ctvlp.io.nifti import read_nifti
 
@@ -106,7 +111,12 @@ def low_percentile(array: np.ndarray, q: float = CT_LOW_PERCENTILE) -> float:
 
 
 def check_ct(volume: Volume) -> None:
-    """Refuse intensities that are not CT in HU: the 0.5th percentile must be below -500 HU (air)."""
+    """Refuse what is not CT in HU: a DICOM whose Modality is not CT (an MR or PET series, whatever its
+    values), and intensities whose 0.5th percentile is not below -500 HU (air)."""
+    modality = volume.meta.get("modality")
+    if modality and modality != "CT":
+        raise BadVolumeError(volume.path, f"DICOM Modality is {modality!r}, not 'CT' (an MR, PET or other "
+                                          "non-CT series); ctvlp reads CT volumes")
     low = low_percentile(volume.array)
     if low > CT_AIR_HU:
         high = float(volume.array.max())

@@ -30,11 +30,16 @@ class DataConfig:
     osl_pairs: int = 8
     """K sentence pairs per image for the Opposite Sentence Loss, drawn from each batch's reports
     (``ctvlp.data.osl_pairs``; ceil(K/2) true, floor(K/2) false)."""
+    max_bad_samples: int = 10
+    """Cached training volumes whose files are missing or damaged (found before step 1 from their headers
+    and sizes, the same on every process) that are left out and listed in OUT/bad_samples.csv; more stop
+    the run with an error naming them."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.num_workers < 0 or self.pool_batches < 1 or self.max_text_tokens < 8 \
-                or self.osl_pairs < 1:
-            raise ValueError("batch_size, pool_batches, osl_pairs >= 1, num_workers >= 0, max_text_tokens >= 8")
+                or self.osl_pairs < 1 or self.max_bad_samples < 0:
+            raise ValueError("batch_size, pool_batches, osl_pairs >= 1, num_workers, max_bad_samples >= 0, "
+                             "max_text_tokens >= 8")
 
 
 LOSS_NAMES = ("siglip", "clip", "sentence_sigmoid", "swca", "tversky", "masked_bce", "osl", "caption", "mae")

@@ -1,18 +1,37 @@
 """Training batches from the cache: seeded, length-bucketed, tokenised in the workers, sharded over
-processes, and resumable from any (epoch, batch) position."""
+processes, and resumable from any (epoch, batch) position.
+
+Damaged cache: before step 1, :func:`drop_bad_samples` checks every training volume's files from their
+headers and sizes (``Cache.bad_volumes``; the same answer on every process, so every rank leaves out
+the same volumes and the batches stay a function of (seed, epoch, index)); up to
+``DataConfig.max_bad_samples`` are left out and listed, more stop the run. A read that still fails
+later (a file deleted during training) ends the run with an error naming the file, also when it happens
+in a loader worker (:data:`READ_ERROR`). Evaluation splits (:func:`split_dataset`) are refused instead:
+a metric over part of a test split is not the number it claims to be.
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ctvlp.data.cache import Cache
+from ctvlp.data.cache import BadVolume, Cache
 from ctvlp.data.loader import Collate, CTDataset, LengthBucketBatchSampler, seed_worker
-from ctvlp.errors import BadDatasetError
+from ctvlp.errors import BadDatasetError, CtvlpError
 from ctvlp.train.config import DataConfig
+
+BAD_SAMPLES = "bad_samples.csv"
+"""OUT/bad_samples.csv: id, file, reason of the training volumes left out."""
+READ_ERROR = "read_error"
+"""Key of a batch that could not be read: ``{READ_ERROR: (file, reason)}`` (a worker's exception would reach
+the training process as text only)."""
 
 
 class ShardedBatches(Sampler[list[tuple[int, int]]]):
@@ -41,44 +60,102 @@ class ShardedBatches(Sampler[list[tuple[int, int]]]):
         return len(self.inner) // self.world
 
 
+class TrainingSamples(CTDataset):
+    """The training split's samples; a sample that cannot be read comes back as ``{READ_ERROR: (file,
+    reason)}`` instead of raising, so that the training process learns the file from any worker."""
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        try:
+            return super().__getitem__(key)
+        except CtvlpError as err:
+            return {READ_ERROR: (err.path, err.reason)}
+
+
 @dataclass
-class TokenizeCollate:
-    """The padding collate plus tokenisation of each sample's text (done in the loader's workers)."""
+class TrainCollate:
+    """The padding collate, plus tokenisation of each sample's text (done in the loader's workers) when a
+    tokenizer is given; a batch with a sample that could not be read becomes ``{READ_ERROR: (file, reason)}``."""
 
     collate: Collate
-    tokenizer: object
-    max_length: int
+    tokenizer: object = None
+    max_length: int = 128
 
     def __call__(self, samples: list[dict]) -> dict:
+        failed = [s[READ_ERROR] for s in samples if READ_ERROR in s]
+        if failed:
+            return {READ_ERROR: failed[0]}
         batch = self.collate(samples)
-        tokens = self.tokenizer(batch["text"], padding=True, truncation=True, max_length=self.max_length,
-                                return_tensors="pt")
-        batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
+        if self.tokenizer is not None:
+            tokens = self.tokenizer(batch["text"], padding=True, truncation=True, max_length=self.max_length,
+                                    return_tensors="pt")
+            batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
         return batch
 
 
-def split_dataset(cache: Cache, cfg, split: str, seed: int) -> CTDataset:
-    """A :class:`CTDataset` over one split of the cache, or a clear error if the split is empty."""
-    dataset = CTDataset(cache, cfg, split=split, seed=seed)
-    if len(dataset) == 0:
+def checked(batch: dict) -> dict:
+    """``batch``, or the error naming the file one of its samples could not be read from."""
+    if READ_ERROR in batch:
+        raise BadDatasetError(*batch[READ_ERROR])
+    return batch
+
+
+def require_split(cache: Cache, split: str) -> None:
+    """A clear error when the cache has no volume in ``split``."""
+    if not (cache.index["split"] == split).any():
         have = cache.index["split"].value_counts().to_dict()
         raise BadDatasetError(cache.root, f"split {split!r} is empty; the cache has {have}")
+
+
+def listing(bad: Sequence[BadVolume], first: int = 3) -> str:
+    """'file (reason), ...' of the first few bad volumes, and how many more."""
+    shown = ", ".join(f"{b.file} ({b.reason})" for b in bad[:first])
+    return shown + (f" and {len(bad) - first} more" if len(bad) > first else "")
+
+
+def split_dataset(cache: Cache, cfg, split: str, seed: int) -> CTDataset:
+    """A :class:`CTDataset` over one split of the cache, or a clear error if the split is empty or one of
+    its cached volumes is missing or damaged (evaluation reads every volume of a split)."""
+    require_split(cache, split)
+    dataset = CTDataset(cache, cfg, split=split, seed=seed)
+    bad = cache.bad_volumes(dataset.index["id"])
+    if bad:
+        raise BadDatasetError(cache.root, f"{len(bad)} cached volume(s) of split {split!r} are missing or damaged: "
+                                          f"{listing(bad)}; evaluation needs every one: delete their folders and "
+                                          f"rerun `ctvlp prepare`")
     return dataset
 
 
+def drop_bad_samples(cache: Cache, cfg: DataConfig, out: Path | None) -> list[BadVolume]:
+    """The training split's missing or damaged volumes, to leave out; listed in ``out``/bad_samples.csv and
+    on stderr (``out`` None: neither, as on every process but the first). More than ``cfg.max_bad_samples``:
+    BadDatasetError naming them."""
+    bad = cache.bad_volumes(cache.index.loc[cache.index["split"] == cfg.train_split, "id"])
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(bad, columns=list(BadVolume._fields)).to_csv(out / BAD_SAMPLES, index=False)
+    if len(bad) > cfg.max_bad_samples:
+        raise BadDatasetError(cache.root, f"{len(bad)} cached training volume(s) are missing or damaged, more than "
+                                          f"data.max_bad_samples={cfg.max_bad_samples}: {listing(bad)}; delete "
+                                          f"their folders and rerun `ctvlp prepare`")
+    if bad and out is not None:
+        print(f"skipped {len(bad)} missing or damaged cached training volume(s) (data.max_bad_samples="
+              f"{cfg.max_bad_samples}), listed in {out / BAD_SAMPLES}: {listing(bad, 1)}", file=sys.stderr)
+    return bad
+
+
 def train_loader(cache: Cache, cfg: DataConfig, tokenizer, seed: int, rank: int = 0,
-                 world: int = 1) -> DataLoader:
-    """The training DataLoader; its ``batch_sampler`` is a :class:`ShardedBatches` (call ``set_epoch``).
-    With a ``tokenizer`` the workers also tokenise each sample's text (``input_ids``, ``attention_mask``)."""
-    dataset = split_dataset(cache, cfg.sampler, cfg.train_split, seed)
+                 world: int = 1, exclude: Collection[str] = ()) -> DataLoader:
+    """The training DataLoader without the volumes ``exclude`` names; its ``batch_sampler`` is a
+    :class:`ShardedBatches` (call ``set_epoch``). With a ``tokenizer`` the workers also tokenise each
+    sample's text (``input_ids``, ``attention_mask``). Pass its batches through :func:`checked`."""
+    require_split(cache, cfg.train_split)
+    dataset = TrainingSamples(cache, cfg.sampler, split=cfg.train_split, seed=seed, exclude=exclude)
     inner = LengthBucketBatchSampler(dataset.depths(), cfg.batch_size, seed=seed, pool_batches=cfg.pool_batches,
                                      drop_last=True)
     if len(inner) < world:
         raise BadDatasetError(cache.root, f"split {cfg.train_split!r} has {len(dataset)} volumes: fewer than one "
                                           f"batch of {cfg.batch_size} per process ({world} process(es))")
-    collate = Collate.for_dataset(dataset)
-    if tokenizer is not None:
-        collate = TokenizeCollate(collate, tokenizer, cfg.max_text_tokens)
+    collate = TrainCollate(Collate.for_dataset(dataset), tokenizer, cfg.max_text_tokens)
     return DataLoader(dataset, batch_sampler=ShardedBatches(inner, rank, world), num_workers=cfg.num_workers,
                       collate_fn=collate,
                       worker_init_fn=seed_worker, persistent_workers=cfg.num_workers > 0,

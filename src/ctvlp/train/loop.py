@@ -27,7 +27,7 @@ from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.train import distributed
 from ctvlp.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ctvlp.train.config import TrainConfig
-from ctvlp.train.data import set_epoch, train_loader
+from ctvlp.train.data import checked, drop_bad_samples, require_split, set_epoch, train_loader
 from ctvlp.train.metrics_log import MetricsLog
 from ctvlp.train.objective import Objective
 from ctvlp.train.requirements import check_requirements
@@ -58,7 +58,7 @@ def batches(loader, epoch: int, start: int):
     while True:
         set_epoch(loader, epoch, start)
         for i, batch in enumerate(loader, start=start):
-            yield epoch, i, batch
+            yield epoch, i, checked(batch)
         epoch, start = epoch + 1, 0
 
 
@@ -69,7 +69,9 @@ class Trainer:
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.place = distributed.setup()
         self.cache = Cache(data)
+        require_split(self.cache, cfg.data.train_split)
         check_requirements(cfg, self.cache)
+        bad = drop_bad_samples(self.cache, cfg.data, self.out if self.place.is_main else None)
         torch.manual_seed(cfg.seed)
         self.model = VisionLanguageModel(cfg.model).to(self.place.device)
         self.model.vision.set_grad_checkpointing(cfg.grad_checkpointing)
@@ -86,7 +88,8 @@ class Trainer:
         self.frozen: tuple[str, ...] | None = None
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.steps)
         tokenizer = self.model.text.tokenizer if cfg.model.text_input == "text" else None
-        self.loader = train_loader(self.cache, cfg.data, tokenizer, cfg.seed, self.place.rank, self.place.world)
+        self.loader = train_loader(self.cache, cfg.data, tokenizer, cfg.seed, self.place.rank, self.place.world,
+                                   exclude=[b.id for b in bad])
         self.step, self.epoch, self.batch_in_epoch, self.bad_steps = 0, 0, 0, 0
         self.tokenizer = tokenizer_files(self.model) if self.place.is_main else {}  # carried by every checkpoint
         if resume:
@@ -221,8 +224,8 @@ class Trainer:
 
     def _record(self, window: dict, lr: dict[str, float], grad_norm: float) -> dict:
         seconds = time.perf_counter() - window["start"]
-        means = {name: window.get(name, 0.0) / window[f"n_{name}"] if window.get(f"n_{name}") else float("nan")
-                 for name in ("loss", *self.loss_terms)}  # each term over the steps that computed it
+        means = {name: window.get(name, 0.0) / window[f"n_{name}"] if window.get(f"n_{name}") else None
+                 for name in ("loss", *self.loss_terms)}  # each term over the steps that computed it (None: none did)
         lrs = {"lr": lr.get("decay", next(iter(lr.values())))} | ({"lr_muon": lr["muon"]} if "muon" in lr else {})
         return {"step": self.step, "loss": means["loss"], **{f"loss_{n}": means[n] for n in self.loss_terms}, **lrs,
                 "samples_per_s": window["samples"] / max(seconds, 1e-9), "grad_norm": grad_norm,

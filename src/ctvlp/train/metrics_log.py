@@ -1,10 +1,17 @@
-"""``OUT/metrics.jsonl`` (one JSON object per logged step) and TensorBoard event files in ``OUT/tb``."""
+"""``OUT/metrics.jsonl`` (one JSON object per logged step) and TensorBoard event files in ``OUT/tb``.
+
+The lines are strict JSON (what ``jq`` and browsers read): a value that is not a finite number -- a loss
+term no step of the logging window computed, a window whose every step was skipped as non-finite -- is
+``null``.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+
+from ctvlp.eval.metrics import jsonable
 
 
 class MetricsLog:
@@ -31,7 +38,7 @@ class MetricsLog:
             self.tb = SummaryWriter(str(out / "tb"), purge_step=None if resume_step is None else resume_step + 1)
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(json.dumps(jsonable(record), allow_nan=False) + "\n")
         self.file.flush()
         if self.tb is not None:
             for key, value in record.items():
@@ -45,6 +52,6 @@ class MetricsLog:
 
 
 def read_metrics(out: Path) -> list[dict]:
-    """The records of ``out/metrics.jsonl``."""
+    """The records of ``out/metrics.jsonl`` (a value no step of a window computed is None)."""
     path = Path(out) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -16,14 +17,28 @@ Skipped = list[tuple[str, str]]
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 
 
+def utf8_error(raw: bytes, err: UnicodeDecodeError) -> str:
+    """Where ``raw`` stops being UTF-8, in words: the byte and its line."""
+    line = raw.count(b"\n", 0, err.start) + 1
+    return f"not UTF-8 text: byte 0x{raw[err.start]:02x} at line {line}"
+
+
 def read_table(path: Path, required: Sequence[str] = ()) -> pd.DataFrame:
-    """A CSV as strings (empty cells -> NaN), checked for ``required`` columns."""
+    """A UTF-8 CSV as strings (empty cells -> NaN), checked for ``required`` columns. A file in another
+    encoding is refused with the line of its first non-UTF-8 byte rather than decoded by a guess (a
+    latin-1 guess turns another encoding's text into wrong characters without a word)."""
     if not path.is_file():
         raise BadDatasetError(path, "file not found")
+    raw = path.read_bytes()
     try:
-        df = pd.read_csv(path, dtype=str)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise BadDatasetError(path, f"cannot read CSV ({type(err).__name__}: {err})") from None
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise BadDatasetError(path, f"{utf8_error(raw, err)}; save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+                              ) from None
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise BadDatasetError(path, f"cannot read CSV ({type(err).__name__}: {' '.join(str(err).split())})") from None
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:

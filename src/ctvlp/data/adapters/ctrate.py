@@ -108,17 +108,24 @@ def _present_splits(root: Path) -> dict[str, Path]:
     return present
 
 
-def _volume_files(folder: Path, split: str, skipped: Skipped) -> dict[str, Path]:
-    """Volume stem -> path of every ``*.nii.gz`` below ``folder`` whose name is a CT-RATE name."""
-    files: dict[str, Path] = {}
+def _volume_files(folder: Path, split: str, skipped: Skipped) -> tuple[dict[str, Path], set[str]]:
+    """Volume stem -> path of every ``*.nii.gz`` below ``folder`` whose name is a CT-RATE name, and the names
+    found in two places or more: those are left out (every copy listed), since the tables describe one file
+    of that name and not which."""
+    found: dict[str, list[Path]] = {}
     for path in sorted(folder.rglob("*.nii.gz")):
         stem = strip_nifti_suffix(path.name)
         match = NAME.match(stem)
         if match is None or match["split"] != split:
             skipped.append((str(path), f"file name is not {split}_<patient>_<scan>_<recon>.nii.gz"))
         else:
-            files[stem] = path.absolute()
-    return files
+            found.setdefault(stem, []).append(path.absolute())
+    for stem, paths in found.items():
+        if len(paths) > 1:
+            skipped += [(str(p), f"volume name {stem} is in {len(paths)} places ({', '.join(map(str, paths))}): "
+                                 "which file the reports and labels describe is ambiguous") for p in paths]
+    return ({stem: paths[0] for stem, paths in found.items() if len(paths) == 1},
+            {stem for stem, paths in found.items() if len(paths) > 1})
 
 
 def parse_spacing(xy: object, z: object) -> list[float]:
@@ -169,6 +176,8 @@ def _row(stem: str, split: str, files: dict[str, Path], tables: _Tables) -> dict
     except ValueError as err:
         raise _SkipRow(f"bad metadata: {err}") from None
     report = tables.reports.loc[stem]
+    if not any(text(report.get(REPORT_COLUMNS[section])) for section in ("findings", "impressions")):
+        raise _SkipRow(f"empty report (no {REPORT_COLUMNS['findings']} or {REPORT_COLUMNS['impressions']} text)")
     match = NAME.match(stem)
     return {
         "id": stem, "patient_id": f"{split}_{match['p']}", "scan_id": f"{split}_{match['p']}_{match['s']}",
@@ -213,9 +222,9 @@ def _collect(root: Path, folders: dict[str, Path], mapping: labelmap.LabelMappin
     skipped: Skipped = []
     for split, folder in folders.items():
         tables = _read_tables(root / "dataset", split)
-        files = _volume_files(folder, split, skipped)
+        files, ambiguous = _volume_files(folder, split, skipped)
         rows = []
-        for stem in sorted(set(files) | set(tables.reports.index)):
+        for stem in sorted((set(files) | set(tables.reports.index)) - ambiguous):
             try:
                 rows.append(_row(stem, split, files, tables))
             except _SkipRow as reason:

@@ -15,8 +15,11 @@ label:<name>      a vocabulary label, 0/1/blank; other columns are mapped by ``l
 mask:<name>       a mask path; or ``masks``: a JSON object {name: path}
 ================  ==============================================================================
 
-A row whose volume or mask file is missing, whose report is not text, or whose split is unknown is
-skipped and listed with the reason.
+A row whose volume or mask file is missing, whose report is not text, whose split is unknown, whose id
+is not a plain file name, or whose label value is not 0/1/blank (2, -1, 0.5: the row, not the dataset)
+is skipped and listed with the reason; so is a JSONL line that is not UTF-8 or not JSON. A CSV that is
+not UTF-8 is refused, naming the line of its first bad byte. A row without report text is kept (its
+labels and masks still train).
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from pathlib import Path
 import pandas as pd
 
 from ctvlp.data.adapters import labelmap
-from ctvlp.data.adapters.common import Skipped, read_table, split_by_patient, strip_nifti_suffix, text
+from ctvlp.data.adapters.common import Skipped, read_table, split_by_patient, strip_nifti_suffix, text, utf8_error
 from ctvlp.data.labels import CTRATE_LABELS
-from ctvlp.data.manifest import LABEL_PREFIX, REPORT_SECTIONS, Manifest
+from ctvlp.data.manifest import LABEL_PREFIX, REPORT_SECTIONS, Manifest, unsafe_ids
 from ctvlp.errors import BadDatasetError
 
 MASK_PREFIX = "mask:"
@@ -54,7 +57,12 @@ def read_records(path: Path) -> list[dict | str]:
     if not path.is_file():
         raise BadDatasetError(path, "file not found")
     records: list[dict | str] = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            records.append(f"line {number}: {utf8_error(raw, err).rsplit(' at line', 1)[0]}")
+            continue
         if not line.strip():
             continue
         try:
@@ -119,6 +127,9 @@ def _row(record: dict, base: Path, source: str) -> dict:
     """The manifest row of one record (without labels); raises _SkipRow with the reason."""
     path = _resolve(record.get("path"), base, "volume")
     volume_id = text(record.get("id")) or strip_nifti_suffix(Path(path).name)
+    if unsafe_ids([volume_id]):
+        raise _SkipRow(f"id {volume_id!r} is not a plain file name (it names the volume's cache folder: no '/', "
+                       f"'\\', leading '.')")
     split = _text_field(record, "split").lower()
     if split and split not in SPLIT_NAMES:
         raise _SkipRow(f"unknown split {split!r} (use train, valid or test)")
@@ -139,11 +150,27 @@ def _assign_splits(rows: list[dict], val_fraction: float, test_fraction: float, 
         row["split"] = row["split"] or explicit.get(row["patient_id"]) or hashed[row["patient_id"]]
 
 
-def _labels(records: list[dict], path: Path, label_map, vocabulary: Sequence[str]) -> pd.DataFrame:
-    """label:<name> columns: ``label:`` columns as they are, other columns through ``label_map``."""
+def _label_target(column: str, mapping: labelmap.LabelMapping | None) -> str | None:
+    """The vocabulary label a record's column feeds (``label:<name>``, or through the mapping), or None."""
+    if column.startswith(LABEL_PREFIX):
+        return column[len(LABEL_PREFIX):]
+    return mapping.columns.get(column) if mapping else None
+
+
+def _check_labels(record: dict, mapping: labelmap.LabelMapping | None, vocabulary: Sequence[str]) -> None:
+    """_SkipRow naming the record's label columns whose value is not 0/1/blank (2, -1, 0.5, "maybe"): a
+    hand-made table's typo costs its row, listed, not the whole dataset."""
+    wrong = [f"{k}={v!r}" for k, v in record.items()
+             if _label_target(str(k), mapping) in vocabulary and not labelmap.is_binary(v)]
+    if wrong:
+        raise _SkipRow(f"label value(s) other than 0/1/yes/no/true/false/blank: {', '.join(wrong)}")
+
+
+def _labels(records: list[dict], path: Path, mapping: labelmap.LabelMapping | None,
+            vocabulary: Sequence[str]) -> pd.DataFrame:
+    """label:<name> columns: ``label:`` columns as they are, other columns through ``mapping``."""
     frame = pd.DataFrame.from_records(records).drop(columns=RESERVED, errors="ignore")
     frame = frame.loc[:, [c for c in frame.columns if not str(c).startswith(MASK_PREFIX)]]
-    mapping = labelmap.load_mapping(label_map) if label_map is not None else None
     columns = dict(mapping.columns) if mapping else {}
     columns.update({c: c[len(LABEL_PREFIX):] for c in frame.columns if str(c).startswith(LABEL_PREFIX)})
     name = mapping.name if mapping else "label: columns"
@@ -163,12 +190,14 @@ def build_manifest(csv_or_jsonl: str | Path, *, root: str | Path | None = None, 
     """One manifest row per usable record, and the (name, reason) of every record left out."""
     path = Path(csv_or_jsonl)
     base = Path(root) if root is not None else path.parent
+    mapping = labelmap.load_mapping(label_map) if label_map is not None else None
     rows, kept, skipped, seen = [], [], [], set()
     for number, record in enumerate(read_records(path), start=1):
         name = text(record.get("path")) if isinstance(record, dict) else f"line {number}"
         try:
             if not isinstance(record, dict):
                 raise _SkipRow(record)
+            _check_labels(record, mapping, vocabulary)
             row = _row(record, base, source)
             if row["id"] in seen:
                 raise _SkipRow(f"duplicate id {row['id']!r} (give each row an `id`)")
@@ -182,7 +211,7 @@ def build_manifest(csv_or_jsonl: str | Path, *, root: str | Path | None = None, 
         raise BadDatasetError(path, f"no usable row ({len(skipped)} skipped; first: {skipped[:1]})")
     _assign_splits(rows, val_fraction, test_fraction, seed)
     _add_organ_sentences(rows)
-    frame = pd.concat([pd.DataFrame(rows), _labels(kept, path, label_map, vocabulary)], axis=1)
+    frame = pd.concat([pd.DataFrame(rows), _labels(kept, path, mapping, vocabulary)], axis=1)
     return Manifest(frame), skipped
 
 

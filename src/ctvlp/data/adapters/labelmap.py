@@ -29,6 +29,7 @@ from ctvlp.errors import BadDatasetError
 
 _TRUE = {"1", "1.0", "true", "yes", "y", "t"}
 _FALSE = {"0", "0.0", "false", "no", "n", "f"}
+_BLANK = {"", "nan", "<na>"}
 
 
 @dataclass(frozen=True)
@@ -91,13 +92,25 @@ def load_mapping(spec: str | Path | LabelMapping | None, default: str = "ctrate"
     return LabelMapping(name=str(data.get("dataset", path.stem)), columns={str(k): v for k, v in columns.items()})
 
 
+def _label_text(value: object) -> str:
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value).strip().lower()
+
+
+def is_binary(value: object) -> bool:
+    """Whether :func:`to_binary` takes ``value``: 0/1, true/false, yes/no (any case) or blank."""
+    return _label_text(value) in _TRUE | _FALSE | _BLANK
+
+
 def to_binary(values: pd.Series, column: str) -> pd.Series:
-    """0/1, true/false, yes/no (any case), blank -> <NA>; anything else raises ValueError."""
-    as_text = values.map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v))
-    as_text = as_text.str.strip().str.lower()
-    bad = sorted(set(as_text) - _TRUE - _FALSE - {"", "nan", "<na>"})
-    if bad:
-        raise ValueError(f"label column {column!r} has values other than 0/1/blank: {bad[:5]}")
+    """0/1, true/false, yes/no (any case), blank -> <NA>; anything else (2, -1, 0.5, a probability) raises
+    ValueError naming the column, the values and the rows (the index labels) that hold them."""
+    as_text = values.map(_label_text)
+    wrong = ~as_text.isin(_TRUE | _FALSE | _BLANK)
+    if wrong.any():
+        rows = [str(r) for r in values.index[wrong]]
+        raise ValueError(f"label column {column!r} has values other than 0/1/blank: "
+                         f"{sorted(set(values[wrong].astype(str)))[:5]} in {len(rows)} row(s): "
+                         f"{rows[:5]}{' ...' if len(rows) > 5 else ''}")
     out = pd.Series(pd.NA, index=values.index, dtype="Int8")
     out[as_text.isin(_TRUE)] = 1
     out[as_text.isin(_FALSE)] = 0
