@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 
 from ctvlp.data import cache as cache_mod
-from ctvlp.data.cache import Cache, CachedVolume, remove_stale_temp, write_cached_volume, z_extents
+from ctvlp.data.cache import Cache, CachedVolume, write_cached_volume, z_extents
 from ctvlp.data.manifest import Manifest
 from ctvlp.data.prepare import prepare
 from ctvlp.data.preprocess import PreprocessConfig
-from ctvlp.errors import BadDatasetError
+from ctvlp.errors import BadDatasetError, WriteError
+from ctvlp.fsutil import remove_stale_temps
 
 AFFINE_ZYX = np.array([[0, 0, 1.5, -90], [0, 1.5, 0, -60], [3.0, 0, 0, 100], [0, 0, 0, 1]])
 
@@ -76,7 +77,7 @@ def test_crash_while_writing_leaves_nothing(tmp_path, monkeypatch):
         real_save(path, arr)
 
     monkeypatch.setattr(cache_mod.np, "save", failing_save)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(WriteError, match=r"volumes/a: cannot write \(No space left on device\)"):
         write_cached_volume(tmp_path, "a", image, AFFINE_ZYX, masks)
     assert not list((tmp_path / "volumes").iterdir())  # no volume, no temporary directory
 
@@ -90,10 +91,12 @@ def test_existing_volume_is_kept(tmp_path):
 
 
 def test_stale_temp_dirs_are_removed(tmp_path):
-    for name in ("a", "ab"):
-        (tmp_path / "volumes" / ".tmp-999" / name).mkdir(parents=True)
-    assert remove_stale_temp(tmp_path, ["a"]) == 1
-    assert [p.name for p in (tmp_path / "volumes" / ".tmp-999").iterdir()] == ["ab"]
+    dead, live = 99_999_999, os.getppid()  # above any pid_max; the process that started this one
+    for name in (f".a.{dead}-0000beef.tmp", f".ab.{dead}-0000beef.tmp", f".a.{live}-0000beef.tmp"):
+        (tmp_path / "volumes" / name).mkdir(parents=True)
+    assert remove_stale_temps(tmp_path / "volumes", ["a"]) == 1  # a live writer's temporary is kept
+    assert sorted(p.name for p in (tmp_path / "volumes").iterdir()) == [f".a.{live}-0000beef.tmp",
+                                                                      f".ab.{dead}-0000beef.tmp"]
 
 
 def test_cache_errors(tmp_path):
@@ -172,7 +175,7 @@ def test_killed_run_resumes_without_leftovers(small_dataset):
     assert subprocess.run([sys.executable, "-c", code, *args], capture_output=True).returncode == -9
     volumes = tmp / "c" / "volumes"
     assert (volumes / "ct0" / "meta.json").is_file() and not (volumes / "ct1").exists()
-    assert list(volumes.glob(".tmp-*/ct1"))  # the killed run's half volume sits in its temp dir
+    assert list(volumes.glob(".ct1.*.tmp"))  # the killed run's half volume sits in its temp dir
     run = subprocess.run([sys.executable, "-m", "ctvlp", *args], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "prepared 1, already cached 1, failed 3 of 5" in run.stdout

@@ -100,7 +100,7 @@ def test_killed_prepare_leaves_no_half_volume(dataset):
     assert (volumes / "v0" / "meta.json").is_file() and not (volumes / "v1").exists()
     assert main(args) == 0
     assert (volumes / "v1" / "meta.json").is_file()
-    assert not list(volumes.glob(".tmp-*v0*"))
+    assert not list(volumes.glob(".v*.tmp"))
 
 
 def test_bad_manifest_is_exit_2(tmp_path, capsys):

@@ -21,6 +21,16 @@ class CtvlpError(Exception):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}" if self.path else reason)
 
+    def __reduce__(self):  # crosses process boundaries (a worker's error reaches the parent) as it is
+        return _restore, (type(self), self.args, self.__dict__)
+
+
+def _restore(cls: type, args: tuple, state: dict) -> CtvlpError:
+    err = cls.__new__(cls, *args)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
 
 class BadVolumeError(CtvlpError):
     """A volume file or folder that cannot be turned into a CT volume in HU."""
@@ -41,3 +51,8 @@ class InferenceError(CtvlpError):
 
 class BadIndexError(CtvlpError):
     """A folder that is not a `ctvlp index build` index, or one built by another model or format."""
+
+
+class WriteError(CtvlpError):
+    """A file that could not be written (disk full, file-size limit, permission): ``path`` is the file as it
+    would have been named, ``reason`` the operating system's."""

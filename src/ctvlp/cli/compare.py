@@ -289,9 +289,10 @@ def finished_runs(path: Path) -> dict[str, dict]:
 
 def write_outputs(summary: dict, out: Path) -> None:
     from ctvlp.eval.metrics import jsonable
+    from ctvlp.fsutil import atomic_write_text
 
-    (out / "compare.json").write_text(json.dumps(jsonable(summary), indent=2, allow_nan=False))
-    (out / "compare.md").write_text(markdown(summary))
+    atomic_write_text(out / "compare.json", json.dumps(jsonable(summary), indent=2, allow_nan=False))
+    atomic_write_text(out / "compare.md", markdown(summary))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -118,11 +118,12 @@ def _site(out: Path, site: str) -> None:
 def _visibility(out: Path, count: int) -> None:
     import pandas as pd
 
+    from ctvlp.data.manifest import save_table
     from ctvlp.data.synth.visibility import measure_cohort
 
     lesions, summary = measure_cohort(out, count)
-    lesions.to_csv(out / "visibility_lesions.csv", index=False)
-    summary.to_csv(out / "visibility.csv", index=False)
+    save_table(lesions, out / "visibility_lesions.csv")
+    save_table(summary, out / "visibility.csv")
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(f"visibility at 64 x 64 in-plane (first {count} training volumes):")
         print(summary.to_string(index=False))

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ctvlp.config import to_dict
     from ctvlp.errors import BadDatasetError
+    from ctvlp.fsutil import atomic_write_text
     from ctvlp.train import distributed
     from ctvlp.train.loop import Trainer
 
@@ -72,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     try:
         if trainer.place.is_main:
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            atomic_write_text(args.out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         summary = trainer.fit()
         if not args.no_eval and trainer.place.is_main:
             from ctvlp.eval.metrics import jsonable
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
             metrics = evaluate_model(trainer.model, trainer.cache, cfg.eval, device=trainer.place.device)
             summary["eval"] = metrics
-            (args.out / "eval.json").write_text(json.dumps(jsonable(metrics), indent=2, allow_nan=False))
+            atomic_write_text(args.out / "eval.json", json.dumps(jsonable(metrics), indent=2, allow_nan=False))
         distributed.barrier(trainer.place)
     finally:
         distributed.teardown()

@@ -9,18 +9,15 @@ Layout (docs/architecture.md)::
     CACHE/index/shard-i-of-N.parquet    manifest rows of the cached volumes + cache columns
     CACHE/failures/shard-i-of-N.csv     id, path, reason of the volumes that were skipped
 
-A volume directory appears only complete: it is written under CACHE/volumes/.tmp-<pid>/<id> and
-renamed; temporary directories left by a killed run are removed when its shard is prepared again.
-A volume damaged later (a file truncated, overwritten or deleted) is found by :meth:`Cache.bad_volumes`
-from its meta.json and the .npy headers and sizes, without reading a voxel.
+A volume directory appears only complete: it is written under CACHE/volumes/.<id>.<pid>-<random>.tmp
+and renamed (:func:`ctvlp.fsutil.atomic_path`); temporary directories left by a killed run are removed
+when its shard is prepared again. A volume damaged later (a file truncated, overwritten or deleted) is
+found by :meth:`Cache.bad_volumes` from its meta.json and the .npy headers and sizes, without reading a voxel.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -32,11 +29,11 @@ from ctvlp.data.manifest import unsafe_ids
 from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.errors import BadDatasetError
 from ctvlp.io._convert import error_text
+from ctvlp.fsutil import atomic_path
 from ctvlp.io.volume import Volume
 
 CONFIG_FILE = "preprocessing.json"
 VOLUMES = "volumes"
-TMP_PREFIX = ".tmp-"
 
 
 def z_extents(masks: dict[str, np.ndarray]) -> dict[str, list[int]]:
@@ -47,25 +44,6 @@ def z_extents(masks: dict[str, np.ndarray]) -> dict[str, list[int]]:
         if z.size:
             out[name] = [int(z[0]), int(z[-1]) + 1]
     return out
-
-
-def _temp_dir(root: str | Path, vid: str) -> Path:
-    """Where this process writes ``vid`` before the rename: CACHE/volumes/.tmp-<pid>/<vid>."""
-    return Path(root) / VOLUMES / f"{TMP_PREFIX}{os.getpid()}" / vid
-
-
-def remove_stale_temp(root: str | Path, vids: Sequence[str]) -> int:
-    """Delete temporary directories of ``vids`` left by killed runs; returns how many were removed.
-
-    Call it only for volumes no other live run is writing (e.g. this shard's rows).
-    """
-    stale = [d / vid for d in (Path(root) / VOLUMES).glob(f"{TMP_PREFIX}*") for vid in vids
-             if (d / vid).exists()]
-    for directory in stale:
-        shutil.rmtree(directory, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            directory.parent.rmdir()  # the dead run's own temp folder, once empty
-    return len(stale)
 
 
 def _write_files(directory: Path, vid: str, image_zyx: np.ndarray, affine_zyx: np.ndarray,
@@ -87,22 +65,14 @@ def write_cached_volume(root: str | Path, vid: str, image_zyx: np.ndarray, affin
     """Write one volume atomically (temporary directory, then rename); returns its directory.
 
     ``image_zyx`` (Z, Y, X) HU, ``masks`` name -> (Z, Y, X) bool. A volume that already exists is
-    kept (another process finished it first). On any error the temporary directory is removed.
+    kept (another process finished it first). On any error the temporary directory is removed; a
+    failed write raises :class:`~ctvlp.errors.WriteError` naming the file. Temporaries of killed runs are
+    removed by :func:`ctvlp.fsutil.remove_stale_temps`, once per run (``prepare`` does it).
     """
     final = Path(root) / VOLUMES / vid
-    tmp = _temp_dir(root, vid)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_path(final, replace=False, clean=False) as tmp:
+        tmp.mkdir()
         _write_files(tmp, vid, image_zyx, affine_zyx, masks, extra_meta)
-        tmp.rename(final)
-    except OSError:
-        if not (final / "meta.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            tmp.parent.rmdir()  # only when empty
     return final
 
 

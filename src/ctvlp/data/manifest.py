@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from ctvlp.errors import BadDatasetError
+from ctvlp.fsutil import atomic_path
 
 LABEL_PREFIX = "label:"
 REPORT_SECTIONS: tuple[str, ...] = ("clinical", "technique", "findings", "impressions")
@@ -58,6 +59,17 @@ def unsafe_ids(ids) -> list[str]:
 def label_names_of(columns) -> list[str]:
     """The label names of a manifest's or cache index's ``columns`` (those named ``label:<name>``), in order."""
     return [c[len(LABEL_PREFIX):] for c in columns if str(c).startswith(LABEL_PREFIX)]
+
+
+def save_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``df`` as Parquet (``.parquet``) or CSV (anything else), atomically (:func:`ctvlp.fsutil.atomic_path`)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
+    return path
 
 
 @dataclass
@@ -100,15 +112,7 @@ class Manifest:
 
     def save(self, path: str | Path) -> Path:
         """Write Parquet (``.parquet``) or CSV (anything else), atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        if path.suffix == ".parquet":
-            self.df.to_parquet(tmp, index=False)
-        else:
-            self.df.to_csv(tmp, index=False)
-        tmp.replace(path)
-        return path
+        return save_table(self.df, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Manifest":

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ctvlp.fsutil import atomic_write_text
+
 
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
@@ -69,9 +71,8 @@ def _page(path: Path, title: str, parts: list[str]) -> Path:
     """Write ``parts`` as one self-contained HTML page."""
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:0.9em}")
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                    f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
-    return path
+    return atomic_write_text(path, f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+                                   f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
 
 def write_report(path: Path, metrics: dict, records: list[dict], examples: list[dict]) -> Path:

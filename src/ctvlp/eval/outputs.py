@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from ctvlp.data.manifest import save_table
 from ctvlp.eval.html import write_eval_report
 from ctvlp.eval.metrics import jsonable
 from ctvlp.eval.zeroshot import METRICS
+from ctvlp.fsutil import atomic_write_text
 
 
 def _ci(row: dict, key: str) -> tuple:
@@ -81,17 +83,14 @@ FRAMES = {"zeroshot": zeroshot_frame, "retrieval": retrieval_frame, "probe": pro
 
 
 def write_outputs(out: Path, result) -> list[Path]:
-    """Write metrics.json, ``<task>.csv`` for every task and report.html into ``out``; the paths."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write metrics.json, ``<task>.csv`` for every task and report.html into ``out``, each atomically; the paths."""
     metrics = jsonable(result.metrics)
-    paths = [out / "metrics.json"]
-    paths[0].write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    paths = [atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))]
     tables = {}
     for task in metrics["tasks"]:
         if isinstance(metrics.get(task), dict):
             tables[task] = FRAMES.get(task, task_frame)(metrics[task])
-            tables[task].to_csv(out / f"{task}.csv", index=False)
-            paths.append(out / f"{task}.csv")
+            paths.append(save_table(tables[task], out / f"{task}.csv"))
     paths.append(write_eval_report(out / "report.html", metrics, result.roc, result.examples, result.overlays,
                                    tables))
     return paths

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ctvlp.errors import CtvlpError
+from ctvlp.fsutil import atomic_path
 from ctvlp.inference.model import CtvlpModel, InputPipeline
 from ctvlp.io.load import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES
 from ctvlp.io.load import _has_dicom_preamble as has_dicom_preamble
@@ -202,14 +203,14 @@ def _embed(model: CtvlpModel, inputs: list[Path], workers: int, batch_size: int,
 def write_embeddings(result: EmbedResult, model: CtvlpModel, out: str | os.PathLike) -> Path:
     """Parquet, one row per embedded input: ``path`` (str), ``embedding`` (fixed-size list of D float32),
     ``model`` (the checkpoint or export path), ``step`` (its training step), ``n_slices``,
-    ``preprocess_seconds``; the schema metadata ``ctvlp`` holds {recipe, step, model, dim}."""
+    ``preprocess_seconds``; the schema metadata ``ctvlp`` holds {recipe, step, model, dim}. Written atomically:
+    a killed run leaves no half table under ``out``."""
     import json
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     n, dim = len(result.paths), int(model.model.cfg.embed_dim)
     embedding = pa.FixedSizeListArray.from_arrays(pa.array(result.embeddings.reshape(-1), pa.float32()), dim)
     table = pa.table({"path": pa.array(result.paths, pa.string()), "embedding": embedding,
@@ -218,7 +219,8 @@ def write_embeddings(result: EmbedResult, model: CtvlpModel, out: str | os.PathL
                       "n_slices": pa.array(result.n_slices, pa.int32()),
                       "preprocess_seconds": pa.array(result.seconds, pa.float64())})
     meta = {"recipe": model.spec.recipe, "step": model.spec.step, "model": model.spec.path, "dim": dim}
-    pq.write_table(table.replace_schema_metadata({"ctvlp": json.dumps(meta)}), out)
+    with atomic_path(out) as tmp:
+        pq.write_table(table.replace_schema_metadata({"ctvlp": json.dumps(meta)}), tmp)
     return out
 
 
@@ -233,8 +235,9 @@ def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
 
 
 def write_skipped(result: EmbedResult, out: str | os.PathLike) -> Path:
-    """CSV with the columns path, reason (a header only when nothing was skipped)."""
+    """CSV with the columns path, reason (a header only when nothing was skipped), written atomically."""
     import pandas as pd
 
-    pd.DataFrame(result.skipped, columns=["path", "reason"]).to_csv(out, index=False)
-    return Path(out)
+    from ctvlp.data.manifest import save_table
+
+    return save_table(pd.DataFrame(result.skipped, columns=["path", "reason"]), out)

@@ -30,6 +30,7 @@ from ctvlp import __version__
 from ctvlp.config import ConfigError, from_dict, to_dict
 from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
+from ctvlp.fsutil import atomic_path, check_replaceable
 from ctvlp.inference.model import CtvlpModel, ModelSpec
 from ctvlp.models.vlp import ModelConfig, VisionLanguageModel
 from ctvlp.train.checkpoint import CheckpointError
@@ -46,9 +47,18 @@ TEXT_FILES = ("config.json", "model.safetensors")
 
 
 def export_model(model: CtvlpModel, out: str | Path) -> Path:
-    """Write ``model`` (from :func:`ctvlp.load_model`) to the folder ``out``; returns it."""
+    """Write ``model`` (from :func:`ctvlp.load_model`) to the folder ``out``; returns it. The folder is
+    written under a temporary name and renamed when complete (it replaces an earlier export there; any
+    other non-empty folder is refused), so a killed export never leaves a half folder that loads."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_replaceable(out, CONFIG, FORMAT)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        _write_export(model, tmp)
+    return out
+
+
+def _write_export(model: CtvlpModel, out: Path) -> None:
     net, spec = model.model, model.spec
     net.text.save_pretrained(out / TEXT_DIR)
     weights = {k: v.detach().cpu().clone().contiguous() for k, v in net.state_dict().items()
@@ -59,7 +69,6 @@ def export_model(model: CtvlpModel, out: str | Path) -> Path:
               "preprocess": spec.preprocess.to_dict(), "sampler": to_dict(spec.sampler),
               "prompt_style": spec.prompt_style, "label_names": list(spec.label_names), "prompts": net.prompts}
     (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    return out
 
 
 def is_export(path: str | Path) -> bool:

@@ -29,6 +29,7 @@ import torch
 
 from ctvlp import __version__
 from ctvlp.errors import BadIndexError, InferenceError
+from ctvlp.fsutil import atomic_path, check_replaceable
 from ctvlp.inference.batch import EmbedResult, read_embeddings, write_embeddings, write_skipped
 from ctvlp.inference.model import CtvlpModel
 
@@ -52,21 +53,28 @@ def model_fingerprint(model: CtvlpModel) -> str:
 
 
 def write_index(result: EmbedResult, model: CtvlpModel, out: str | os.PathLike) -> Path:
-    """Write the index folder ``out`` (layout: the module docstring) for ``embed_files``' result."""
+    """Write the index folder ``out`` (layout: the module docstring) for ``embed_files``' result. The folder
+    is written under a temporary name and renamed when complete (it replaces an earlier index there; any
+    other non-empty folder is refused), so a killed build leaves no half index under ``out``."""
     from ctvlp.inference.export import export_model
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_embeddings(result, model, out / EMBEDDINGS)
-    write_skipped(result, out / SKIPPED)
-    export_model(model, out / MODEL_DIR)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "ctvlp_version": __version__,
+    check_replaceable(out, INDEX_JSON, FORMAT)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        write_embeddings(result, model, tmp / EMBEDDINGS)
+        write_skipped(result, tmp / SKIPPED)
+        export_model(model, tmp / MODEL_DIR)
+        (tmp / INDEX_JSON).write_text(json.dumps(_index_meta(result, model), indent=2) + "\n")
+    return out
+
+
+def _index_meta(result: EmbedResult, model: CtvlpModel) -> dict:
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "ctvlp_version": __version__,
             "dim": int(result.embeddings.shape[1]), "count": len(result.paths), "files": list(result.paths),
             "skipped": len(result.skipped),
             "model": {"source": model.spec.path, "recipe": model.spec.recipe, "step": model.spec.step,
                       "fingerprint": model_fingerprint(model)}}
-    (out / INDEX_JSON).write_text(json.dumps(meta, indent=2) + "\n")
-    return out
 
 
 @dataclass

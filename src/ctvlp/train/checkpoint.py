@@ -25,7 +25,6 @@ import os
 import pickle
 import random
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import torch
 
 from ctvlp import __version__
 from ctvlp.errors import CtvlpError
+from ctvlp.fsutil import atomic_path
 
 FORMAT = "ctvlp-checkpoint"
 FORMAT_VERSION = 2
@@ -72,16 +72,8 @@ def save_checkpoint(folder: Path, state: dict, keep_last: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{state['step']:07d}.pt"
     payload = {"format": FORMAT, "version": FORMAT_VERSION, "ctvlp_version": __version__, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
     for old in list_checkpoints(folder)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path

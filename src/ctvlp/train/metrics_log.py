@@ -12,25 +12,27 @@ import math
 from pathlib import Path
 
 from ctvlp.eval.metrics import jsonable
+from ctvlp.fsutil import atomic_write_text, write_errors
 
 
 class MetricsLog:
     """Appends records to metrics.jsonl and mirrors every numeric field to TensorBoard.
 
-    On resume the file is first cut back to the records before ``resume_step``, so a run resumed
-    from step S has exactly one record per logged step.
+    On resume the file is first cut back to the records up to ``resume_step`` (rewritten atomically; a
+    last line torn by a kill or a full disk is dropped), so a run resumed from step S has exactly one
+    record per logged step. A failed write raises :class:`~ctvlp.errors.WriteError` naming the file.
     """
 
     def __init__(self, out: Path, resume_step: int | None = None, tensorboard: bool = True):
         self.path = out / "metrics.jsonl"
-        out.mkdir(parents=True, exist_ok=True)
+        with write_errors(self.path):
+            out.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
-            self.path.write_text("")
+            atomic_write_text(self.path, "")
         elif self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        self.file = self.path.open("a")
+            atomic_write_text(self.path, "".join(line + "\n" for line in _lines_until(self.path, resume_step)))
+        with write_errors(self.path):
+            self.file = self.path.open("a")
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -38,8 +40,9 @@ class MetricsLog:
             self.tb = SummaryWriter(str(out / "tb"), purge_step=None if resume_step is None else resume_step + 1)
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(jsonable(record), allow_nan=False) + "\n")
-        self.file.flush()
+        with write_errors(self.path):
+            self.file.write(json.dumps(jsonable(record), allow_nan=False) + "\n")
+            self.file.flush()
         if self.tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
@@ -49,6 +52,19 @@ class MetricsLog:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _lines_until(path: Path, step: int) -> list[str]:
+    """The lines of ``path`` whose record has ``step`` <= ``step``; a line that is not JSON (torn) is dropped."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    return kept
 
 
 def read_metrics(out: Path) -> list[dict]:

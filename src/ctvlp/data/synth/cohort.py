@@ -13,6 +13,10 @@
 The parent process draws everything cohort-wide (patients, scans and reconstructions per patient,
 split, which volumes are stored raw, label prevalences); each patient is then made from its own seed
 (``SeedSequence([seed, patient index])``), so the files do not depend on ``workers``.
+
+Every file is written atomically (:mod:`ctvlp.fsutil`) and the same seed gives the same bytes, so a
+killed run leaves only whole files and running the command again makes the same cohort; ``synth.json``
+is written last.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ import numpy as np
 import pandas as pd
 
 from ctvlp.data.labels import CTRATE_LABELS
+from ctvlp.data.manifest import save_table
 from ctvlp.data.synth.findings import DIFFICULTIES, RENDERED
 from ctvlp.data.synth.patient import PatientPlan, VolumeRows, make_patient
+from ctvlp.fsutil import atomic_write_text
 
 SPLIT_FILES = {  # CT-RATE split -> (reports, labels, metadata, RadGenome) file names
     "train": ("train_reports.csv", "train_predicted_labels.csv", "train_metadata.csv", "train_region_report.csv"),
@@ -126,7 +132,7 @@ def write_cohort(cfg: SynthConfig, progress=None) -> dict:
                "raw_volumes": int(sum(r.raw for r in rows)),
                "splits": {s: sum(r.split == s for r in rows) for s in ("train", "valid")},
                "rendered_labels": list(RENDERED)}
-    (out / "synth.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "synth.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -149,4 +155,4 @@ def _write_tables(out: Path, rows: list[VolumeRows]) -> None:
             (out / "radgenome" / regions, [row for r in part for row in r.regions], REGION_COLUMNS),
         )
         for path, records, columns in tables:
-            pd.DataFrame(records, columns=list(columns)).to_csv(path, index=False)
+            save_table(pd.DataFrame(records, columns=list(columns)), path)

@@ -20,6 +20,7 @@ from ctvlp.data.synth.geometry import GridSpec, Pose
 from ctvlp.data.synth.phantom import Anatomy, sample_anatomy
 from ctvlp.data.synth.render import Rendered, ReconSpec, ScanSpec, render
 from ctvlp.data.synth.reports import Report, write_report
+from ctvlp.fsutil import atomic_write_bytes
 
 Z_SPACINGS = ((1.0, 1.25, 1.5, 2.0, 3.0, 5.0), (0.3, 0.15, 0.2, 0.15, 0.1, 0.1))
 MANUFACTURERS = ("SIEMENS", "PHILIPS", "GE MEDICAL SYSTEMS", "TOSHIBA")
@@ -136,9 +137,11 @@ def nifti_header(shape_zyx: tuple[int, ...], dtype, affine: np.ndarray) -> bytes
 
 def save_nifti(path: Path, header: bytes, array_zyx: np.ndarray) -> None:
     """gzip level 1, zero time stamp (same input, same bytes). The (X, Y, Z) Fortran-order data the
-    file holds are exactly the C-order bytes of the (Z, Y, X) array, so no transpose copy is made."""
+    file holds are exactly the C-order bytes of the (Z, Y, X) array, so no transpose copy is made. Written
+    atomically: a killed run leaves no half file."""
     packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: gzip container
-    path.write_bytes(packer.compress(header) + packer.compress(np.ascontiguousarray(array_zyx)) + packer.flush())
+    data = packer.compress(header) + packer.compress(np.ascontiguousarray(array_zyx)) + packer.flush()
+    atomic_write_bytes(path, data)
 
 
 def write_volume(out: Path, split: str, stem: str, rendered: Rendered) -> None:

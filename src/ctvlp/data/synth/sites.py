@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from ctvlp.data.adapters import labelmap
-from ctvlp.data.manifest import LABEL_PREFIX
+from ctvlp.data.manifest import LABEL_PREFIX, save_table
 
 SECTIONS = ("clinical", "technique", "findings", "impressions")
 
@@ -107,5 +107,4 @@ def write_site_table(out: str | Path, site: str = "rad_chestct", val_fraction: f
     })
     table = pd.concat([table, site_labels(truth, df["findings"] + " " + df["impressions"], site)], axis=1)
     path = out / f"{site}.csv"
-    table.to_csv(path, index=False)
-    return path
+    return save_table(table, path)
