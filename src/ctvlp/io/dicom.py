@@ -133,8 +133,8 @@ def _choose_series(folder: Path, series: dict[str, list[_Slice]], uid: str | Non
         return uid, series[uid]
     if len(series) > 1:
         listing = ", ".join(f"{u or '(empty UID)'} ({len(s)} slices)" for u, s in sorted(series.items()))
-        raise BadVolumeError(folder, f"folder mixes {len(series)} series: {listing}; choose one with --series-uid "
-                                     "(series_uid= in Python)")
+        raise BadVolumeError(folder, f"folder mixes {len(series)} series: {listing}; give each series its "
+                                     "own folder, or choose one (ctvlp info --series-uid, series_uid= in Python)")
     return next(iter(series.items()))
 
 

@@ -83,8 +83,8 @@ def check_voxels(path: str | Path | None, shape: Sequence[int], limit: int) -> N
     if voxels > limit:
         raise BadVolumeError(path, f"{' x '.join(map(str, spatial))} = {voxels / 1e6:.0f} M voxels is over the "
                                    f"limit of {limit / 1e6:.0f} M voxels (preprocessing needs about "
-                                   f"{voxels * BYTES_PER_VOXEL / 1e9:.1f} GB); raise it with {MAX_VOXELS_ENV} "
-                                   f"or --max-voxels if this machine has the memory")
+                                   f"{voxels * BYTES_PER_VOXEL / 1e9:.1f} GB); if this machine has the memory, raise it "
+                                   f"with {MAX_VOXELS_ENV}=N (the inference commands also take --max-voxels N)")
 
 
 def check_header(path: Path, kind: str, limit: int | None = None) -> None:
