@@ -100,7 +100,7 @@ def _sync_tree(path: Path) -> None:
         _fsync(Path(root))
 
 
-def _commit(tmp: Path, path: Path, replace: bool) -> None:
+def _commit(tmp: Path, path: Path, replace: bool, durable: bool) -> None:
     if path.exists() and not replace:
         return  # another process finished the same work first: keep its result
     if path.is_dir() and not path.is_symlink():  # a folder is replaced by moving the old one aside first
@@ -114,7 +114,8 @@ def _commit(tmp: Path, path: Path, replace: bool) -> None:
         except OSError:
             if replace or not path.exists():
                 raise
-    _fsync(path.parent)
+    if durable:
+        _fsync(path.parent)
 
 
 def _size(file: Path) -> int:
@@ -165,12 +166,15 @@ def _final(file: str | Path, tmp: Path, path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, replace: bool = True, clean: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, replace: bool = True, clean: bool = True,
+                durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``: write a file there or make a folder there. When the block
     ends without error it is fsynced and renamed onto ``path``; on any error it is removed, and a failed
     write raises :class:`WriteError` naming the file. ``replace=False`` keeps an existing ``path`` and
     drops what was written (another process finished the same work first). ``clean=False`` skips
-    :func:`remove_stale_temps` (which lists the folder) for callers that clean once for many names."""
+    :func:`remove_stale_temps` (which lists the folder) for callers that clean once for many names.
+    ``durable=False`` skips the fsyncs: the rename is still atomic against a kill or a full disk, only a
+    power loss may leave an empty file under the name (for outputs that a rerun writes anew anyway)."""
     path = Path(path)
     with write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,8 +184,9 @@ def atomic_path(path: str | os.PathLike, *, replace: bool = True, clean: bool = 
     _WRITING.add(tmp)
     try:
         yield tmp
-        _sync_tree(tmp)
-        _commit(tmp, path, replace)
+        if durable:
+            _sync_tree(tmp)
+        _commit(tmp, path, replace, durable)
     except WriteError as err:  # from a file written inside this folder: name it as it would have been
         raise WriteError(_final(err.path, tmp, path), err.reason) from None
     except Exception as err:
@@ -195,9 +200,9 @@ def atomic_path(path: str | os.PathLike, *, replace: bool = True, clean: bool = 
         _remove(tmp)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=durable) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 

@@ -138,10 +138,11 @@ def nifti_header(shape_zyx: tuple[int, ...], dtype, affine: np.ndarray) -> bytes
 def save_nifti(path: Path, header: bytes, array_zyx: np.ndarray) -> None:
     """gzip level 1, zero time stamp (same input, same bytes). The (X, Y, Z) Fortran-order data the
     file holds are exactly the C-order bytes of the (Z, Y, X) array, so no transpose copy is made. Written
-    atomically: a killed run leaves no half file."""
+    atomically (a killed run leaves no half file) without fsync: a rerun of synth rewrites every file, and
+    the fsyncs cost ~9 % of synth's time (1.2 of 13.6 s for 100 volumes)."""
     packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: gzip container
     data = packer.compress(header) + packer.compress(np.ascontiguousarray(array_zyx)) + packer.flush()
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data, durable=False)
 
 
 def write_volume(out: Path, split: str, stem: str, rendered: Rendered) -> None:
