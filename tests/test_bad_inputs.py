@@ -27,7 +27,7 @@ import ctvlp
 from ctvlp.cli import main
 from ctvlp.cli.segment import output_paths
 from ctvlp.config import apply_overrides
-from ctvlp.data.cache import Cache
+from ctvlp.data.cache import Cache, check_volume
 from ctvlp.data.manifest import Manifest
 from ctvlp.errors import BadDatasetError
 from ctvlp.eval.html import curve_figure
@@ -144,6 +144,17 @@ def test_training_skips_damaged_volumes_lists_them_and_stops_beyond_the_limit(ca
                    "3 cached training volume(s) are missing or damaged, more than data.max_bad_samples=2",
                    *map(str, broken))
     assert not (tmp_path / "r2" / "metrics.jsonl").exists()
+
+
+def test_check_volume_names_each_missing_or_damaged_file(cache_copy):
+    vid = ids_of(cache_copy, "train")[0]
+    folder = cache_copy / "volumes" / vid
+    assert check_volume(folder) is None
+    (folder / "masks.npy").unlink()
+    assert check_volume(folder) == (folder / "masks.npy", "cache file is missing")
+    (folder / "meta.json").write_text("{")
+    file, reason = check_volume(folder)
+    assert file == folder / "meta.json" and reason.startswith("unreadable cache metadata")
 
 
 def test_a_damaged_evaluation_split_is_refused_before_training_and_by_eval(cache_copy, run, tmp_path, capsys):

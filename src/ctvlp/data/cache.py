@@ -121,6 +121,8 @@ def check_volume(directory: Path) -> tuple[Path, str] | None:
     for name, (shape, dtype) in expected.items():
         try:
             layout = npy_layout(directory / name)
+        except FileNotFoundError:
+            return directory / name, "cache file is missing"
         except (OSError, ValueError) as err:
             return directory / name, f"damaged cache file ({' '.join(str(err).split()) or type(err).__name__})"
         if layout != (shape, dtype):
