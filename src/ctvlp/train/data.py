@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ctvlp.data.cache import BadVolume, Cache
 from ctvlp.data.loader import Collate, CTDataset, LengthBucketBatchSampler, seed_worker
+from ctvlp.data.manifest import save_table
 from ctvlp.errors import BadDatasetError, CtvlpError
 from ctvlp.train.config import DataConfig
 
@@ -131,8 +132,7 @@ def drop_bad_samples(cache: Cache, cfg: DataConfig, out: Path | None) -> list[Ba
     BadDatasetError naming them."""
     bad = cache.bad_volumes(cache.index.loc[cache.index["split"] == cfg.train_split, "id"])
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(bad, columns=list(BadVolume._fields)).to_csv(out / BAD_SAMPLES, index=False)
+        save_table(pd.DataFrame(bad, columns=list(BadVolume._fields)), out / BAD_SAMPLES)
     if len(bad) > cfg.max_bad_samples:
         raise BadDatasetError(cache.root, f"{len(bad)} cached training volume(s) are missing or damaged, more than "
                                           f"data.max_bad_samples={cfg.max_bad_samples}: {listing(bad)}; delete "
