@@ -1,9 +1,9 @@
 """The voxel budget: a volume's size read from its header and refused before any voxel is read.
 
 A NIfTI can declare 30000 x 30000 x 30000 voxels in a 352-byte header, a DICOM slice 65535 x 65535
-pixels; reading either would try to allocate terabytes. :func:`check_header` reads only the header
-(NIfTI and NRRD/MHA headers, a DICOM folder's first image slice times its files and frames) and refuses
-more than the limit. Preprocessing holds about :data:`BYTES_PER_VOXEL` bytes per input voxel at its peak
+pixels; reading either would try to allocate terabytes. Each reader checks the header it reads before
+the voxels (:func:`check_voxels`: NIfTI and NRRD/MHA from their own header, a DICOM folder from its first
+image slice times its files and frames, :func:`check_dicom_header`) and refuses more than the limit. Preprocessing holds about :data:`BYTES_PER_VOXEL` bytes per input voxel at its peak
 (int16 input, float32 reoriented copy, Gaussian prefilter, trilinear output); the limit is
 :data:`DEFAULT_MAX_VOXELS` (about 512 x 512 x 2300, ~8 GB at the peak), raised with the environment
 variable ``CTVLP_MAX_VOXELS`` or a ``max_voxels`` argument (the inference commands' ``--max-voxels``).
@@ -37,31 +37,9 @@ def max_voxels(limit: int | None = None) -> int:
         raise BadVolumeError(None, f"{MAX_VOXELS_ENV}={raw!r} is not a number of voxels") from None
 
 
-def header_shape(path: Path, kind: str) -> tuple[int, ...] | None:
-    """The voxel grid's shape from the header only (``kind``: ``ctvlp.io.load.volume_format``); None when
-    the header cannot say (the reader then gives its own error). A DICOM folder: (columns, rows, files x
-    frames) of its first image slice."""
-    try:
-        if kind == "nifti":
-            import nibabel as nib
-
-            from ctvlp.io.nifti import quiet_header_fixes
-
-            with quiet_header_fixes():
-                return tuple(int(s) for s in nib.load(str(path)).shape)
-        if kind == "itk":
-            import SimpleITK as sitk
-
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(path))
-            reader.ReadImageInformation()
-            return tuple(int(s) for s in reader.GetSize())
-        return _dicom_shape(path)
-    except Exception:  # unreadable header: the reader names the problem
-        return None
-
-
-def _dicom_shape(path: Path) -> tuple[int, ...] | None:
+def dicom_shape(path: Path) -> tuple[int, ...] | None:
+    """(columns, rows, files x frames) of a DICOM folder's (or file's) first image slice, from its header;
+    None when no header says (the reader then gives its own error)."""
     import pydicom
 
     folder = path if path.is_dir() else path.parent
@@ -87,8 +65,12 @@ def check_voxels(path: str | Path | None, shape: Sequence[int], limit: int) -> N
                                    f"with {MAX_VOXELS_ENV}=N (the inference commands also take --max-voxels N)")
 
 
-def check_header(path: Path, kind: str, limit: int | None = None) -> None:
-    """Refuse ``path`` from its header when it declares more voxels than the limit (see the module docstring)."""
-    shape = header_shape(path, kind)
+def check_dicom_header(path: Path, limit: int) -> None:
+    """Refuse a DICOM folder (or file) whose first image slice's header, times its files and frames,
+    declares more than ``limit`` voxels (the NIfTI and ITK readers check the header they read themselves)."""
+    try:
+        shape = dicom_shape(path)
+    except OSError:  # an unlistable folder: the reader names the problem
+        shape = None
     if shape is not None:
-        check_voxels(path, shape, max_voxels(limit))
+        check_voxels(path, shape, limit)

@@ -8,6 +8,7 @@ import numpy as np
 
 from ctvlp.errors import BadVolumeError
 from ctvlp.io._convert import LPS_TO_RAS, require_real, to_hu
+from ctvlp.io.header import check_voxels
 from ctvlp.io.volume import Volume
 
 
@@ -19,12 +20,19 @@ def itk_affine(origin, spacing, direction) -> np.ndarray:
     return LPS_TO_RAS @ lps
 
 
-def read_itk(path: Path) -> Volume:
-    """Read a 3-D NRRD / MHA / MHD file. ITK's array is (z, y, x); ours follows ITK's index (i, j, k)."""
+def read_itk(path: Path, limit: int) -> Volume:
+    """Read a 3-D NRRD / MHA / MHD file. ITK's array is (z, y, x); ours follows ITK's index (i, j, k). A
+    header declaring more than ``limit`` voxels is refused before the voxels are read."""
     import SimpleITK as sitk
 
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        check_voxels(path, reader.GetSize(), limit)
+        image = reader.Execute()
+    except BadVolumeError:
+        raise
     except Exception as err:  # SimpleITK raises RuntimeError with ITK's message
         msg = str(err).strip().splitlines()
         raise BadVolumeError(path, f"cannot read image ({msg[-1] if msg else type(err).__name__})") from None

@@ -9,7 +9,7 @@ import numpy as np
 
 from ctvlp.errors import BadVolumeError
 from ctvlp.io._convert import error_text
-from ctvlp.io.header import check_header
+from ctvlp.io.header import check_dicom_header, max_voxels as voxel_limit
 from ctvlp.io.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -68,18 +68,19 @@ def load_volume(path: str | PathLike, *, require_ct: bool = True, series_uid: st
     if path.is_file() and path.stat().st_size == 0:
         raise BadVolumeError(path, "empty file (0 bytes)")
     kind = volume_format(path)
-    check_header(path, kind, max_voxels)
+    limit = voxel_limit(max_voxels)
     if kind == "nifti":
         from ctvlp.io.nifti import read_nifti
 
-        volume = read_nifti(path)
+        volume = read_nifti(path, limit)
     elif kind == "itk":
         from ctvlp.io.itk import read_itk
 
-        volume = read_itk(path)
+        volume = read_itk(path, limit)
     else:
         from ctvlp.io.dicom import read_dicom_series
 
+        check_dicom_header(path, limit)
         volume = read_dicom_series(path, series_uid)
     volume.meta["format"] = kind
     check_array(volume)

@@ -10,6 +10,7 @@ import numpy as np
 
 from ctvlp.errors import BadVolumeError
 from ctvlp.io._convert import error_text, require_real, to_hu
+from ctvlp.io.header import check_voxels
 from ctvlp.io.volume import Volume
 
 
@@ -25,8 +26,9 @@ def quiet_header_fixes():
         logger.disabled = before
 
 
-def read_nifti(path: Path) -> Volume:
-    """Read a 3-D NIfTI and apply scl_slope/scl_inter.
+def read_nifti(path: Path, limit: int) -> Volume:
+    """Read a 3-D NIfTI and apply scl_slope/scl_inter; a header declaring more than ``limit`` voxels is
+    refused before the voxels are read (nibabel's load reads the header only).
 
     Trailing singleton axes beyond the third, as in a (I, J, K, 1) file holding one volume of a
     series, are dropped; a 4-D file with several volumes is refused. A voxel size (pixdim) of 0 where
@@ -36,6 +38,7 @@ def read_nifti(path: Path) -> Volume:
     try:
         with quiet_header_fixes():
             img = nib.load(str(path))
+            check_voxels(path, img.shape, limit)
             _check_pixdim(path, img)
             stored = np.asarray(img.dataobj.get_unscaled()).reshape(img.shape)  # zero-size data comes back 1-D
     except BadVolumeError:
