@@ -27,7 +27,8 @@ from ctvlp.data.loader import CTDataset
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.metrics import auroc
 from ctvlp.models.vit3d import create_vision_tower
-from ctvlp.recipes import DEMO_WINDOWS, get_recipe
+from ctvlp.recipes import get_recipe
+from ctvlp.recipes.demo import DEMO_WINDOWS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from machine import machine  # noqa: E402  (what every saved benchmark result records about the machine)

@@ -21,7 +21,8 @@ from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.segmentation import (anchor_predictor, evaluate_segmentation, segment_volumes, structure_scores,
                                      volume_windows)
 from ctvlp.models.vlp import VisionLanguageModel
-from ctvlp.recipes import SEGVL_MASKS, get_recipe
+from ctvlp.recipes import get_recipe
+from ctvlp.recipes.segvl import SEGVL_MASKS
 from conftest import make_synthetic_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,7 @@ import ctvlp
 from ctvlp.config import to_dict
 from ctvlp.errors import BadDatasetError
 from ctvlp.eval.real_masks import load_cases
-from ctvlp.recipes import RECIPES, get_recipe
+from ctvlp.recipes import NAMES, get_recipe
 from conftest import REAL
 
 
@@ -39,7 +39,7 @@ def _strings(value):
         yield value
 
 
-@pytest.mark.parametrize("name", sorted(RECIPES))
+@pytest.mark.parametrize("name", sorted(NAMES))
 def test_no_absolute_path_in_a_recipe_default(name):
     for debug in (False, True):
         paths = [s for s in _strings(to_dict(get_recipe(name, debug=debug))) if s.startswith(("/", "~"))]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from conftest import make_synthetic_cache
-from ctvlp.recipes import DEMO_WINDOWS
+from ctvlp.recipes.demo import DEMO_WINDOWS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "window_probe.py"
 

@@ -1,11 +1,9 @@
-"""Recipes: named functions that return a complete :class:`~ctvlp.train.config.TrainConfig`.
-
-``get_recipe(name, debug=False)``; ``debug=True`` shrinks the recipe to a tiny model and input that
-train in seconds on a CPU (for tests), keeping its objective, sampler and optimiser choices. The
-functions live in :mod:`ctvlp.recipes.library`; their names are listed here, in :data:`NAMES`, so
-that the CLI can offer them (``ctvlp train --help``) without importing torch, which the configs'
-modules import. The library's other names (``RECIPES``, ``debug_variant``, ``DEMO_WINDOWS``, ...)
-are importable from here too; they load it on first use.
+"""Recipes: one file per method, ``ctvlp/recipes/<name>.py``, whose ``recipe()`` returns the complete
+:class:`~ctvlp.train.config.TrainConfig` of that method (model, text tower, objective, sampler,
+optimiser, schedule, evaluation). ``get_recipe(name, debug=False)`` is the way in; ``debug=True``
+gives the recipe's tiny variant (:mod:`ctvlp.recipes.debug`); :mod:`ctvlp.recipes.cohort` has the
+cohort-size variants of ``ctvlp compare``. The names are listed here, in :data:`NAMES`, so that the CLI
+can offer them (``ctvlp train --help``) without importing torch, which the configs' modules import.
 """
 
 from __future__ import annotations
@@ -13,8 +11,7 @@ from __future__ import annotations
 import importlib
 
 NAMES: tuple[str, ...] = ("demo", "ctclip", "sigvlp", "scalevlp", "segvl", "uniferum", "colipri")
-"""The recipes, one function of that name each in :mod:`ctvlp.recipes.library` (which refuses to
-register one not listed here)."""
+"""The recipes: module ``ctvlp.recipes.<name>`` each."""
 
 
 def list_recipes() -> list[str]:
@@ -28,20 +25,9 @@ def get_recipe(name: str, debug: bool = False):
 
     if name not in NAMES:
         raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(list_recipes())}")
-    library = _library()
-    cfg = library.RECIPES[name]()
-    return library.debug_variant(cfg) if debug else cfg
+    cfg = importlib.import_module(f"ctvlp.recipes.{name}").recipe()
+    if debug:
+        from ctvlp.recipes.debug import debug_variant
 
-
-def _library():
-    return importlib.import_module("ctvlp.recipes.library")
-
-
-def __getattr__(name: str):
-    """``RECIPES``, ``debug_variant``, ``train_depth``, ``DEMO_WINDOWS``, ``SEGVL_MASKS``, ... of the library."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    try:
-        return getattr(_library(), name)
-    except AttributeError:
-        raise AttributeError(f"module 'ctvlp.recipes' has no attribute {name!r}") from None
+        cfg = debug_variant(cfg)
+    return cfg

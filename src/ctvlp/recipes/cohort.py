@@ -67,7 +67,7 @@ def cohort_variant(cfg: TrainConfig) -> TrainConfig:
 
     Returns a new config; ``cfg`` is not changed. ``steps`` is the demo's: `ctvlp compare` sets it from
     the wall-clock budget."""
-    from ctvlp.recipes import train_depth
+    from ctvlp.recipes.common import train_depth
 
     demo = _demo()
     size, chunk_depth = demo.data.sampler.size, demo.data.sampler.chunk_depth

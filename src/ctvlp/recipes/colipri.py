@@ -1,0 +1,38 @@
+"""COLIPRI (METHODS.md): Primus-M encoder (8^3 patches, SwiGLU, RoPE on 2/3 of the head dimensions,
+LayerScale 0.1, drop-path 0.2) on 2 mm volumes cropped to 160^3, attention pooling for image and text,
+reports rewritten into organ sections with positive and negative findings; image-report steps
+optimise CLIP + 0.5 x Opposite Sentence Loss (K = 8) + report generation (a 4-layer decoder
+cross-attending to the image tokens) and alternate 1:1 with MAE steps (75 % masking, light decoder)."""
+
+from __future__ import annotations
+
+import math
+
+from ctvlp.data.sampling import SamplerConfig
+from ctvlp.models.decoder import DecoderConfig
+from ctvlp.models.mae import MaeDecoderConfig
+from ctvlp.models.text import TextTowerConfig
+from ctvlp.models.vit3d import vit_config
+from ctvlp.models.vlp import ModelConfig
+from ctvlp.train.config import DataConfig, EvalConfig, LossConfig, StageConfig, TrainConfig
+from ctvlp.train.optim import OptimConfig
+
+
+def recipe() -> TrainConfig:
+    """The recipe's complete config (see the module docstring)."""
+    vision = vit_config("primus-m")
+    sampler = SamplerConfig(mode="whole", size=(160, 160), max_slices=160, text="structured")
+    return TrainConfig(
+        recipe="colipri",
+        model=ModelConfig(vision=vision, text=TextTowerConfig(name="minilm", pooling="attention"), embed_dim=768,
+                          image_pool="attention", init_logit_scale=math.log(1 / 0.07),
+                          decoder=DecoderConfig(width=512, depth=4, heads=8, max_length=256),
+                          mae=MaeDecoderConfig(width=256, depth=2, heads=8), mae_ratio=0.75),
+        data=DataConfig(sampler=sampler, batch_size=8, max_text_tokens=256, osl_pairs=8),
+        loss=LossConfig(name="clip", weights={"osl": 0.5, "caption": 1.0}),
+        tasks={"mae": LossConfig(name="mae")},
+        stages=(StageConfig(cycle=("pairs", "mae")),),
+        optim=OptimConfig(name="adamw", lr=1e-4, warmup_steps=1000),
+        eval=EvalConfig(prompt_style="colipri", sampler=SamplerConfig(mode="whole", size=(160, 160), max_slices=160,
+                                                                      text="structured"), tasks=("generation",)),
+        steps=100_000)

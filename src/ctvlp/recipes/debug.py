@@ -1,0 +1,40 @@
+"""The tiny debug variant of any recipe (``ctvlp train --debug``, tests): same objective, sampler kind and
+optimiser, a model and input that train in seconds on a CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ctvlp.models.decoder import DecoderConfig
+from ctvlp.models.mae import MaeDecoderConfig
+from ctvlp.models.resnet3d import ResNet3dConfig
+from ctvlp.models.text import TextTowerConfig
+from ctvlp.models.vit3d import vit_config
+from ctvlp.models.voxel_head import VoxelHeadConfig
+from ctvlp.recipes.common import train_depth
+from ctvlp.train.config import TrainConfig
+
+
+def debug_variant(cfg: TrainConfig) -> TrainConfig:
+    """Same objective, sampler kind and optimiser; a tiny ViT (or ResNet-10 at 1/8 width), a tiny random
+    text tower, 32 x 32 input."""
+    if isinstance(cfg.model.vision, ResNet3dConfig):
+        vision = dataclasses.replace(cfg.model.vision, depth=10, widths=(8, 8, 16, 16))
+    else:
+        grid = {"learned_grid": (8, 8, 8)} if cfg.model.vision.pos == "learned" else {}
+        vision = vit_config("debug", pos=cfg.model.vision.pos, patch=(4, 8, 8), **grid)
+    vision = dataclasses.replace(vision, in_chans=cfg.model.vision.in_chans)
+    model = dataclasses.replace(
+        cfg.model, vision=vision, text=TextTowerConfig(name="tiny", pooling=cfg.model.text.pooling), embed_dim=32,
+        seg=cfg.model.seg and VoxelHeadConfig(embed_dim=8, hidden=16),
+        decoder=cfg.model.decoder and DecoderConfig(width=32, depth=1, heads=2, max_length=64),
+        mae=cfg.model.mae and MaeDecoderConfig(width=32, depth=1, heads=2))
+    sampler = dataclasses.replace(cfg.data.sampler, size=(32, 32), chunk_depth=8,
+                                  max_slices=16 if cfg.data.sampler.mode == "whole" else None)
+    data = dataclasses.replace(cfg.data, sampler=sampler, batch_size=4, num_workers=0, max_text_tokens=64)
+    evaluation = dataclasses.replace(cfg.eval, sampler=dataclasses.replace(cfg.eval.sampler, size=(32, 32),
+                                                                           max_slices=16),
+                                     robustness_depth=train_depth(sampler))
+    optim = dataclasses.replace(cfg.optim, warmup_steps=2)
+    return dataclasses.replace(cfg, model=model, data=data, eval=evaluation, optim=optim, steps=10, log_every=2,
+                               ckpt_every=5)

@@ -1,0 +1,60 @@
+"""SigVLP-style model sized for a 2-core CPU and the synthetic cohort (`ctvlp demo`, which prepares
+the cache at 3 x 3 x 6 mm): RoPE ViT with a convolutional stem over 4 x 8 x 8 patches on 16-slice
+z-chunks (most synthetic chests fit in one; shorter ones are repeat-padded) paired with the organ
+sentences of the chunk, max-pooled image tokens, Muon. The objective is the sigmoid loss at
+sentence level: every chunk against the batch's distinct sentences, a sentence stating the same
+findings as one of the chunk's own counting as a positive (``sentence_match="findings"``), which
+trains the comparison zero-shot classification makes ("Pleural effusion." vs "No pleural
+effusion."), with its own logit scale and bias; a SigLIP term on whole texts (weight 0.1) keeps
+volume-report retrieval. The packaged MiniLM text tower is frozen and encodes each distinct sentence
+once, so the CPU's time goes to the vision tower.
+
+Four HU windows are four input channels (:data:`DEMO_WINDOWS`): the whole range, the lung
+parenchyma, the low-attenuation range in which emphysema is measured clinically (LAA-950/-910) and a
+calcium window. In the 2,000 HU window alone, lung-density findings differ from normal lung by a few
+hundredths of the input range: a supervised probe of this tower (``scripts/window_probe.py``, 300
+steps) reached AUROC 0.53 / 0.54 / 0.58 on emphysema / mosaic attenuation / ground glass with it,
+0.91 / 0.97 / 0.68 with the lung and low-attenuation windows, which cost the calcifications
+(0.92 / 0.95 -> 0.70 / 0.79); the calcium window gives back part of that (0.76 / 0.84;
+docs/results/demo-windows-2026-11-23.md).
+
+Zero-shot prompts are the training reports' own sentences (``prompt_style="corpus"``,
+``ctvlp.eval.prompts.corpus_style``): the reports never write "medical material", they write "A
+venous port is seen in the right chest wall."."""
+
+from __future__ import annotations
+
+from ctvlp.data.sampling import SamplerConfig
+from ctvlp.eval.names import CORPUS
+from ctvlp.models.text import TextTowerConfig
+from ctvlp.models.vit3d import vit_config
+from ctvlp.models.vlp import ModelConfig
+from ctvlp.recipes.common import train_depth
+from ctvlp.train.config import DataConfig, EvalConfig, LossConfig, TrainConfig
+from ctvlp.train.optim import OptimConfig
+
+
+DEMO_WINDOWS: tuple[tuple[float, float], ...] = ((-1000.0, 1000.0), (-1000.0, -500.0), (-1000.0, -850.0),
+                                                 (150.0, 950.0))
+"""HU windows of the demo's input channels: whole range, lung parenchyma, low attenuation (emphysema),
+calcium (plaques above contrast-filled blood)."""
+
+
+def recipe() -> TrainConfig:
+    """The recipe's complete config (see the module docstring)."""
+    vision = vit_config("small", width=192, depth=4, heads=3, patch=(4, 8, 8), pos="rope", rope_base=1000.0,
+                        stem="conv", in_chans=len(DEMO_WINDOWS))
+    text = TextTowerConfig(name="minilm", pooling="mean", freeze="all", max_length=64)
+    sampler = SamplerConfig(mode="chunk", chunk_depth=16, padding="repeat", size=(32, 40), random_crop=True,
+                            text="organs", windows=DEMO_WINDOWS)
+    return TrainConfig(
+        recipe="demo",
+        model=ModelConfig(vision=vision, text=text, embed_dim=256, image_pool="max", projection="mlp_bn",
+                          text_input="sentences", sentence_match="findings", sentence_logits=True),
+        data=DataConfig(sampler=sampler, batch_size=32, num_workers=2),
+        loss=LossConfig(name="sentence_sigmoid", weights={"siglip": 0.1}),
+        optim=OptimConfig(name="muon", lr=1e-3, warmup_steps=20),
+        eval=EvalConfig(prompt_style=CORPUS, sampler=SamplerConfig(mode="whole", text="report", size=(32, 40),
+                                                                   windows=DEMO_WINDOWS),
+                        batch_size=32, robustness_depth=train_depth(sampler)),
+        steps=800, log_every=10, ckpt_every=200)
