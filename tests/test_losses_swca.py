@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from ctvlp.losses.siglip import siglip_loss
-from ctvlp.losses.swca import (SwcaLoss, affinity_weights, knowledge_affinity, label_affinity, spatial_affinity,
-                               swca_loss)
+from ctvlp.losses.swca import (SwcaLoss, affinity_blend, affinity_weights, knowledge_affinity, label_affinity,
+                               row_normalise, spatial_affinity, swca_loss)
+from ctvlp.recipes import get_recipe
 
 # Golden inputs (B = 3, D = 2): I = [[1, 0], [0, 1], [0.6, 0.8]], T = [[1, 0], [0.8, 0.6], [0, 1]], t = 2, b = -1:
 # I T^T = [[1, 0.8, 0], [0, 0.6, 1], [0.6, 0.96, 0.8]], logits s = [[1, 0.6, -1], [-1, 0.2, 1], [0.2, 0.92, 0.6]].
@@ -186,6 +187,68 @@ def test_golden_soft_targets_variant():
     loss = swca_loss(IMG, TXT, SCALE, BIAS, W_HAND, variant="soft_targets", eps=0.5)
     assert loss.item() == pytest.approx(2.096572, abs=1e-5)
     assert swca_loss(IMG, TXT, SCALE, BIAS, W_HAND, variant="soft-targets", eps=0.5).item() == loss.item()
+
+
+# A near-duplicate pair (0, 1) at affinity 0.9, a weak one (1, 2) at 0.2; a volume with itself: 1.
+A_DUP = torch.tensor([[1.0, 0.9, 0.0], [0.9, 1.0, 0.2], [0.0, 0.2, 1.0]])
+
+
+def test_golden_default_soft_targets_soften_the_near_duplicate():
+    """The paper's equation with the default eps = 0.1 on the unnormalised affinity A:
+    q = 0.9 I + 0.1 A = [[1, 0.09, 0], [0.09, 1, 0.02], [0, 0.02, 1]]. Per pair q softplus(-s) + (1 - q) softplus(s)
+    = softplus(s) - q s off the diagonal, so L = L_SigLIP - (1/B) sum_{i != j} q_ij s_ij
+    = 2.126571 - (0.09 * 0.6 + 0.09 * (-1) + 0.02 * 1 + 0.02 * 0.92) / 3 = 2.126571 - 0.0024 / 3 = 2.125771."""
+    hard = siglip_loss(IMG, TXT, SCALE, BIAS)
+    assert hard.item() == pytest.approx(2.126571, abs=1e-5)
+    soft = swca_loss(IMG, TXT, SCALE, BIAS, A_DUP)  # the default variant: soft_targets, eps 0.1
+    assert soft.item() == pytest.approx(2.125771, abs=1e-5)
+    assert soft.item() == swca_loss(IMG, TXT, SCALE, BIAS, A_DUP, variant="soft_targets", eps=0.1).item()
+    assert SwcaLoss().variant == "soft_targets" and SwcaLoss().eps == 0.1
+
+
+def test_default_pulls_a_near_duplicate_negative_together():
+    """B = 32 one-hot embeddings, t = 10, b = -5: every negative logit is s = -5. The gradient on the
+    near-duplicate pair (A = 0.9, every other negative 0.3) is dL/ds_01 = (sigmoid(-5) - q_01) / B:
+    SigLIP +0.000209 (pushed apart), the ``weights`` variant (1 + W_01) sigmoid(-5) / B = +0.000226
+    (pushed apart harder: W_01 = 0.9 / 10.9), the default soft targets (0.006693 - 0.09) / 32 = -0.002603
+    (pulled together)."""
+    b = 32
+    a = torch.full((b, b), 0.3, dtype=torch.float64)
+    a.fill_diagonal_(1.0)
+    a[0, 1] = a[1, 0] = 0.9
+    eye = torch.eye(b, dtype=torch.float64)
+    t, bias = torch.tensor(10.0, dtype=torch.float64), torch.tensor(-5.0, dtype=torch.float64)
+
+    def grad_01(loss_fn) -> float:  # s_01 = t <I_0, T_1> with I = T = identity: dL/dI_01 = t dL/ds_01
+        img = eye.clone().requires_grad_()
+        loss_fn(img).backward()
+        return float(img.grad[0, 1] / t)
+
+    siglip = grad_01(lambda img: siglip_loss(img, eye, t, bias))
+    weights = grad_01(lambda img: swca_loss(img, eye, t, bias, row_normalise(a), variant="weights"))
+    soft = grad_01(lambda img: swca_loss(img, eye, t, bias, a))
+    assert siglip == pytest.approx(0.000209, abs=5e-7) and siglip > 0
+    assert weights == pytest.approx(0.000226, abs=5e-7) and weights > siglip
+    assert soft == pytest.approx(-0.002603, abs=5e-7) and soft < 0
+
+
+def test_module_soft_targets_use_the_unnormalised_blend_and_weights_the_row_normalised_one():
+    img, txt = random_batch(b=3, d=2, seed=12)
+    k_spa, k_lab = spatial_affinity(TOKENS, MASK, 1.0, 2.0), label_affinity(LABELS)
+    a = affinity_blend(k_spa, k_lab, 0.5)
+    torch.testing.assert_close(torch.diagonal(a), torch.ones(3))
+    torch.testing.assert_close(affinity_weights(k_spa, k_lab, 0.5), row_normalise(a))
+    inputs = dict(image_emb=img, text_emb=txt, logit_scale=SCALE, logit_bias=BIAS, tokens=TOKENS, token_mask=MASK,
+                  labels=LABELS)
+    for variant, affinity in (("soft_targets", a), ("weights", row_normalise(a))):
+        module = SwcaLoss(alpha=0.5, variant=variant, kappa_mu=1.0, kappa_s=2.0, knowledge="labels")
+        expected = swca_loss(img, txt, SCALE, BIAS, affinity.to(img.dtype), variant=variant, eps=0.1)
+        torch.testing.assert_close(module(**inputs), expected)
+
+
+def test_scalevlp_recipe_trains_the_soft_targets():
+    options = get_recipe("scalevlp").loss.options["swca"]
+    assert options["variant"] == "soft_targets" and options["eps"] == 0.1
 
 
 def swca_reference(img, txt, t, bias, w, variant, eps=0.0, weight=1.0):

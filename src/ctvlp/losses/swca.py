@@ -11,15 +11,30 @@ flows into them):
                mu_i (C,), S_i (C, C): masked mean and (population) covariance of volume i's tokens
     K^kn_ij  = max(0, cos(r_i, r_j))      r_i a frozen text model's embedding of report i, or
              = Jaccard(labels_i, labels_j)  shared abnormality labels (two normal reports: 1)
-    W        = row_normalise(alpha K^spa + (1 - alpha) K^kn)      (rows sum to 1)
+    A        = clamp(alpha K^spa + (1 - alpha) K^kn, 0, 1)          (A_ii = 1: a volume's own affinity)
+    W        = row_normalise(A)                                     (rows sum to 1)
 
 and, with y = identity and lambda = ``weight``,
 
+    soft_targets (the default):
+                   L = -(1/B) sum_ij [q_ij log sigmoid(s_ij) + (1 - q_ij) log sigmoid(-s_ij)],
+                   q_ij = (1 - eps) 1[i = j] + eps A_ij                (eps = 0.1)
     weights:       L = -(1/B) sum_ij (1 + lambda W_ij) log sigmoid(z_ij s_ij),   z_ij = 2 y_ij - 1
-    soft_targets:  L = -(1/B) sum_ij [q_ij log sigmoid(s_ij) + (1 - q_ij) log sigmoid(-s_ij)],
-                   q_ij = (1 - eps) 1[i = j] + eps W_ij
 
 computed with ``F.logsigmoid``.
+
+Soft targets from A, not W (a deviation from METHODS.md's literal text, which writes
+q = (1 - eps) 1[i = j] + eps W_ij with the row-normalised W). The paper's point is that a
+near-duplicate negative (a report saying the same thing, a volume of the same anatomy) is not pushed
+apart as hard as an unrelated one. Row-normalised, every W_ij is about 1/B (a near-duplicate at
+affinity 0.9 in a batch of 32 gets W ~ 0.08), so eps W_ij ~ 0.008 is below the sigmoid of any
+negative logit worth mentioning and the target changes nothing; in the ``weights`` variant the
+factor 1 + lambda W_ij > 1 even pushes the near-duplicate *harder* than SigLIP does. With A the
+target of that pair is eps * 0.9 = 0.09: its gradient d L / d s_ij = (sigmoid(s_ij) - q_ij) / B
+turns negative once sigmoid(s_ij) < q_ij, so the pair is pulled together (tests: at s = -5, B = 32
+the gradient on the A = 0.9 pair is +0.000209 under SigLIP, +0.000226 under ``weights``,
+-0.002603 under ``soft_targets``). Because A_ii = 1, q_ii = 1: the positives' targets stay hard.
+The ``weights`` variant (with W, as printed) stays selectable.
 
 Normalisation. METHODS.md prints the ``weights`` variant with 1/B^2 but also requires the loss to
 reduce *exactly* to SigLIP when the soft part is off. :func:`~ctvlp.losses.siglip.siglip_loss` (like
@@ -31,9 +46,9 @@ and by ``eps`` in ``soft_targets``; ``weight`` does not enter ``soft_targets`` a
 enter ``weights``. Because the rows of W sum to 1, lambda = 1 adds a total weight of 1 per image on
 top of SigLIP's B unit weights; raise lambda to give the soft term more say.
 
-Non-negativity: negative cosines are set to 0 (and the blend is clamped at 0) so that W is a
-non-negative row-stochastic matrix and every weight 1 + lambda W_ij >= 1; a row whose affinities
-are all 0 stays 0 (no division by zero).
+Non-negativity: negative cosines are set to 0 (and the blend is clamped to [0, 1]) so that A is a
+valid target, W a non-negative row-stochastic matrix and every weight 1 + lambda W_ij >= 1; a row
+whose affinities are all 0 stays 0 (no division by zero).
 
 Memory: ||S_i - S_j||_F^2 = ||S_i||^2 + ||S_j||^2 - 2 <S_i, S_j>_F from the Gram matrix of the
 flattened covariances, O(B C^2) memory instead of the O(B^2 C^2) of the pairwise differences
@@ -61,7 +76,8 @@ from torch import nn
 from ctvlp.losses.clip import check_pair, check_scalar
 from ctvlp.losses.gather import gather_features, is_distributed, rank_offset
 
-VARIANTS = ("weights", "soft_targets")
+VARIANTS = ("soft_targets", "weights")
+DEFAULT_VARIANT, DEFAULT_EPS = "soft_targets", 0.1
 KNOWLEDGE = ("report_emb", "labels")
 
 
@@ -189,11 +205,11 @@ def label_affinity(labels: torch.Tensor, all_labels: torch.Tensor | None = None)
         return torch.where(union > 0, shared / union.clamp_min(1.0), 1.0)
 
 
-def affinity_weights(spatial: torch.Tensor | None = None, knowledge: torch.Tensor | None = None,
-                     alpha: float = 0.5) -> torch.Tensor:
-    """W = row_normalise(alpha K^spa + (1 - alpha) K^kn) from ``spatial`` and ``knowledge`` (B, N) each,
-    detached; rows sum to 1 (an all-zero row stays 0). alpha = 1 needs only ``spatial``, alpha = 0
-    only ``knowledge``. The blend is clamped at 0 (the affinities are meant to be non-negative)."""
+def affinity_blend(spatial: torch.Tensor | None = None, knowledge: torch.Tensor | None = None,
+                   alpha: float = 0.5) -> torch.Tensor:
+    """A = clamp(alpha K^spa + (1 - alpha) K^kn, 0, 1) from ``spatial`` and ``knowledge`` (B, N) each,
+    detached: the soft targets' affinity (a volume with itself: 1). alpha = 1 needs only ``spatial``,
+    alpha = 0 only ``knowledge``."""
     _check_unit("alpha", alpha)
     if alpha > 0 and spatial is None:
         raise ValueError(f"alpha = {alpha} > 0 needs the spatial affinity")
@@ -211,15 +227,34 @@ def affinity_weights(spatial: torch.Tensor | None = None, knowledge: torch.Tenso
             blend = alpha * spatial.detach() + (1 - alpha) * knowledge.detach()  # (B, N)
         if blend.ndim != 2:
             raise ValueError(f"affinities must be (B, N); got {tuple(blend.shape)}")
-        blend = blend.clamp_min(0.0)
-        return blend / blend.sum(dim=1, keepdim=True).clamp_min(torch.finfo(blend.dtype).tiny)  # (B, N)
+        return blend.clamp(0.0, 1.0)
+
+
+def row_normalise(blend: torch.Tensor) -> torch.Tensor:
+    """W = D^-1 A: each row of ``blend`` (B, N) divided by its sum (an all-zero row stays 0)."""
+    return blend / blend.sum(dim=1, keepdim=True).clamp_min(torch.finfo(blend.dtype).tiny)  # (B, N)
+
+
+def affinity_weights(spatial: torch.Tensor | None = None, knowledge: torch.Tensor | None = None,
+                     alpha: float = 0.5) -> torch.Tensor:
+    """W = row_normalise(alpha K^spa + (1 - alpha) K^kn) from ``spatial`` and ``knowledge`` (B, N) each,
+    detached; rows sum to 1 (an all-zero row stays 0): the ``weights`` variant's pair weights."""
+    return row_normalise(affinity_blend(spatial, knowledge, alpha))
+
+
+def _soft_part(spatial: torch.Tensor | None, knowledge: torch.Tensor | None, alpha: float,
+               variant: str) -> torch.Tensor:
+    """The variant's affinity: A for ``soft_targets``, W for ``weights``."""
+    blend = affinity_blend(spatial, knowledge, alpha)
+    return blend if variant == "soft_targets" else row_normalise(blend)
 
 
 def local_swca_loss(image_emb: torch.Tensor, all_text_emb: torch.Tensor, logit_scale: torch.Tensor | float,
                     logit_bias: torch.Tensor | float, weights: torch.Tensor | None, offset: int,
-                    variant: str = "weights", eps: float = 0.0, weight: float = 1.0) -> torch.Tensor:
-    """Local images (B, D) against all texts (N, D), image i's positive text ``offset + i``; ``weights`` W
-    (B, N) or None (no soft part: SigLIP). Normalised by the local B, as
+                    variant: str = DEFAULT_VARIANT, eps: float = DEFAULT_EPS, weight: float = 1.0) -> torch.Tensor:
+    """Local images (B, D) against all texts (N, D), image i's positive text ``offset + i``; ``weights``
+    (B, N): the variant's affinity (A for ``soft_targets``, W for ``weights``), or None (no soft part:
+    SigLIP). Normalised by the local B, as
     :func:`~ctvlp.losses.siglip.local_siglip_loss`."""
     b = image_emb.shape[0]
     logits = logit_scale * image_emb @ all_text_emb.T + logit_bias  # (B, N)
@@ -251,12 +286,12 @@ def _check_options(variant: str, eps: float, weight: float) -> str:
 def swca_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float,
               logit_bias: torch.Tensor | float, affinity: torch.Tensor | None = None, *,
               spatial: torch.Tensor | None = None, knowledge: torch.Tensor | None = None, alpha: float = 0.5,
-              variant: str = "weights", eps: float = 0.0, weight: float = 1.0) -> torch.Tensor:
+              variant: str = DEFAULT_VARIANT, eps: float = DEFAULT_EPS, weight: float = 1.0) -> torch.Tensor:
     """SWCA on one process: ``image_emb`` and ``text_emb`` (B, D) L2-normalised, row i of each a matching
-    pair; ``logit_scale`` t (already exponentiated) and ``logit_bias`` b scalars. The pair weights come
-    either ready as ``affinity`` W (B, B), used as given, or from the affinity matrices ``spatial``
-    K^spa and/or ``knowledge`` K^kn (B, B) blended by ``alpha`` (:func:`affinity_weights`); with
-    neither the loss is siglip_loss. ``variant`` "weights" (strength ``weight``) or "soft_targets"
+    pair; ``logit_scale`` t (already exponentiated) and ``logit_bias`` b scalars. The soft part comes
+    either ready as ``affinity`` (B, B), used as given (A for ``soft_targets``, W for ``weights``), or
+    from the affinity matrices ``spatial`` K^spa and/or ``knowledge`` K^kn (B, B) blended by ``alpha``
+    (:func:`affinity_blend`, row-normalised for ``weights``); with neither the loss is siglip_loss. ``variant`` "weights" (strength ``weight``) or "soft_targets"
     (strength ``eps``). No gradient flows into the affinities. Returns a scalar."""
     check_pair(image_emb, text_emb)
     check_scalar("logit_scale", logit_scale)
@@ -266,7 +301,7 @@ def swca_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     if affinity is not None and (spatial is not None or knowledge is not None):
         raise ValueError("pass either a ready affinity W or the spatial / knowledge affinities, not both")
     if affinity is None and (spatial is not None or knowledge is not None):
-        affinity = affinity_weights(spatial, knowledge, alpha)
+        affinity = _soft_part(spatial, knowledge, alpha, variant)
     if affinity is not None and affinity.shape != (b, b):
         raise ValueError(f"affinity must be (B, B) = {(b, b)}; got {tuple(affinity.shape)}")
     return local_swca_loss(image_emb, text_emb, logit_scale, logit_bias, affinity, 0, variant, eps, weight)
@@ -292,7 +327,7 @@ class SwcaLoss(nn.Module):
     mean over ranks equals :func:`swca_loss` on the global batch (with fixed kappas).
     """
 
-    def __init__(self, alpha: float = 0.5, variant: str = "weights", eps: float = 0.1, weight: float = 1.0,
+    def __init__(self, alpha: float = 0.5, variant: str = DEFAULT_VARIANT, eps: float = DEFAULT_EPS, weight: float = 1.0,
                  kappa_mu: float | None = None, kappa_s: float | None = None, knowledge: str = "report_emb",
                  gather: bool = True):
         super().__init__()
@@ -341,6 +376,6 @@ class SwcaLoss(nn.Module):
             else:
                 y = (_rows("labels", labels, b).detach() > 0).to(image_emb.dtype)
                 knowledge = label_affinity(y, gather(y))  # (B, N)
-        weights = affinity_weights(spatial, knowledge, self.alpha)  # (B, N)
+        weights = _soft_part(spatial, knowledge, self.alpha, self.variant)  # (B, N): A or W
         return local_swca_loss(image_emb, gather(text_emb), logit_scale, logit_bias, weights, offset,
                                self.variant, self.eps, self.weight)

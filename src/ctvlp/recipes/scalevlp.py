@@ -23,7 +23,7 @@ def recipe() -> TrainConfig:
         recipe="scalevlp",
         model=ModelConfig(vision=vision, text=text, embed_dim=512, image_pool="attention", projection="mlp"),
         data=DataConfig(sampler=sampler, batch_size=32),
-        loss=LossConfig(name="swca", options={"swca": {"alpha": 0.5, "variant": "weights", "weight": 1.0,
+        loss=LossConfig(name="swca", options={"swca": {"alpha": 0.5, "variant": "soft_targets", "eps": 0.1,
                                                        "knowledge": "report_emb"}}),
         optim=OptimConfig(name="adamw", lr=1e-4, warmup_steps=1000),
         eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), max_slices=64, text="report"),
