@@ -3,6 +3,7 @@ alternation, freezing, structured reports and multi-scale pooling."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -40,9 +41,9 @@ def _fit(cache: Path, out: Path, name: str, *sets: str) -> tuple[Trainer, list[d
     return trainer, read_metrics(out)
 
 
-def test_segvl_stage_one_freezes_the_heads_then_alternates(cache, tmp_path):
-    """Steps 1-2: image-report only, segmentation heads untouched (lambda stays 0); steps 3-4: one
-    image-report step, then one image-mask step with the Tversky loss weighted 0.75."""
+def test_segvl_stage_one_freezes_the_heads_then_sums_both_losses(cache, tmp_path):
+    """Steps 1-2: image-report only, segmentation heads untouched (lambda stays 0); steps 3-4: each one
+    update of the image-report loss plus the Tversky loss weighted 0.75."""
     cfg = apply_overrides(get_recipe("segvl", debug=True), ["steps=4", "log_every=1", "ckpt_every=2", "keep_last=3"])
     trainer = Trainer(cfg, cache, tmp_path / "segvl", progress=False)
     start = {k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith("seg.")}
@@ -52,16 +53,68 @@ def test_segvl_stage_one_freezes_the_heads_then_alternates(cache, tmp_path):
     records = read_metrics(tmp_path / "segvl")
     kinds = [("clip" if r["loss_clip"] is not None else "") + ("tversky" if r["loss_tversky"] is not None else "")
              for r in records]  # null: no step of the window computed the term
-    assert kinds == ["clip", "clip", "clip", "tversky"]
-    assert records[3]["loss"] == pytest.approx(0.75 * records[3]["loss_tversky"], rel=1e-5)
+    assert kinds == ["clip", "clip", "cliptversky", "cliptversky"]
+    for r in records[2:]:
+        assert r["loss"] == pytest.approx(r["loss_clip"] + 0.75 * r["loss_tversky"], rel=1e-5)
     changed = [k for k, v in trainer.model.state_dict().items() if k in start and not torch.equal(start[k], v)]
     assert any(k.startswith("seg.voxel.") for k in changed) and any(k.startswith("seg.anchor.") for k in changed)
+
+
+def test_segvl_stage_two_is_one_adamw_update_of_the_summed_loss(cache, tmp_path):
+    """SegVL's stage 2 (``together``): one optimiser step takes one micro-batch for L_IT and the next for
+    L_VM and makes ONE AdamW update of L_IT + 0.75 L_VM. Reference: the same two batches through a copy
+    of the model, the summed loss back-propagated once, the global norm clipped, then AdamW's first step
+    written out: p <- p (1 - lr wd) - lr g / (|g| + eps) (m_hat = g, v_hat = g^2 after one step)."""
+    import copy
+
+    from ctvlp.train.loop import batches
+    from ctvlp.train.objective import Objective
+
+    cfg = apply_overrides(get_recipe("segvl", debug=True), ["steps=1", "optim.warmup_steps=0"])
+    cfg = dataclasses.replace(cfg, stages=(cfg.stages[1],))  # stage 2 from the first step
+    assert cfg.stages[0].together and cfg.stages[0].cycle == ("pairs", "masks")
+    trainer = Trainer(cfg, cache, tmp_path / "together", progress=False)
+    model = copy.deepcopy(trainer.model)
+    groups = [(g["lr"], g["weight_decay"], g["eps"]) for g in trainer.optimizer.param_groups]
+    owner = {id(p): i for i, g in enumerate(trainer.optimizer.param_groups) for p in g["params"]}
+    rng = torch.get_rng_state()
+    trainer.fit()
+    stream = batches(trainer.loader, 0, 0)
+    torch.set_rng_state(rng)
+    total = 0.0
+    for kind in ("pairs", "masks"):
+        batch = next(stream)[2]
+        objective = Objective(cfg.objectives[kind])
+        inputs = {k: batch[k] for k in ("image", "slice_mask", "input_ids", "attention_mask", "masks",
+                                        "mask_available") if k in batch}
+        out = model(**inputs, sentences=batch["sentences"], mask_names=batch.get("mask_names"),
+                    label_names=trainer.label_names(), outputs=objective.outputs)
+        total = total + objective(**out)["loss"]
+    total.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+    expected = {}
+    for (name, p), p_trained in zip(model.named_parameters(), trainer.model.parameters()):
+        if p.grad is None:
+            expected[name] = p.detach()
+            continue
+        lr, wd, eps = groups[owner[id(p_trained)]]
+        expected[name] = p.detach() * (1 - lr * wd) - lr * p.grad / (p.grad.abs() + eps)
+    trained = dict(trainer.model.named_parameters())
+    diff = max(float((trained[n].detach() - e).abs().max()) for n, e in expected.items())
+    assert diff <= 1e-7, diff
+    for prefix in ("seg.voxel.", "seg.anchor.", "vision.", "text_proj."):  # both losses moved the model
+        assert any(not torch.equal(p.detach(), trained[n].detach()) for n, p in model.named_parameters()
+                   if n.startswith(prefix) and p.grad is not None)
+    records = read_metrics(tmp_path / "together")
+    assert records[0]["loss"] == pytest.approx(float(total.detach()), rel=1e-6)
+    assert records[0]["loss_clip"] is not None and records[0]["loss_tversky"] is not None
 
 
 @pytest.mark.slow
 def test_segvl_stages_under_torchrun_two_processes(cache, tmp_path):
     """The staged, two-kind SegVL recipe across 2 gloo processes (DDP with unused parameters): stage 1
-    leaves the segmentation heads exactly at their initialisation, stage 2 alternates and trains them."""
+    leaves the segmentation heads exactly at their initialisation, stage 2 sums both losses and trains them."""
     out = tmp_path / "ddp"
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
@@ -74,7 +127,7 @@ def test_segvl_stages_under_torchrun_two_processes(cache, tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     records = read_metrics(out)
-    assert [r["loss_tversky"] is not None for r in records] == [False, False, False, True]
+    assert [r["loss_tversky"] is not None for r in records] == [False, False, True, True]
     init = Trainer(apply_overrides(get_recipe("segvl", debug=True), ["steps=4"]), cache, tmp_path / "init",
                    progress=False).model.state_dict()  # same seed: the processes' initial weights
     stage1 = load_checkpoint(out / "checkpoints" / "step-0000002.pt")["model"]

@@ -1,8 +1,9 @@
 """SegVL (METHODS.md): ViT-B over 20 x 20 x 10 patches with learned positions (CT-CLIP's input:
 480 x 480, at most 240 slices), InfoNCE, a light per-token MLP voxel head (E = 32) scored against
 "This is <mask name>" anchors, visual enhancement (lambda from 0). Stage 1 (first half): image-report
-steps only, segmentation heads frozen. Stage 2: one image-report step, then one image-mask step with
-the standard Tversky loss (alpha_seg 0.75; (alpha, beta) = (0.3, 0.7) for nodules, (0.4, 0.6) for
+steps only, segmentation heads frozen. Stage 2: every optimiser step is one update of L_IT + 0.75 L_VM
+from one image-report and one image-mask micro-batch (the paper's appendix; ``together``), L_VM the
+standard Tversky loss (alpha_seg 0.75; (alpha, beta) = (0.3, 0.7) for nodules, (0.4, 0.6) for
 effusion, (0.5, 0.5) otherwise)."""
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def recipe() -> TrainConfig:
         loss=LossConfig(name="clip"),
         tasks={"masks": LossConfig(name="tversky", weights={"tversky": 0.75},
                                    options={"tversky": {"alpha": alpha, "beta": [1 - a for a in alpha]}})},
-        stages=(StageConfig(fraction=0.5, frozen=("seg.",)), StageConfig(cycle=("pairs", "masks"))),
+        stages=(StageConfig(fraction=0.5, frozen=("seg.",)), StageConfig(cycle=("pairs", "masks"), together=True)),
         optim=OptimConfig(name="adamw", lr=1.25e-5, warmup_steps=1000),
         eval=EvalConfig(prompt_style="ctclip", sampler=SamplerConfig(mode="whole", size=(480, 480), max_slices=240,
                                                                      text="report", mask_names=SEGVL_MASKS),

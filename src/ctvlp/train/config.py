@@ -91,7 +91,8 @@ class LossConfig:
 @dataclass
 class StageConfig:
     """A stretch of training with its own cycle of step kinds (SegVL: stage 1 image-report steps only,
-    stage 2 alternating image-report and image-mask steps; COLIPRI: image-report and MAE steps)."""
+    stage 2 one update of L_IT + 0.75 L_VM per step, ``together``; COLIPRI: alternating image-report
+    and MAE steps)."""
 
     fraction: float = 0.0
     """Share of ``TrainConfig.steps`` in this stage (so ``--steps`` scales every stage); 0 (allowed for
@@ -101,11 +102,18 @@ class StageConfig:
     name a key of ``TrainConfig.tasks``; ``(pairs, masks)`` alternates one step of each."""
     frozen: tuple[str, ...] = ()
     """Parameter-name prefixes that do not train in this stage (``seg.``: SegVL's heads in stage 1)."""
+    together: bool = False
+    """False: the cycle's kinds take whole optimiser steps in turn (COLIPRI's 1:1 image-report / MAE
+    alternation). True: every optimiser step takes one micro-batch of each kind of the cycle and
+    back-propagates the sum of their (weighted) objectives, one update (SegVL's stage 2: L_IT + 0.75
+    L_VM from one image-report and one image-mask micro-batch); ``grad_accum`` repeats that."""
 
     def __post_init__(self) -> None:
         self.cycle, self.frozen = tuple(self.cycle), tuple(self.frozen)
         if not 0.0 <= self.fraction <= 1.0 or not self.cycle:
             raise ValueError(f"a stage needs 0 <= fraction <= 1 and a non-empty cycle; got {self.fraction}, {self.cycle}")
+        if self.together and len(set(self.cycle)) != len(self.cycle):
+            raise ValueError(f"a stage with together=true sums each kind of its cycle once; got {self.cycle}")
 
 
 @dataclass
@@ -272,8 +280,14 @@ class TrainConfig:
         """Every loss term some step uses, in first-use order."""
         return list(dict.fromkeys(t for objective in self.objectives.values() for t in objective.terms))
 
+    def kinds_at(self, step: int) -> tuple[tuple[str, ...], StageConfig | None]:
+        """The kinds of objective whose sum step ``step`` (0-based) back-propagates, and its stage: the
+        whole cycle in a ``together`` stage, else the one kind :meth:`task_at` names."""
+        kind, stage = self.task_at(step)
+        return (stage.cycle if stage is not None and stage.together else (kind,)), stage
+
     def task_at(self, step: int) -> tuple[str, StageConfig | None]:
-        """The kind of step ``step`` (0-based) and its stage."""
+        """The kind of step ``step`` (0-based) and its stage (alternating stages; see :meth:`kinds_at`)."""
         start, share = 0, 0.0
         for stage in self.stages:
             share += stage.fraction

@@ -186,14 +186,19 @@ class Trainer:
         self.model.train()
         try:
             while self.step < cfg.steps:
-                kind, stage = cfg.task_at(self.step)
+                kinds, stage = cfg.kinds_at(self.step)
                 self._set_stage(stage.frozen if stage else ())
                 parts = []
                 for k in range(cfg.grad_accum):
-                    epoch, index, batch = next(stream)
-                    parts.append(self._micro_step(batch, kind, sync=k == cfg.grad_accum - 1))
-                    window["samples"] += len(batch["id"]) * self.place.world
-                    self.epoch, self.batch_in_epoch = epoch, index + 1
+                    micro: dict[str, torch.Tensor] = {}
+                    for j, kind in enumerate(kinds):  # several kinds: one micro-batch each, one summed update
+                        epoch, index, batch = next(stream)
+                        sync = k == cfg.grad_accum - 1 and j == len(kinds) - 1  # DDP: reduce after the last backward
+                        for name, value in self._micro_step(batch, kind, sync=sync).items():
+                            micro[name] = micro[name] + value if name in micro else value
+                        window["samples"] += len(batch["id"]) * self.place.world
+                        self.epoch, self.batch_in_epoch = epoch, index + 1
+                    parts.append(micro)
                 terms = {name: torch.stack([p[name] for p in parts]).mean() for name in parts[0]}
                 loss = terms["loss"]
                 lr = {g.get("kind", "decay"): g["lr"] for g in self.optimizer.param_groups}
