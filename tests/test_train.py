@@ -215,3 +215,34 @@ def test_wall_clock_budget_stops_early_and_saves(cache, tmp_path):
     assert result["steps"] == 1
     assert [r["step"] for r in read_metrics(tmp_path / "budget")] == [1]
     assert [p.name for p in list_checkpoints(tmp_path / "budget" / "checkpoints")] == ["step-0000001.pt"]
+
+
+def _train_recipe(cache: Path, out: Path, recipe: str, *sets: str) -> int:
+    return main(["train", "--recipe", recipe, "--debug", "--data", str(cache), "--out", str(out), "--no-progress",
+                 "--no-eval", "--steps", "2", *[f"--set={s}" for s in sets]])
+
+
+def test_mask_names_the_cache_lacks_stop_before_the_first_step(cache, tmp_path, capsys):
+    """A mask name no training volume has would be 'unavailable' everywhere and its Tversky term 0: exit 2,
+    one line naming it and listing the cache's masks, nothing trained."""
+    out = tmp_path / "run"
+    assert _train_recipe(cache, out, "segvl", "data.sampler.mask_names=[lung, heart, left_kidney]") == 2
+    err = capsys.readouterr().err
+    assert "['left_kidney']" in err and "the cache's masks: [" in err and "'lung_nodule'" in err
+    assert "heart'" not in err.split("the cache's masks")[0] and len(err.strip().splitlines()) == 1
+    assert not (out / "metrics.jsonl").exists()
+    # SegVL's per-mask Tversky (alpha, beta) must follow the names: refused before step 1 too, then trains.
+    assert _train_recipe(cache, tmp_path / "ok", "segvl", "data.sampler.mask_names=[lung, heart]") == 2
+    assert "tasks.masks.options.tversky.alpha has 10 values, one per mask" in capsys.readouterr().err
+    assert _train_recipe(cache, tmp_path / "ok", "segvl", "data.sampler.mask_names=[lung, heart]",
+                         "tasks.masks.options={tversky: {alpha: 0.5, beta: 0.5}}") == 0
+
+
+def test_frozen_prefixes_that_match_no_parameter_stop_before_the_first_step(cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    stages = "stages=[{fraction: 0.5, frozen: [segg., seg.voxel.]}, {cycle: [pairs, masks], together: true}]"
+    assert _train_recipe(cache, out, "segvl", stages) == 2
+    err = capsys.readouterr().err
+    assert "stages[0].frozen 'segg.' matches no parameter" in err and "seg.voxel." not in err
+    assert "seg., " in err and "vision." in err and len(err.strip().splitlines()) == 1
+    assert not (out / "metrics.jsonl").exists()

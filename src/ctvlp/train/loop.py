@@ -30,7 +30,7 @@ from ctvlp.train.config import TrainConfig
 from ctvlp.train.data import checked, drop_bad_samples, require_split, set_epoch, train_loader
 from ctvlp.train.metrics_log import MetricsLog
 from ctvlp.train.objective import Objective
-from ctvlp.train.requirements import check_requirements
+from ctvlp.train.requirements import check_frozen, check_requirements
 from ctvlp.train.optim import build_optimizer
 from ctvlp.train.schedule import build_scheduler
 
@@ -74,6 +74,7 @@ class Trainer:
         bad = drop_bad_samples(self.cache, cfg.data, self.out if self.place.is_main else None)
         torch.manual_seed(cfg.seed)
         self.model = VisionLanguageModel(cfg.model).to(self.place.device)
+        check_frozen(cfg, [name for name, _ in self.model.named_parameters()])
         self.model.vision.set_grad_checkpointing(cfg.grad_checkpointing)
         if cfg.eval.prompt_style == CORPUS:  # mined once from the training reports, carried by the checkpoints
             labels = label_names_of(self.cache.index.columns)

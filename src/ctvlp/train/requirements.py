@@ -12,6 +12,7 @@ import json
 
 import pandas as pd
 
+from ctvlp.config import ConfigError
 from ctvlp.data.cache import Cache
 from ctvlp.data.manifest import LABEL_PREFIX
 from ctvlp.errors import BadDatasetError
@@ -42,14 +43,19 @@ def needs(cfg: TrainConfig) -> dict[str, list[str]]:
     return out
 
 
+def _mask_names(index: pd.DataFrame) -> set[str]:
+    """Every mask name some volume of ``index`` has."""
+    names = index["mask_names"].dropna().map(json.loads) if "mask_names" in index else pd.Series([], dtype=object)
+    return set().union(*names) if len(names) else set()
+
+
 def _has(index: pd.DataFrame, what: str) -> bool:
     if what == "report text":
         text = [c for c in ("findings", "impressions") if c in index]
         return bool(text) and bool(index[text].fillna("").astype(str).apply(lambda s: s.str.strip() != "").any().any())
     if what == "labels":
         return bool(index[[c for c in index if c.startswith(LABEL_PREFIX)]].notna().any().any())
-    names = index["mask_names"].dropna().map(json.loads) if "mask_names" in index else pd.Series([], dtype=object)
-    return any(set(n) - {"body"} for n in names)
+    return bool(_mask_names(index) - {"body"})
 
 
 def check_requirements(cfg: TrainConfig, cache: Cache) -> None:
@@ -60,3 +66,32 @@ def check_requirements(cfg: TrainConfig, cache: Cache) -> None:
             raise BadDatasetError(cache.root, f"recipe {cfg.recipe!r} needs {what} for its {', '.join(terms)} "
                                               f"loss, and the {cfg.data.train_split!r} split of this cache has none; "
                                               f"datasets that provide {what}: {PROVIDERS[what]}")
+    sampler = cfg.data.sampler
+    if "masks" in needs(cfg) and sampler.include_masks and sampler.mask_names is not None:
+        have = _mask_names(train)
+        missing = [n for n in sampler.mask_names if n not in have]
+        if missing:
+            raise BadDatasetError(cache.root, f"recipe {cfg.recipe!r} trains on masks {missing} that no volume of the "
+                                              f"{cfg.data.train_split!r} split of this cache has (their loss would be "
+                                              f"0); the cache's masks: {sorted(have)}; choose with "
+                                              f"--set 'data.sampler.mask_names=[...]'")
+    if sampler.mask_names is not None:  # per-mask Tversky coefficients follow the mask names
+        for kind, objective in cfg.objectives.items():
+            for key in ("alpha", "beta"):
+                value = objective.options.get("tversky", {}).get(key)
+                if isinstance(value, (list, tuple)) and len(value) != len(sampler.mask_names):
+                    where = "loss" if kind == "pairs" else f"tasks.{kind}"
+                    raise ConfigError(f"{where}.options.tversky.{key} has {len(value)} values, one per mask, but "
+                                      f"data.sampler.mask_names has {len(sampler.mask_names)}: "
+                                      f"{list(sampler.mask_names)}; give one {key} per mask or a single number")
+
+
+def check_frozen(cfg: TrainConfig, parameter_names: list[str]) -> None:
+    """ConfigError naming each ``stages[i].frozen`` prefix that matches none of ``parameter_names``."""
+    bad = [(i, prefix) for i, stage in enumerate(cfg.stages) for prefix in stage.frozen
+           if not any(name.startswith(prefix) for name in parameter_names)]
+    if bad:
+        tops = sorted({name.split(".")[0] + "." for name in parameter_names})
+        listed = ", ".join(f"stages[{i}].frozen {prefix!r}" for i, prefix in bad)
+        raise ConfigError(f"{listed} matches no parameter of the model, so it would freeze nothing; the model's "
+                          f"parameters start with {', '.join(tops)}")
