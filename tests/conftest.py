@@ -1,5 +1,6 @@
 import contextlib
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,21 @@ def real_dir() -> Path:
     if not REAL.is_dir():
         pytest.fail(f"real data folder missing from the checkout: {REAL}")
     return REAL
+
+
+CTRATE_TEXT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ctrate_text"
+"""Real CT-RATE text (reports, labels, metadata; no images; see its README), kept beside the repository
+(``<repo>/../shared/data/ctrate_text``), never in it (CC BY-NC-SA); ``CTVLP_CTRATE_TEXT`` points elsewhere."""
+
+
+@pytest.fixture(scope="session")
+def ctrate_text() -> Path:
+    """The real CT-RATE text folder; the test is skipped, with the reason, where it is absent."""
+    folder = Path(os.environ.get("CTVLP_CTRATE_TEXT", CTRATE_TEXT))
+    if not (folder / "validation_reports.csv").is_file():
+        pytest.skip(f"real CT-RATE text not found: {folder}/validation_reports.csv is absent "
+                    f"(set CTVLP_CTRATE_TEXT to the folder that holds it)")
+    return folder
 
 
 @pytest.fixture

@@ -155,6 +155,29 @@ def test_colipri_alternates_image_report_and_mae_steps(cache, tmp_path):
     assert "positive:" in text or "negative:" in text
 
 
+def test_colipri_osl_pairs_come_from_the_plain_findings(cache, tmp_path, monkeypatch):
+    """COLIPRI's towers read the structured text ("Heart: positive: ..."); the trainer draws its OSL pairs
+    from the samples' plain findings, so no s+ carries a section prefix."""
+    from ctvlp.train import loop
+
+    seen: list[list[str]] = []
+    drawn: list[str] = []
+    real = loop.build_osl_pairs
+
+    def recording(reports, k, rng):
+        seen.append(list(reports))
+        pairs = real(reports, k, rng)
+        drawn.extend(t for row, valid in zip(pairs.pos_texts, pairs.valid) for t, v in zip(row, valid) if v)
+        return pairs
+
+    monkeypatch.setattr(loop, "build_osl_pairs", recording)
+    trainer, _ = _fit(cache, tmp_path / "colipri", "colipri", "steps=2")
+    batch = next(iter(trainer.loader))
+    assert all("positive:" not in r and "negative:" not in r for reports in seen for r in reports)
+    assert seen[0] == batch["findings"] and any("positive:" in t for t in batch["text"])
+    assert drawn and not any(": positive:" in t or ": negative:" in t for t in drawn)
+
+
 def test_model_output_groups_have_the_losses_shapes(cache):
     cfg = get_recipe("colipri", debug=True)
     model = VisionLanguageModel(apply_overrides(cfg, ["model.label_prompts=true"]).model).eval()  # no dropout

@@ -160,7 +160,7 @@ class Collate:
         samples = [self._pad(s, depth) for s in samples]
         batch = {k: torch.from_numpy(np.stack([s[k] for s in samples]))
                  for k in ("image", "slice_mask", "labels", "label_mask", "spacing")}  # image (B, 1, D, H, W)
-        for key in ("id", "text", "sentences", "organs", "text_source", "z0", "z1"):
+        for key in ("id", "text", "findings", "sentences", "organs", "text_source", "z0", "z1"):
             batch[key] = [s[key] for s in samples]
         if "masks" in samples[0]:
             names = samples[0]["mask_names"]

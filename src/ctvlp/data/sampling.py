@@ -301,7 +301,8 @@ def draw_sample(record: VolumeRecord, config: SamplerConfig, rng: np.random.Gene
     sample = {"id": volume.vid, "image": image, "slice_mask": real, "z0": z0, "z1": z1,
               "spacing": np.asarray(volume.spacing_zyx, np.float32),
               "labels": np.asarray(record.labels, np.float32), "label_mask": np.asarray(record.label_mask, bool),
-              **choose_text(record, config.text, z0, z1)}
+              **choose_text(record, config.text, z0, z1),
+              "findings": str(record.findings or "")}  # plain findings: COLIPRI's OSL pairs read them, whatever ``text``
     if config.include_masks:
         names, masks, available = _masks(volume, config, z0, z1)
         masks = fit_inplane(take_padded(masks, idx, 1, False), config.size, False, offsets)  # (M, D, H, W)

@@ -145,7 +145,8 @@ class Trainer:
                       label_names=self.label_names(), outputs=objective.outputs)
         if "osl" in objective.outputs:  # pairs drawn from the batch's reports, seeded by the step (exact resume)
             rng = np.random.default_rng([self.cfg.seed, self.step, self.place.rank])
-            inputs["osl"] = build_osl_pairs(batch["text"], self.cfg.data.osl_pairs, rng)._asdict()
+            # from the plain findings, never the structured text ("Heart: positive: ...") the towers read
+            inputs["osl"] = build_osl_pairs(batch["findings"], self.cfg.data.osl_pairs, rng)._asdict()
         ctx = contextlib.nullcontext() if sync or self.ddp is self.model else self.ddp.no_sync()
         with ctx:
             with autocast(self.cfg, dev):
