@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 
@@ -178,10 +181,13 @@ def test_choose_text_organs_and_fallbacks():
 def test_sample_text_follows_the_chunk():
     vol = FakeVolume(100, extents=EXTENTS)
     rec = VolumeRecord(vol, impressions="Imp.", organ_sentences=SENTENCES)
+    aorta = {"aorta": (0, 85)}  # the aorta has sentences but no mask: the z-prior places it (0 - 85 %)
     for seed in range(30):
         s = draw_sample(rec, SamplerConfig(chunk_depth=8), np.random.default_rng(seed))
-        assert s["organs"] == organs_in(EXTENTS, SENTENCES, s["z0"], s["z1"])
+        assert s["organs"] == organs_in({**EXTENTS, **aorta}, SENTENCES, s["z0"], s["z1"])
         assert s["text_source"] == ("organs" if s["organs"] else "impressions")
+        s = draw_sample(rec, SamplerConfig(chunk_depth=8, organ_z_prior=False), np.random.default_rng(seed))
+        assert s["organs"] == organs_in(EXTENTS, SENTENCES, s["z0"], s["z1"])
 
 
 # ---------- whole mode and the sample dict ----------
@@ -239,3 +245,74 @@ def test_windows_give_one_channel_each_with_golden_values():
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         SamplerConfig(**kwargs)
+
+
+# ---------- the organ z-prior (SigVLP on a dataset without organ masks) ----------
+
+PRIOR_SENTENCES = {"thyroid": ["Thyroid gland is enlarged."], "heart": ["Cardiomegaly."],
+                   "abdomen": ["Liver is steatotic."], "other": ["Port catheter."]}
+
+
+@pytest.mark.parametrize("z0, z1, expected", [
+    (0, 10, ["abdomen"]),            # abdomen [0, 30) of 100 slices
+    (20, 40, ["heart", "abdomen"]),  # heart [15, 55), report order
+    (55, 90, []),                    # between the heart's end and the thyroid's start [90, 100)
+    (85, 95, ["thyroid"]),
+])
+def test_z_prior_places_organs_without_masks(z0, z1, expected):
+    rec = VolumeRecord(FakeVolume(100), impressions="Impression.", organ_sentences=PRIOR_SENTENCES)
+    t = choose_text(rec, "organs", z0, z1, organ_z_prior=True)
+    assert t["organs"] == expected  # "other" has no prior: never placed
+    if expected:
+        assert t["text_source"] == "organs"
+        assert t["sentences"] == [s for o in expected for s in PRIOR_SENTENCES[o]]
+    off = choose_text(rec, "organs", z0, z1)  # without the prior: nothing is placed
+    assert off["organs"] == [] and off["text_source"] == "impressions"
+
+
+def test_masks_take_precedence_over_the_z_prior():
+    # heart mask at [0, 10): the prior's [15, 55) is not used; an empty thyroid mask: the thyroid is absent.
+    vol = FakeVolume(100, extents={"heart": (0, 10)})
+    vol.mask_names = ["heart", "thyroid", "body"]
+    rec = VolumeRecord(vol, organ_sentences=PRIOR_SENTENCES)
+    assert choose_text(rec, "organs", 20, 40, organ_z_prior=True)["organs"] == ["abdomen"]
+    assert choose_text(rec, "organs", 0, 5, organ_z_prior=True)["organs"] == ["heart", "abdomen"]
+    assert choose_text(rec, "organs", 90, 100, organ_z_prior=True)["organs"] == []
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_chunks_of_a_maskless_cache_get_the_organs_in_their_z_range(tmp_path):
+    """A synthetic cohort prepared without its masks (as plain CT-RATE: the parser's organ sentences, no
+    organ mask): SigVLP's chunks get the sentences of exactly the organs whose prior extent overlaps
+    the chunk's slices."""
+    from ctvlp.cli import main
+    from ctvlp.data.cache import Cache
+    from ctvlp.data.loader import CTDataset
+    from ctvlp.data.sampling import ORGAN_Z_PRIOR
+    from ctvlp.recipes import get_recipe
+
+    assert main(["synth", "--out", str(tmp_path / "cohort"), "--n", "6", "--matrix", "32", "--seed", "2"]) == 0
+    assert main(["manifest", "ctrate", str(tmp_path / "cohort"), "--out", str(tmp_path / "m.parquet")]) == 0
+    assert main(["prepare", "--manifest", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "cache")]) == 0
+    cache = Cache(tmp_path / "cache")
+    sampler = get_recipe("sigvlp", debug=True).data.sampler
+    assert sampler.mode == "chunk" and sampler.text == "organs" and sampler.organ_z_prior
+    dataset = CTDataset(cache, sampler, seed=0)
+    placed = 0
+    for epoch in range(3):
+        for i in range(len(dataset)):
+            record = dataset.record(i)
+            assert set(record.volume.mask_names) <= {"body"}  # no organ masks
+            sample = dataset[epoch, i]
+            depth = record.volume.shape[0]
+            inside = [o for o, sents in record.organ_sentences.items() if sents and o in ORGAN_Z_PRIOR
+                      and math.floor(ORGAN_Z_PRIOR[o][0] * depth + 1e-9) < sample["z1"]
+                      and math.ceil(ORGAN_Z_PRIOR[o][1] * depth - 1e-9) > sample["z0"]]
+            assert sample["organs"] == inside
+            if inside:
+                placed += 1
+                assert sample["text_source"] == "organs"
+                assert sample["sentences"] == [s for o in inside for s in record.organ_sentences[o]]
+    assert placed >= len(dataset)  # most chunks get organ sentences (without the prior: none)
+    off = CTDataset(cache, dataclasses.replace(sampler, organ_z_prior=False), seed=0)
+    assert all(off[0, i]["organs"] == [] for i in range(len(off)))

@@ -5,7 +5,9 @@ Two modes (:class:`SamplerConfig`):
 * ``whole``: the whole volume (optionally the centred ``max_slices``); depth varies per volume and the
   collate (``ctvlp.data.loader``) pads a batch to its deepest member.
 * ``chunk``: ``chunk_depth`` consecutive slices from a seeded random z-start, with the organ-wise
-  sentences of the organs whose z-extent ``[z0, z1)`` (from the masks) overlaps the chunk.
+  sentences of the organs whose z-extent ``[z0, z1)`` overlaps the chunk: from the organ's masks where
+  the volume has them, else (``SamplerConfig.organ_z_prior``) from :data:`ORGAN_Z_PRIOR`, METHODS.md's
+  z-prior (SigVLP) for a dataset without organ masks such as plain CT-RATE.
 
 Depth padding (:func:`pad_index`), used by the sampler and by the collate alike:
 
@@ -32,6 +34,30 @@ from typing import Literal, Protocol, Sequence
 import numpy as np
 
 from ctvlp.data.preprocess import AIR_HU, PreprocessConfig, body_mask, window
+
+
+ORGAN_Z_PRIOR: dict[str, tuple[float, float]] = {
+    "abdomen": (0.0, 0.3),
+    "aorta": (0.0, 0.85),
+    "esophagus": (0.0, 1.0),
+    "bone": (0.0, 1.0),
+    "lung": (0.0, 0.95),
+    "pleura": (0.0, 0.95),
+    "heart": (0.15, 0.55),
+    "pericardium": (0.15, 0.55),
+    "mediastinum": (0.1, 0.95),
+    "breast": (0.3, 0.75),
+    "trachea_bronchi": (0.4, 1.0),
+    "thyroid": (0.9, 1.0),
+}
+"""Where each organ of the report parser (``ctvlp.data.reports``' canonical ids) lies along z in a chest
+CT, as ``[f0, f1)`` fractions of the volume's slices from its inferior end (the cache is RAS: slice 0 is
+the most inferior) [ours, METHODS.md's z-prior; the paper uses masks]: a chest CT runs from the upper
+abdomen to the thoracic inlet, the lung bases (costophrenic recesses) reach its lower end, the heart
+fills the lower half of the thorax, the trachea its upper half down to the carina, the thyroid the
+top slices; the aorta (descending into the abdomen, arch and great vessels near the top), the
+oesophagus and the bones run through. Bounds are generous: an organ counts where a chunk may hold it.
+``other`` has no place and gets no prior."""
 
 
 class VolumeSource(Protocol):
@@ -82,6 +108,10 @@ class SamplerConfig:
     """``report``: findings + impressions; ``organs``: sentences of the organs in the sampled slices;
     ``structured``: the findings rewritten into organ sections with positive and negative findings
     (``reports.structure_report``, COLIPRI), then the impressions."""
+    organ_z_prior: bool = True
+    """``organs`` text: an organ without a mask in the volume (a dataset without organ masks, plain CT-RATE)
+    is placed along z by :data:`ORGAN_Z_PRIOR` (fractions of the volume's depth); False: such organs
+    are never in a chunk, which then falls back to the impressions or the whole report."""
     body_channel: bool = False
     """Append the body mask as the last input channel: +1 inside, -1 outside (see the module docstring).
     From the cache's ``body`` mask (``prepare`` stores it for every volume); a volume without one gets
@@ -119,6 +149,9 @@ class SamplerConfig:
 class ZWindow:
     """Slices ``[z0, z1)`` of a volume, masks included, seen as a volume of its own (evaluation draws
     fixed windows of a volume through :func:`draw_sample`; no z-extents, so text is the whole report's)."""
+
+    organ_z_prior = False
+    """A window is no whole scan: the prior's fractions of the depth do not apply to it."""
 
     def __init__(self, volume, z0: int, z1: int):
         self._volume, self._z0 = volume, z0
@@ -189,6 +222,28 @@ def organs_in(z_extents: dict[str, tuple[int, int]], organ_sentences: dict[str, 
             if sents and o in z_extents and z_extents[o][0] < z1 and z_extents[o][1] > z0]
 
 
+def prior_extents(num_slices: int) -> dict[str, tuple[int, int]]:
+    """:data:`ORGAN_Z_PRIOR` in slices of a ``num_slices``-slice volume: organ -> ``[floor(f0 Z), ceil(f1 Z))``."""
+    eps = 1e-9  # 0.55 * 100 is 55.000000000000007 in floating point, still slice 55
+    return {organ: (int(np.floor(f0 * num_slices + eps)), int(np.ceil(f1 * num_slices - eps)))
+            for organ, (f0, f1) in ORGAN_Z_PRIOR.items()}
+
+
+def organ_z_extents(volume: VolumeSource, organ_z_prior: bool) -> dict[str, tuple[int, int]]:
+    """The volume's mask z-extents, plus (``organ_z_prior``) the prior's extents of every organ that no
+    mask of the volume maps to (an organ whose mask exists but is empty stays absent)."""
+    extents = dict(volume.z_extents)
+    if not organ_z_prior or not getattr(volume, "organ_z_prior", True):
+        return extents
+    from ctvlp.data.reports import canonical_organ
+
+    masked = {canonical_organ(n) or n for n in volume.mask_names}
+    for organ, extent in prior_extents(int(volume.shape[0])).items():
+        if organ not in masked:
+            extents.setdefault(organ, extent)
+    return extents
+
+
 def structured_report(findings: str, impressions: str) -> str:
     """COLIPRI's text: the findings as organ sections (``reports.structure_report``), then the impressions."""
     from ctvlp.data.reports import structure_report
@@ -206,11 +261,12 @@ def report_text(findings: str, impressions: str, text_mode: str) -> str:
     return structured_report(findings, impressions) if text_mode == "structured" else f"{findings} {impressions}".strip()
 
 
-def choose_text(record: VolumeRecord, text_mode: str, z0: int, z1: int) -> dict:
-    """text, sentences, organs and ``text_source`` ('organs', 'impressions' or 'report')."""
+def choose_text(record: VolumeRecord, text_mode: str, z0: int, z1: int, organ_z_prior: bool = False) -> dict:
+    """text, sentences, organs and ``text_source`` ('organs', 'impressions' or 'report'); organs placed by
+    their masks, and by :data:`ORGAN_Z_PRIOR` where they have none with ``organ_z_prior``."""
     from ctvlp.data.reports import split_sentences
 
-    organs = organs_in(record.volume.z_extents, record.organ_sentences, z0, z1)
+    organs = organs_in(organ_z_extents(record.volume, organ_z_prior), record.organ_sentences, z0, z1)
     if text_mode == "structured":
         lines = structured_report(record.findings, record.impressions).splitlines()
         return {"text": "\n".join(lines), "sentences": lines, "organs": organs, "text_source": "structured"}
@@ -301,7 +357,7 @@ def draw_sample(record: VolumeRecord, config: SamplerConfig, rng: np.random.Gene
     sample = {"id": volume.vid, "image": image, "slice_mask": real, "z0": z0, "z1": z1,
               "spacing": np.asarray(volume.spacing_zyx, np.float32),
               "labels": np.asarray(record.labels, np.float32), "label_mask": np.asarray(record.label_mask, bool),
-              **choose_text(record, config.text, z0, z1),
+              **choose_text(record, config.text, z0, z1, config.organ_z_prior),
               "findings": str(record.findings or "")}  # plain findings: COLIPRI's OSL pairs read them, whatever ``text``
     if config.include_masks:
         names, masks, available = _masks(volume, config, z0, z1)
