@@ -181,13 +181,11 @@ def test_choose_text_organs_and_fallbacks():
 def test_sample_text_follows_the_chunk():
     vol = FakeVolume(100, extents=EXTENTS)
     rec = VolumeRecord(vol, impressions="Imp.", organ_sentences=SENTENCES)
-    aorta = {"aorta": (0, 85)}  # the aorta has sentences but no mask: the z-prior places it (0 - 85 %)
-    for seed in range(30):
-        s = draw_sample(rec, SamplerConfig(chunk_depth=8), np.random.default_rng(seed))
-        assert s["organs"] == organs_in({**EXTENTS, **aorta}, SENTENCES, s["z0"], s["z1"])
-        assert s["text_source"] == ("organs" if s["organs"] else "impressions")
-        s = draw_sample(rec, SamplerConfig(chunk_depth=8, organ_z_prior=False), np.random.default_rng(seed))
-        assert s["organs"] == organs_in(EXTENTS, SENTENCES, s["z0"], s["z1"])
+    for seed in range(30):  # a volume with organ masks: the masks alone (the aorta, without one, is never placed)
+        for prior in (True, False):
+            s = draw_sample(rec, SamplerConfig(chunk_depth=8, organ_z_prior=prior), np.random.default_rng(seed))
+            assert s["organs"] == organs_in(EXTENTS, SENTENCES, s["z0"], s["z1"])
+            assert s["text_source"] == ("organs" if s["organs"] else "impressions")
 
 
 # ---------- whole mode and the sample dict ----------
@@ -270,14 +268,18 @@ def test_z_prior_places_organs_without_masks(z0, z1, expected):
     assert off["organs"] == [] and off["text_source"] == "impressions"
 
 
-def test_masks_take_precedence_over_the_z_prior():
-    # heart mask at [0, 10): the prior's [15, 55) is not used; an empty thyroid mask: the thyroid is absent.
-    vol = FakeVolume(100, extents={"heart": (0, 10)})
+def test_organ_masks_take_precedence_over_the_z_prior():
+    # A heart mask at [0, 10): the masks alone place organs (not the prior's heart [15, 55), nor its abdomen);
+    # an empty thyroid mask: the thyroid is absent. A body mask alone is no organ mask: the prior applies.
+    vol = FakeVolume(100, extents={"heart": (0, 10), "body": (0, 100)})
     vol.mask_names = ["heart", "thyroid", "body"]
     rec = VolumeRecord(vol, organ_sentences=PRIOR_SENTENCES)
-    assert choose_text(rec, "organs", 20, 40, organ_z_prior=True)["organs"] == ["abdomen"]
-    assert choose_text(rec, "organs", 0, 5, organ_z_prior=True)["organs"] == ["heart", "abdomen"]
+    assert choose_text(rec, "organs", 20, 40, organ_z_prior=True)["organs"] == []
+    assert choose_text(rec, "organs", 0, 5, organ_z_prior=True)["organs"] == ["heart"]
     assert choose_text(rec, "organs", 90, 100, organ_z_prior=True)["organs"] == []
+    body_only = FakeVolume(100, extents={"body": (0, 100)})
+    rec = VolumeRecord(body_only, organ_sentences=PRIOR_SENTENCES)
+    assert choose_text(rec, "organs", 20, 40, organ_z_prior=True)["organs"] == ["heart", "abdomen"]
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -6,8 +6,8 @@ Two modes (:class:`SamplerConfig`):
   collate (``ctvlp.data.loader``) pads a batch to its deepest member.
 * ``chunk``: ``chunk_depth`` consecutive slices from a seeded random z-start, with the organ-wise
   sentences of the organs whose z-extent ``[z0, z1)`` overlaps the chunk: from the organ's masks where
-  the volume has them, else (``SamplerConfig.organ_z_prior``) from :data:`ORGAN_Z_PRIOR`, METHODS.md's
-  z-prior (SigVLP) for a dataset without organ masks such as plain CT-RATE.
+  the volume has organ masks, else (``SamplerConfig.organ_z_prior``) from :data:`ORGAN_Z_PRIOR`,
+  METHODS.md's z-prior (SigVLP) for a dataset without organ masks such as plain CT-RATE.
 
 Depth padding (:func:`pad_index`), used by the sampler and by the collate alike:
 
@@ -109,9 +109,10 @@ class SamplerConfig:
     ``structured``: the findings rewritten into organ sections with positive and negative findings
     (``reports.structure_report``, COLIPRI), then the impressions."""
     organ_z_prior: bool = True
-    """``organs`` text: an organ without a mask in the volume (a dataset without organ masks, plain CT-RATE)
-    is placed along z by :data:`ORGAN_Z_PRIOR` (fractions of the volume's depth); False: such organs
-    are never in a chunk, which then falls back to the impressions or the whole report."""
+    """``organs`` text on a volume without organ masks (a dataset such as plain CT-RATE): its organs are
+    placed along z by :data:`ORGAN_Z_PRIOR` (fractions of the volume's depth); False: no organ is in
+    any of its chunks, which then fall back to the impressions or the whole report. A volume with organ
+    masks uses them alone either way."""
     body_channel: bool = False
     """Append the body mask as the last input channel: +1 inside, -1 outside (see the module docstring).
     From the cache's ``body`` mask (``prepare`` stores it for every volume); a volume without one gets
@@ -230,18 +231,17 @@ def prior_extents(num_slices: int) -> dict[str, tuple[int, int]]:
 
 
 def organ_z_extents(volume: VolumeSource, organ_z_prior: bool) -> dict[str, tuple[int, int]]:
-    """The volume's mask z-extents, plus (``organ_z_prior``) the prior's extents of every organ that no
-    mask of the volume maps to (an organ whose mask exists but is empty stays absent)."""
-    extents = dict(volume.z_extents)
+    """The volume's mask z-extents; a volume none of whose masks is an organ's (plain CT-RATE: the body
+    mask only) gets the prior's extents instead (with ``organ_z_prior``). Masks, where a volume has
+    organ masks at all, are the only source: an organ without one is not placed, as before, so a
+    masked cohort (the synthetic one, RadGenome-ChestCT) trains exactly as without the prior."""
     if not organ_z_prior or not getattr(volume, "organ_z_prior", True):
-        return extents
+        return dict(volume.z_extents)
     from ctvlp.data.reports import canonical_organ
 
-    masked = {canonical_organ(n) or n for n in volume.mask_names}
-    for organ, extent in prior_extents(int(volume.shape[0])).items():
-        if organ not in masked:
-            extents.setdefault(organ, extent)
-    return extents
+    if any(canonical_organ(n) is not None for n in volume.mask_names):
+        return dict(volume.z_extents)
+    return {**prior_extents(int(volume.shape[0])), **volume.z_extents}
 
 
 def structured_report(findings: str, impressions: str) -> str:
@@ -263,7 +263,7 @@ def report_text(findings: str, impressions: str, text_mode: str) -> str:
 
 def choose_text(record: VolumeRecord, text_mode: str, z0: int, z1: int, organ_z_prior: bool = False) -> dict:
     """text, sentences, organs and ``text_source`` ('organs', 'impressions' or 'report'); organs placed by
-    their masks, and by :data:`ORGAN_Z_PRIOR` where they have none with ``organ_z_prior``."""
+    the volume's masks, or by :data:`ORGAN_Z_PRIOR` on a volume without organ masks (``organ_z_prior``)."""
     from ctvlp.data.reports import split_sentences
 
     organs = organs_in(organ_z_extents(record.volume, organ_z_prior), record.organ_sentences, z0, z1)
