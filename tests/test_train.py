@@ -223,14 +223,21 @@ def _train_recipe(cache: Path, out: Path, recipe: str, *sets: str) -> int:
 
 
 def test_mask_names_the_cache_lacks_stop_before_the_first_step(cache, tmp_path, capsys):
-    """A mask name no training volume has would be 'unavailable' everywhere and its Tversky term 0: exit 2,
-    one line naming it and listing the cache's masks, nothing trained."""
+    """An organ mask no training volume has (or none of the names at all) would be 'unavailable'
+    everywhere and its Tversky term 0: exit 2, one line naming it and listing the cache's masks, nothing
+    trained. A finding mask exists only where the finding does: a cohort without one is warned about."""
     out = tmp_path / "run"
-    assert _train_recipe(cache, out, "segvl", "data.sampler.mask_names=[lung, heart, left_kidney]") == 2
+    assert _train_recipe(cache, out, "segvl", "data.sampler.mask_names=[lung, heart, pericardium]") == 2
     err = capsys.readouterr().err
-    assert "['left_kidney']" in err and "the cache's masks: [" in err and "'lung_nodule'" in err
+    assert "['pericardium']" in err and "the cache's masks: [" in err and "'lung_nodule'" in err
     assert "heart'" not in err.split("the cache's masks")[0] and len(err.strip().splitlines()) == 1
     assert not (out / "metrics.jsonl").exists()
+    assert _train_recipe(cache, out, "segvl", "data.sampler.mask_names=[left_kidney_cyst]",
+                         "tasks.masks.options={tversky: {alpha: 0.5, beta: 0.5}}") == 2
+    assert "['left_kidney_cyst']" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match=r"finding masks \['renal_cyst'\]; they add no loss term"):
+        assert _train_recipe(cache, tmp_path / "warned", "segvl", "data.sampler.mask_names=[lung, renal_cyst]",
+                             "tasks.masks.options={tversky: {alpha: 0.5, beta: 0.5}}") == 0
     # SegVL's per-mask Tversky (alpha, beta) must follow the names: refused before step 1 too, then trains.
     assert _train_recipe(cache, tmp_path / "ok", "segvl", "data.sampler.mask_names=[lung, heart]") == 2
     assert "tasks.masks.options.tversky.alpha has 10 values, one per mask" in capsys.readouterr().err

@@ -9,12 +9,14 @@ missing, where it was looked for, and which datasets provide it, instead of trai
 from __future__ import annotations
 
 import json
+import warnings
 
 import pandas as pd
 
 from ctvlp.config import ConfigError
 from ctvlp.data.cache import Cache
 from ctvlp.data.manifest import LABEL_PREFIX
+from ctvlp.data.reports import canonical_organ
 from ctvlp.errors import BadDatasetError
 from ctvlp.train.config import TrainConfig
 
@@ -70,11 +72,15 @@ def check_requirements(cfg: TrainConfig, cache: Cache) -> None:
     if "masks" in needs(cfg) and sampler.include_masks and sampler.mask_names is not None:
         have = _mask_names(train)
         missing = [n for n in sampler.mask_names if n not in have]
-        if missing:
-            raise BadDatasetError(cache.root, f"recipe {cfg.recipe!r} trains on masks {missing} that no volume of the "
-                                              f"{cfg.data.train_split!r} split of this cache has (their loss would be "
-                                              f"0); the cache's masks: {sorted(have)}; choose with "
+        organs = [n for n in missing if canonical_organ(n) is not None]
+        if organs or (missing and len(missing) == len(sampler.mask_names)):
+            raise BadDatasetError(cache.root, f"recipe {cfg.recipe!r} trains on masks {organs or missing} that no "
+                                              f"volume of the {cfg.data.train_split!r} split of this cache has (their "
+                                              f"loss would be 0); the cache's masks: {sorted(have)}; choose with "
                                               f"--set 'data.sampler.mask_names=[...]'")
+        if missing:  # finding masks exist only where the finding does: a cohort may have none of one
+            warnings.warn(f"recipe {cfg.recipe!r}: no volume of the {cfg.data.train_split!r} split has the finding "
+                          f"masks {missing}; they add no loss term", stacklevel=2)
     if sampler.mask_names is not None:  # per-mask Tversky coefficients follow the mask names
         for kind, objective in cfg.objectives.items():
             for key in ("alpha", "beta"):
