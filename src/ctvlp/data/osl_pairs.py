@@ -28,10 +28,10 @@ The reports must be the plain report text (CT-RATE's findings), not the structur
 towers read ("Heart: positive: The heart is enlarged."): its lines would become s+ whole, prefix and
 all, and their "negations" ("Heart: positive: The heart is not enlarged.") contradict themselves. The
 trainer passes each sample's plain ``findings``. Measured on CT-RATE's 323 distinct validation findings
-(``tests/test_losses_colipri.py``): 1,347 positive findings, none prefixed, none a device (713 of
-them state one of CT-RATE's 18 abnormalities; the others are findings such as "The left kidney is
-atrophic."; the parser's rules alone, without ``is_finding``, pass 1,904); drawn from the structured text as before, 2,342, of which 1,363 carried a
-"<Organ>: positive:" prefix and 18 spoke of a device.
+(``tests/test_losses_colipri.py``): 1,347 positive findings, none prefixed, none a device (713 of them
+state one of CT-RATE's 18 abnormalities; the others are findings such as "The left kidney is
+atrophic."; the parser's rules alone, without ``is_finding``, pass 1,904); drawn from the structured
+text as before, 2,342, of which 1,363 carried a "<Organ>: positive:" prefix and 18 spoke of a device.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def is_device(sentence: str) -> bool:
     return any(label == DEVICE for label, _ in sentence_findings(sentence))
 
 
-_NOT_A_FINDING = re.compile(r"\b(?:natural\w*|normal\w*|unremarkable|within (?:the )?normal limits|recommend\w*)\b", re.I)
+_NOT_A_FINDING = re.compile(
+    r"\b(?:natural\w*|normal\w*|unremarkable|within (?:the )?normal limits|recommend\w*)\b", re.I)
 
 
 def is_finding(sentence: str) -> bool:

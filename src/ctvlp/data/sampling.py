@@ -358,7 +358,7 @@ def draw_sample(record: VolumeRecord, config: SamplerConfig, rng: np.random.Gene
               "spacing": np.asarray(volume.spacing_zyx, np.float32),
               "labels": np.asarray(record.labels, np.float32), "label_mask": np.asarray(record.label_mask, bool),
               **choose_text(record, config.text, z0, z1, config.organ_z_prior),
-              "findings": str(record.findings or "")}  # plain findings: COLIPRI's OSL pairs read them, whatever ``text``
+              "findings": str(record.findings or "")}  # plain findings, whatever ``text``: COLIPRI's OSL pairs
     if config.include_masks:
         names, masks, available = _masks(volume, config, z0, z1)
         masks = fit_inplane(take_padded(masks, idx, 1, False), config.size, False, offsets)  # (M, D, H, W)

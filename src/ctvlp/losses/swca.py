@@ -291,8 +291,9 @@ def swca_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     pair; ``logit_scale`` t (already exponentiated) and ``logit_bias`` b scalars. The soft part comes
     either ready as ``affinity`` (B, B), used as given (A for ``soft_targets``, W for ``weights``), or
     from the affinity matrices ``spatial`` K^spa and/or ``knowledge`` K^kn (B, B) blended by ``alpha``
-    (:func:`affinity_blend`, row-normalised for ``weights``); with neither the loss is siglip_loss. ``variant`` "weights" (strength ``weight``) or "soft_targets"
-    (strength ``eps``). No gradient flows into the affinities. Returns a scalar."""
+    (:func:`affinity_blend`, row-normalised for ``weights``); with neither the loss is siglip_loss.
+    ``variant`` "soft_targets" (strength ``eps``, the default) or "weights" (strength ``weight``). No
+    gradient flows into the affinities. Returns a scalar."""
     check_pair(image_emb, text_emb)
     check_scalar("logit_scale", logit_scale)
     check_scalar("logit_bias", logit_bias)
@@ -327,9 +328,9 @@ class SwcaLoss(nn.Module):
     mean over ranks equals :func:`swca_loss` on the global batch (with fixed kappas).
     """
 
-    def __init__(self, alpha: float = 0.5, variant: str = DEFAULT_VARIANT, eps: float = DEFAULT_EPS, weight: float = 1.0,
-                 kappa_mu: float | None = None, kappa_s: float | None = None, knowledge: str = "report_emb",
-                 gather: bool = True):
+    def __init__(self, alpha: float = 0.5, variant: str = DEFAULT_VARIANT, eps: float = DEFAULT_EPS,
+                 weight: float = 1.0, kappa_mu: float | None = None, kappa_s: float | None = None,
+                 knowledge: str = "report_emb", gather: bool = True):
         super().__init__()
         _check_unit("alpha", alpha)
         _check_kappa("kappa_mu", kappa_mu)
