@@ -132,3 +132,16 @@ def test_full_primus_m_matches_the_installed_colipri_package():
     ours, ours_pooled = _run(vision, pool, image)
     assert (ours - _their_tokens(tokens)).abs().max().item() <= TOL
     assert (ours_pooled - pooled).abs().max().item() <= TOL
+
+
+def test_recipe_uses_the_checked_tower_and_head():
+    """The colipri recipe is the architecture checked above; its debug and cohort variants keep the head kind."""
+    from ctvlp.recipes import get_recipe
+    from ctvlp.recipes.cohort import cohort_variant
+
+    cfg = get_recipe("colipri")
+    assert cfg.model.vision == vit_config("primus-m")
+    assert (cfg.model.image_pool, cfg.model.image_pool_heads, cfg.model.embed_dim) == ("projected_attention", 12, 768)
+    for variant in (get_recipe("colipri", debug=True), cohort_variant(cfg)):
+        assert variant.model.image_pool == "projected_attention"
+        assert variant.model.embed_dim % variant.model.image_pool_heads == 0

@@ -116,7 +116,8 @@ def colipri_state_dict(theirs: Mapping[str, torch.Tensor], vision: VisionTransfo
     perm = _rope_permutation(vision.cfg.heads, vision.cfg.width // vision.cfg.heads)
     ours = {"vision.patch_embed.proj.weight": theirs["backbone.down_projection.proj.weight"].permute(0, 1, 4, 3, 2),
             "vision.patch_embed.proj.bias": theirs["backbone.down_projection.proj.bias"],
-            "vision.norm.weight": theirs["backbone.eva.norm.weight"], "vision.norm.bias": theirs["backbone.eva.norm.bias"],
+            "vision.norm.weight": theirs["backbone.eva.norm.weight"],
+            "vision.norm.bias": theirs["backbone.eva.norm.bias"],
             "image_pool.proj.weight": theirs["projector.weight"].flatten(1),  # (dim, width, 1, 1, 1) -> (dim, width)
             "image_pool.proj.bias": theirs["projector.bias"]}
     for name in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"):
