@@ -41,8 +41,9 @@ def multiscale_pool(tokens: torch.Tensor, mask: torch.Tensor | None, grid: tuple
 
 
 class AttentionPool(nn.Module):
-    """Multi-head attention pooling with the masked mean token as the query (COLIPRI's image and text
-    heads): out = softmax(q K^T / sqrt(d)) V over the valid tokens, q = masked_mean(tokens)."""
+    """Multi-head attention pooling with the masked mean token as the query, after a LayerNorm
+    (``image_pool="attention"``): out = softmax(q K^T / sqrt(d)) V over the valid tokens,
+    q = masked_mean(tokens). COLIPRI's own image head is :class:`ProjectedAttentionPool`."""
 
     def __init__(self, width: int, heads: int = 8):
         super().__init__()
