@@ -5,7 +5,11 @@ tests/test_colipri_equivalence.py) on 2 mm volumes cropped to 160^3; their image
 864 -> 768, then 12-head attention pooling with the mean token as query) and attention pooling for text,
 reports rewritten into organ sections with positive and negative findings; image-report steps
 optimise CLIP + 0.5 x Opposite Sentence Loss (K = 8) + report generation (a 4-layer decoder
-cross-attending to the image tokens) and alternate 1:1 with MAE steps (75 % masking, light decoder)."""
+cross-attending to the image tokens) and alternate 1:1 with MAE steps (75 % masking, light decoder).
+
+METHODS.md's "RoPE on 2/3 of each head's dimensions" reads Primus' ``rope_dim = head_dim / 1.5`` (48), but
+timm's ``RotaryEmbeddingCat(48)`` on a 3D grid makes 48 / 4 = 12 bands per axis, 2 dims each: all 72 dims
+rotate (measured on the authors' package; ours followed METHODS.md until issue 17)."""
 
 from __future__ import annotations
 
