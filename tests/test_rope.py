@@ -33,7 +33,7 @@ def scores(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, head_dim: 
 
 def test_split_rule():
     assert rope_split(66) == (22, 22, 22)  # SigVLP's small/base/large heads
-    assert rope_split(72, 2 / 3) == (16, 16, 16)  # Primus-M
+    assert rope_split(72, 2 / 3) == (16, 16, 16)  # head_dim 72 at 2/3 (Primus-M rotates all 72: 24 + 24 + 24)
     assert rope_split(64) == (20, 22, 22)
     assert rope_split(16) == (4, 6, 6)
     for head_dim in range(6, 200):

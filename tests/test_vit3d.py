@@ -84,8 +84,35 @@ def test_sizes():
     assert ViT3dConfig(patch=[8, 16, 16], learned_grid=[2, 3, 4]).learned_grid == (2, 3, 4)  # from YAML lists
     net = create_vision_tower(vit_config("primus-m", depth=2))
     assert net.blocks[0].mlp.fc12.out_features == 2 * 2304
-    assert net.rope.split == (16, 16, 16)  # 2/3 of 72 dims
+    assert net.rope.split == (24, 24, 24) and net.rope.base == 10000.0  # all 72 dims, as timm's RotaryEmbeddingCat
     assert [b.drop_path.p for b in net.blocks] == [0.0, 0.2]
+
+
+def test_primus_m_blocks_are_eva_blocks():
+    """Primus-M's blocks (timm Eva): sub-LayerNorms before the attention and SwiGLU output projections, q and v
+    biases without a key bias, and Eva's init (output weights of block i scaled by 1 / sqrt(2 (i + 1)))."""
+    torch.manual_seed(0)
+    net = create_vision_tower(vit_config("primus-m", depth=2))
+    attn, mlp = net.blocks[1].attn, net.blocks[1].mlp
+    assert isinstance(attn.norm, torch.nn.LayerNorm) and attn.norm.normalized_shape == (864,)
+    assert isinstance(mlp.norm, torch.nn.LayerNorm) and mlp.norm.normalized_shape == (2304,)
+    assert attn.qkv.bias is None and attn.q_bias.shape == attn.v_bias.shape == (864,)
+    for i, block in enumerate(net.blocks):
+        expected = 0.02 / math.sqrt(2 * (i + 1))  # trunc-normal std 0.02 (cut at +-2: no cut in effect)
+        for weight in (block.attn.proj.weight, block.mlp.fc3.weight):
+            assert weight.std().item() == pytest.approx(expected, rel=0.03)
+    he_std = math.sqrt(2 / (1 + 0.01 ** 2) / 8 ** 3)  # kaiming normal, negative slope 0.01, fan_in 512
+    assert net.patch_embed.proj.weight.std().item() == pytest.approx(he_std, rel=0.03)
+    assert not net.patch_embed.proj.bias.any()
+    plain = create_vision_tower(vit_config("debug"))
+    assert isinstance(plain.blocks[0].attn.norm, torch.nn.Identity) and plain.blocks[0].attn.qkv.bias is not None
+    x = torch.randn(2, 5, 864)
+    with torch.no_grad():
+        attn.q_bias.normal_(), attn.v_bias.normal_()
+    bias = torch.cat((attn.q_bias, torch.zeros(864), attn.v_bias))
+    q, k, v = torch.nn.functional.linear(x, attn.qkv.weight, bias).chunk(3, dim=-1)
+    torch.testing.assert_close(attn._qkv(x), torch.cat((q, k, v), dim=-1))
+    assert torch.equal(k, x @ attn.qkv.weight[864:1728].T)  # the keys have no bias
 
 
 def test_rope_encoder_is_translation_equivariant_in_z():

@@ -98,3 +98,43 @@ def test_heads():
     assert out.shape == (6, 4)
     with pytest.raises(ValueError, match="projection must be"):
         Projection(8, 4, "deep")
+
+
+def test_projected_attention_pool_matches_a_plain_reference_and_ignores_padding():
+    """COLIPRI's head: Linear to dim, then one query (mean of the projected valid tokens) attending over them
+    per head (softmax(q k / sqrt(d)) v), heads joined by the output projection; padded tokens change nothing."""
+    from ctvlp.models.heads import ProjectedAttentionPool
+
+    torch.manual_seed(0)
+    pool = ProjectedAttentionPool(6, 8, heads=2)
+    with torch.no_grad():
+        pool.attn.in_proj_bias.normal_(), pool.attn.out_proj.bias.normal_()
+    tokens, mask = torch.randn(2, 5, 6), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    out = pool(tokens, mask)
+    wq, wk, wv = pool.attn.in_proj_weight.chunk(3)
+    bq, bk, bv = pool.attn.in_proj_bias.chunk(3)
+    for b, n in ((0, 3), (1, 5)):
+        x = pool.proj(tokens[b, :n])  # (n, 8)
+        q, k, v = x.mean(0) @ wq.T + bq, x @ wk.T + bk, x @ wv.T + bv
+        heads = [torch.softmax(k[:, h] @ q[h] / 2.0, dim=0) @ v[:, h] for h in (slice(0, 4), slice(4, 8))]
+        torch.testing.assert_close(out[b], pool.attn.out_proj(torch.cat(heads)), atol=1e-6, rtol=1e-5)
+    changed = tokens.clone()
+    changed[0, 3:] = 100.0
+    torch.testing.assert_close(pool(changed, mask), out)
+    torch.testing.assert_close(pool(tokens[1:]), out[1:])  # no mask: every token
+    with pytest.raises(ValueError, match="image_pool_heads"):
+        ProjectedAttentionPool(6, 8, heads=3)
+
+
+def test_projected_attention_pool_replaces_the_image_projection():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vision=vit_config("debug", patch=(4, 8, 8)), embed_dim=16, image_pool="projected_attention",
+                      image_pool_heads=4, text=TextTowerConfig(name="tiny"))
+    model = VisionLanguageModel(cfg).eval()
+    assert isinstance(model.image_proj, torch.nn.Identity) and model.image_pool.attn.num_heads == 4
+    image = torch.randn(2, 1, 8, 16, 16)
+    feats = model.image_features(image)
+    assert feats["pooled"].shape == (2, 16)
+    torch.testing.assert_close(model.encode_image(image), torch.nn.functional.normalize(feats["pooled"], dim=-1))
+    with pytest.raises(ValueError, match="image_pool_heads"):
+        ModelConfig(embed_dim=16, image_pool="projected_attention")  # 12 heads do not divide 16

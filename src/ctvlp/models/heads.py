@@ -41,8 +41,9 @@ def multiscale_pool(tokens: torch.Tensor, mask: torch.Tensor | None, grid: tuple
 
 
 class AttentionPool(nn.Module):
-    """Multi-head attention pooling with the masked mean token as the query (COLIPRI's image and text
-    heads): out = softmax(q K^T / sqrt(d)) V over the valid tokens, q = masked_mean(tokens)."""
+    """Multi-head attention pooling with the masked mean token as the query, after a LayerNorm
+    (``image_pool="attention"``): out = softmax(q K^T / sqrt(d)) V over the valid tokens,
+    q = masked_mean(tokens). COLIPRI's own image head is :class:`ProjectedAttentionPool`."""
 
     def __init__(self, width: int, heads: int = 8):
         super().__init__()
@@ -62,6 +63,29 @@ class AttentionPool(nn.Module):
         attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, N)
         pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, 1, d)
         return self.out(pooled.reshape(b, c))
+
+
+class ProjectedAttentionPool(nn.Module):
+    """COLIPRI's image head: tokens projected to the shared dimension (the authors' 1x1x1 Conv3d with bias,
+    here the same map as a Linear on tokens), then torch's ``nn.MultiheadAttention`` whose one query is the
+    masked mean of the projected tokens; no LayerNorm. tokens (B, N, width), mask (B, N) -> (B, dim).
+
+    The output is already in the shared space (no projection follows it). Padded tokens are neither keys
+    nor part of the query's mean (the authors pool whole fixed-size crops without a mask)."""
+
+    def __init__(self, width: int, dim: int, heads: int = 12):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"image pool dimension {dim} is not divisible by image_pool_heads {heads}")
+        self.proj = nn.Linear(width, dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.proj(tokens)  # (B, N, dim)
+        query = masked_mean(x, mask)[:, None]  # (B, 1, dim)
+        padding = None if mask is None else ~mask.bool()  # (B, N), True = ignore
+        pooled, _ = self.attn(query, x, x, key_padding_mask=padding, need_weights=False)  # (B, 1, dim)
+        return pooled[:, 0]
 
 
 class Projection(nn.Module):

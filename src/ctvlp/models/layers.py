@@ -1,4 +1,9 @@
-"""Building blocks of the 3D ViT: patch embedding, attention with 3D RoPE, MLP/SwiGLU, pre-norm block."""
+"""Building blocks of the 3D ViT: patch embedding, attention with 3D RoPE, MLP/SwiGLU, pre-norm block.
+
+The Eva options (timm's ``EvaBlock``, used by COLIPRI's Primus-M): ``k_bias=False`` (no key bias: with
+RoPE a key bias is not a constant shift of the scores), and sub-LayerNorms (``scale_attn_inner``: a
+LayerNorm on the attention output before its projection; ``scale_mlp``: a LayerNorm on the hidden
+activations before the MLP's output projection)."""
 
 from __future__ import annotations
 
@@ -71,48 +76,66 @@ class PatchEmbed3d(nn.Module):
 
 class Attention(nn.Module):
     """Multi-head self-attention; RoPE on q and k; ``F.scaled_dot_product_attention`` (flash/efficient
-    kernels on GPU). ``key_mask`` (B, N) bool, True on tokens that may be attended to, or None."""
+    kernels on GPU). ``key_mask`` (B, N) bool, True on tokens that may be attended to, or None.
 
-    def __init__(self, width: int, heads: int, qkv_bias: bool = True):
+    ``k_bias=False`` (with ``qkv_bias``): q and v have biases (``q_bias``, ``v_bias``), k has none, as
+    in timm's ``EvaAttention``. ``inner_norm``: a LayerNorm over the heads' concatenated output before
+    ``proj`` (Eva's ``scale_attn_inner``)."""
+
+    def __init__(self, width: int, heads: int, qkv_bias: bool = True, k_bias: bool = True,
+                 inner_norm: bool = False):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.heads, self.head_dim = heads, width // heads
-        self.qkv = nn.Linear(width, 3 * width, bias=qkv_bias)
+        split_bias = qkv_bias and not k_bias
+        self.qkv = nn.Linear(width, 3 * width, bias=qkv_bias and not split_bias)
+        if split_bias:
+            self.q_bias, self.v_bias = nn.Parameter(torch.zeros(width)), nn.Parameter(torch.zeros(width))
+        self.norm = nn.LayerNorm(width) if inner_norm else nn.Identity()
         self.proj = nn.Linear(width, width)
+
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "q_bias"):
+            return self.qkv(x)
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))  # (3C,): no key bias
+        return F.linear(x, self.qkv.weight, bias)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
+        q, k, v = self._qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, N, d)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))  # (B, N, C)
+        return self.proj(self.norm(out.transpose(1, 2).reshape(b, n, c)))  # (B, N, C)
 
 
 class Mlp(nn.Module):
-    """Linear -> GELU -> Linear."""
+    """Linear -> GELU -> [LayerNorm] -> Linear (``inner_norm``: Eva's ``scale_mlp``)."""
 
-    def __init__(self, width: int, hidden: int):
+    def __init__(self, width: int, hidden: int, inner_norm: bool = False):
         super().__init__()
         self.fc1, self.act, self.fc2 = nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width)
+        self.norm = nn.LayerNorm(hidden) if inner_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.norm(self.act(self.fc1(x))))
 
 
 class SwiGLU(nn.Module):
-    """out = W3 (SiLU(W1 x) * W2 x) (Shazeer 2020); hidden ~ 8/3 width keeps the MLP's parameter count."""
+    """out = W3 [LN] (SiLU(W1 x) * W2 x) (Shazeer 2020); hidden ~ 8/3 width keeps the MLP's parameter count.
+    ``inner_norm``: a LayerNorm on the gated hidden activations (Eva's ``scale_mlp``)."""
 
-    def __init__(self, width: int, hidden: int):
+    def __init__(self, width: int, hidden: int, inner_norm: bool = False):
         super().__init__()
         self.fc12, self.fc3 = nn.Linear(width, 2 * hidden), nn.Linear(hidden, width)
+        self.norm = nn.LayerNorm(hidden) if inner_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, value = self.fc12(x).chunk(2, dim=-1)  # 2 x (B, N, hidden)
-        return self.fc3(F.silu(gate) * value)
+        return self.fc3(self.norm(F.silu(gate) * value))
 
 
 class LayerScale(nn.Module):
@@ -146,15 +169,18 @@ class DropPath(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + DropPath(LS(Attn(LN x))), then x + DropPath(LS(MLP(LN x)))."""
+    """Pre-norm transformer block: x + DropPath(LS(Attn(LN x))), then x + DropPath(LS(MLP(LN x))).
+    ``sub_norms``: the attention and the MLP each get their inner LayerNorm (timm Eva's
+    ``scale_attn_inner`` and ``scale_mlp``); ``k_bias=False``: no key bias."""
 
     def __init__(self, width: int, heads: int, mlp: str = "gelu", mlp_ratio: float = 4.0,
-                 layerscale: float | None = None, drop_path: float = 0.0):
+                 layerscale: float | None = None, drop_path: float = 0.0, sub_norms: bool = False,
+                 k_bias: bool = True):
         super().__init__()
         hidden = round(width * mlp_ratio)
-        self.norm1, self.attn = nn.LayerNorm(width), Attention(width, heads)
+        self.norm1, self.attn = nn.LayerNorm(width), Attention(width, heads, k_bias=k_bias, inner_norm=sub_norms)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = {"gelu": Mlp, "swiglu": SwiGLU}[mlp](width, hidden)
+        self.mlp = {"gelu": Mlp, "swiglu": SwiGLU}[mlp](width, hidden, inner_norm=sub_norms)
         self.ls1 = nn.Identity() if layerscale is None else LayerScale(width, layerscale)
         self.ls2 = nn.Identity() if layerscale is None else LayerScale(width, layerscale)
         self.drop_path = DropPath(drop_path)

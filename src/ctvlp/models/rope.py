@@ -1,7 +1,7 @@
 """Axial 3D rotary position embedding (RoPE) for volumes of patch tokens (SigVLP, COLIPRI/Primus).
 
-Each head's first ``r`` dimensions are rotated, the rest pass through unchanged (``fraction``:
-COLIPRI rotates 2/3 of each head, SigVLP all of it). The rotated dimensions are split into three
+Each head's first ``r`` dimensions are rotated, the rest pass through unchanged (``fraction``; SigVLP
+and COLIPRI rotate all of each head). The rotated dimensions are split into three
 consecutive blocks ``(d_z, d_y, d_x)``, one per axis. Inside the block of axis ``a`` the pair
 ``(2k, 2k + 1)`` is rotated by the angle
 
@@ -15,9 +15,14 @@ nothing bounds ``p_z``, so any number of slices works.
 Block sizes: ``r = 2 * floor(fraction * head_dim / 2)`` rotated dimensions, i.e. ``P = r / 2`` pairs,
 shared as equally as possible with the one or two left-over pairs going to x, then y (the in-plane
 axes usually have the longer grids): ``P = 33`` (head_dim 66, SigVLP) -> 22 + 22 + 22 dims;
-head_dim 72 at 2/3 (Primus-M) -> 16 + 16 + 16; head_dim 64 -> 20 + 22 + 22. Every block is even
-for any head_dim. An explicit ``split`` (e.g. METHODS.md's 16 + 24 + 24 for head_dim 64) overrides
-the rule.
+head_dim 72 (Primus-M) -> 24 + 24 + 24, at 2/3 -> 16 + 16 + 16; head_dim 64 -> 20 + 22 + 22. Every
+block is even for any head_dim. An explicit ``split`` (e.g. METHODS.md's 16 + 24 + 24 for head_dim 64)
+overrides the rule.
+
+With ``base`` 10000 and equal blocks this is timm's ``RotaryEmbeddingCat(in_pixels=False)`` as Primus
+(COLIPRI) uses it: ``d_a / 2`` bands ``10000 ** (-k / (d_a / 2))`` per axis, each angle repeated for
+the two dims of its interleaved pair, the axes' blocks concatenated in the order of the tensor's axes
+(theirs (x, y, z), ours (z, y, x): ``ctvlp.models.import_colipri`` permutes the blocks).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ a larger input is an error), or ``none``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -56,11 +57,19 @@ class ViT3dConfig:
     rope_base: float = 1000.0
     """RoPE base b (angle p * b^(-2k/d)); SigVLP's ablation prefers 1000 over 10000."""
     rope_fraction: float = 1.0
-    """Fraction of each head's dims that RoPE rotates (COLIPRI/Primus: 2/3)."""
+    """Fraction of each head's dims that RoPE rotates (SigVLP and COLIPRI/Primus: all)."""
     rope_split: Triple | None = None
     """Rotated dims per axis (d_z, d_y, d_x); None: the near-equal rule of ``ctvlp.models.rope``."""
     layerscale: float | None = None
     """Initial LayerScale value on both residual branches; None: no LayerScale."""
+    sub_norms: bool = False
+    """Eva's sub-LayerNorms in every block: on the attention output before its projection
+    (``scale_attn_inner``) and on the MLP's hidden activations before its output (``scale_mlp``)."""
+    k_bias: bool = True
+    """A bias on the keys (False: q and v only, as Eva)."""
+    eva_init: bool = False
+    """Eva's init: the timm ViT init, then each block i's attention and MLP output weights divided by
+    sqrt(2 (i + 1)), and the patch conv He-normal (negative slope 0.01) with zero bias (Primus)."""
     drop_path: float = 0.0
     """Stochastic depth of the last block; block i uses drop_path * i / (depth - 1)."""
     stem: Literal["none", "conv"] = "none"
@@ -107,10 +116,16 @@ SIZES: dict[str, dict] = {
     "small": dict(width=396, depth=12, heads=6, patch=(16, 16, 16)),
     "base": dict(width=792, depth=12, heads=12, patch=(16, 16, 16)),
     "large": dict(width=1056, depth=24, heads=16, patch=(16, 16, 16)),
-    "primus-m": dict(width=864, depth=16, heads=12, patch=(8, 8, 8), mlp="swiglu", rope_fraction=2 / 3,
-                     layerscale=0.1, drop_path=0.2),
+    "primus-m": dict(width=864, depth=16, heads=12, patch=(8, 8, 8), mlp="swiglu", rope_base=10000.0,
+                     rope_split=(24, 24, 24), layerscale=0.1, drop_path=0.2, sub_norms=True, k_bias=False,
+                     eva_init=True),
 }
-"""Named sizes: SigVLP's small/base/large (authors' code), COLIPRI's Primus-M, and a tiny debug one."""
+"""Named sizes: SigVLP's small/base/large (authors' code), COLIPRI's Primus-M, and a tiny debug one.
+
+Primus-M is the authors' tower (``colipri`` on PyPI: ``dynamic_network_architectures``' Primus over timm's
+Eva blocks), checked weight for weight in ``tests/test_colipri_equivalence.py``: SwiGLU with sub-LayerNorms,
+no key bias, LayerScale 0.1, drop-path 0.2, and timm's ``RotaryEmbeddingCat`` over all 72 dims of each
+head (12 frequency bands base 10000 per axis: 24 + 24 + 24 dims)."""
 
 
 def list_sizes() -> list[str]:
@@ -149,13 +164,26 @@ class VisionTransformer3d(nn.Module):
         self.rope = Rope3d(head_dim, cfg.rope_base, cfg.rope_fraction, cfg.rope_split) if cfg.pos == "rope" else None
         self.pos_embed = nn.Parameter(torch.zeros(1, *cfg.learned_grid, cfg.width)) if cfg.pos == "learned" else None
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
-        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp, cfg.mlp_ratio, cfg.layerscale, rate)
-                                    for rate in rates)
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp, cfg.mlp_ratio, cfg.layerscale, rate,
+                                          sub_norms=cfg.sub_norms, k_bias=cfg.k_bias) for rate in rates)
         self.norm = nn.LayerNorm(cfg.width)
         self.grad_checkpointing = cfg.grad_checkpointing
         self.apply(init_linear)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if cfg.eva_init:
+            self._eva_init()
+
+    @torch.no_grad()
+    def _eva_init(self) -> None:
+        """Eva's depth rescaling of the residual branches' output weights, Primus' He-normal patch conv."""
+        for i, block in enumerate(self.blocks):
+            block.attn.proj.weight.div_(math.sqrt(2.0 * (i + 1)))
+            (block.mlp.fc3 if hasattr(block.mlp, "fc3") else block.mlp.fc2).weight.div_(math.sqrt(2.0 * (i + 1)))
+        for conv in self.patch_embed.modules():
+            if isinstance(conv, nn.Conv3d):
+                nn.init.kaiming_normal_(conv.weight, a=1e-2)
+                nn.init.zeros_(conv.bias)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable

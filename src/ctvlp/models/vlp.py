@@ -21,7 +21,7 @@ from torch import nn
 from ctvlp.data.reports import sentence_findings
 from ctvlp.losses.caption import next_token_targets
 from ctvlp.models.decoder import DecoderConfig, ReportDecoder
-from ctvlp.models.heads import AttentionPool, Projection, masked_max, multiscale_pool
+from ctvlp.models.heads import AttentionPool, ProjectedAttentionPool, Projection, masked_max, multiscale_pool
 from ctvlp.models.mae import MaeDecoder, MaeDecoderConfig, masked_autoencoder_step
 from ctvlp.models.resnet3d import ResNet3dConfig
 from ctvlp.models.text import TextTower, TextTowerConfig
@@ -44,10 +44,14 @@ class ModelConfig:
     """The text tower (default: the packaged all-MiniLM-L6-v2)."""
     embed_dim: int = 256
     """Dimension of the shared embedding space."""
-    image_pool: Literal["mean", "max", "attention", "multiscale"] = "mean"
+    image_pool: Literal["mean", "max", "attention", "multiscale", "projected_attention"] = "mean"
     """How image tokens become one vector: masked mean, masked channel-wise max (small findings are not
-    diluted by the volume's size), attention pooling (COLIPRI) or the global mean concatenated with the
-    means of a 2 x 2 x 2 grid of cells (Uniferum; 9 x the width into the projection)."""
+    diluted by the volume's size), attention pooling, the global mean concatenated with the
+    means of a 2 x 2 x 2 grid of cells (Uniferum; 9 x the width into the projection), or COLIPRI's head
+    (``projected_attention``: tokens projected to ``embed_dim``, then multi-head attention with the mean
+    as the query; it replaces the image projection, see ``heads.ProjectedAttentionPool``)."""
+    image_pool_heads: int = 12
+    """Attention heads of the ``projected_attention`` pool (COLIPRI: 12; must divide ``embed_dim``)."""
     projection: Literal["linear", "mlp", "mlp_bn"] = "linear"
     """Projection head of both towers (see :class:`~ctvlp.models.heads.Projection`)."""
     init_logit_scale: float = math.log(10.0)
@@ -104,8 +108,14 @@ class ModelConfig:
             raise ValueError(f"sentence_match must be 'text' or 'findings', got {self.sentence_match!r}")
         if self.embed_dim < 1:
             raise ValueError("embed_dim must be positive")
-        if self.image_pool not in ("mean", "max", "attention", "multiscale"):
-            raise ValueError(f"image_pool must be 'mean', 'max', 'attention' or 'multiscale', got {self.image_pool!r}")
+        pools = ("mean", "max", "attention", "multiscale", "projected_attention")
+        if self.image_pool not in pools:
+            raise ValueError(f"image_pool must be one of {', '.join(pools)}; got {self.image_pool!r}")
+        if self.image_pool == "projected_attention" and self.embed_dim % self.image_pool_heads:
+            raise ValueError(f"image_pool_heads {self.image_pool_heads} must divide embed_dim {self.embed_dim}")
+        if self.image_pool == "projected_attention" and self.visual_enhancement:
+            raise ValueError("model.visual_enhancement adds to the tower-width pooled vector; "
+                             "image_pool='projected_attention' pools to embed_dim")
         if self.text_input not in ("text", "sentences"):
             raise ValueError(f"text_input must be 'text' or 'sentences', got {self.text_input!r}")
         if self.max_logit_scale <= 0 or math.exp(self.init_logit_scale) > self.max_logit_scale:
@@ -133,9 +143,13 @@ class VisionLanguageModel(nn.Module):
         self.cfg = cfg
         self.vision = create_vision_tower(cfg.vision)
         self.text = TextTower(cfg.text)
-        self.image_pool = AttentionPool(self.vision.width) if cfg.image_pool == "attention" else None
-        pooled_width = self.vision.width * (9 if cfg.image_pool == "multiscale" else 1)
-        self.image_proj = Projection(pooled_width, cfg.embed_dim, cfg.projection)
+        if cfg.image_pool == "projected_attention":  # COLIPRI: the pool projects; nothing follows it
+            self.image_pool = ProjectedAttentionPool(self.vision.width, cfg.embed_dim, cfg.image_pool_heads)
+            self.image_proj = nn.Identity()
+        else:
+            self.image_pool = AttentionPool(self.vision.width) if cfg.image_pool == "attention" else None
+            pooled_width = self.vision.width * (9 if cfg.image_pool == "multiscale" else 1)
+            self.image_proj = Projection(pooled_width, cfg.embed_dim, cfg.projection)
         self.text_proj = Projection(self.text.width, cfg.embed_dim, cfg.projection)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))

@@ -76,7 +76,8 @@ def cohort_variant(cfg: TrainConfig) -> TrainConfig:
     text = dataclasses.replace(demo.model.text, pooling=cfg.model.text.pooling)
     vision = _vision(cfg.model.vision, demo.model.vision, max_depth, size)
     mae = cfg.model.mae and dataclasses.replace(cfg.model.mae, width=vision.width // 2, heads=vision.heads)
-    model = dataclasses.replace(cfg.model, vision=vision, text=text, embed_dim=demo.model.embed_dim, mae=mae)
+    model = dataclasses.replace(cfg.model, vision=vision, text=text, embed_dim=demo.model.embed_dim, mae=mae,
+                                image_pool_heads=4)  # pool kind kept; COLIPRI's 12 heads do not divide 256
     sampler = dataclasses.replace(cfg.data.sampler, size=size, chunk_depth=chunk_depth,
                                   max_slices=COHORT_MAX_SLICES if whole else None)
     data = dataclasses.replace(cfg.data, sampler=sampler, batch_size=demo.data.batch_size)

@@ -1,8 +1,15 @@
-"""COLIPRI (METHODS.md): Primus-M encoder (8^3 patches, SwiGLU, RoPE on 2/3 of the head dimensions,
-LayerScale 0.1, drop-path 0.2) on 2 mm volumes cropped to 160^3, attention pooling for image and text,
+"""COLIPRI (METHODS.md): the authors' Primus-M encoder (8^3 patches, 16 Eva blocks of width 864 with 12
+heads: SwiGLU with sub-LayerNorms, no key bias, RoPE over all 72 dims of each head with base 10000 as
+24 + 24 + 24, LayerScale 0.1, drop-path 0.2; checked against their ``colipri`` package in
+tests/test_colipri_equivalence.py) on 2 mm volumes cropped to 160^3; their image head (a 1x1x1 projection
+864 -> 768, then 12-head attention pooling with the mean token as query) and attention pooling for text,
 reports rewritten into organ sections with positive and negative findings; image-report steps
 optimise CLIP + 0.5 x Opposite Sentence Loss (K = 8) + report generation (a 4-layer decoder
-cross-attending to the image tokens) and alternate 1:1 with MAE steps (75 % masking, light decoder)."""
+cross-attending to the image tokens) and alternate 1:1 with MAE steps (75 % masking, light decoder).
+
+METHODS.md's "RoPE on 2/3 of each head's dimensions" reads Primus' ``rope_dim = head_dim / 1.5`` (48), but
+timm's ``RotaryEmbeddingCat(48)`` on a 3D grid makes 48 / 4 = 12 bands per axis, 2 dims each: all 72 dims
+rotate (measured on the authors' package; ours followed METHODS.md until issue 17)."""
 
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ def recipe() -> TrainConfig:
     return TrainConfig(
         recipe="colipri",
         model=ModelConfig(vision=vision, text=TextTowerConfig(name="minilm", pooling="attention"), embed_dim=768,
-                          image_pool="attention", init_logit_scale=math.log(1 / 0.07),
+                          image_pool="projected_attention", image_pool_heads=12, init_logit_scale=math.log(1 / 0.07),
                           decoder=DecoderConfig(width=512, depth=4, heads=8, max_length=256),
                           mae=MaeDecoderConfig(width=256, depth=2, heads=8), mae_ratio=0.75),
         data=DataConfig(sampler=sampler, batch_size=8, max_text_tokens=256, osl_pairs=8),

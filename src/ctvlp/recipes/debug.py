@@ -28,7 +28,8 @@ def debug_variant(cfg: TrainConfig) -> TrainConfig:
         cfg.model, vision=vision, text=TextTowerConfig(name="tiny", pooling=cfg.model.text.pooling), embed_dim=32,
         seg=cfg.model.seg and VoxelHeadConfig(embed_dim=8, hidden=16),
         decoder=cfg.model.decoder and DecoderConfig(width=32, depth=1, heads=2, max_length=64),
-        mae=cfg.model.mae and MaeDecoderConfig(width=32, depth=1, heads=2))
+        mae=cfg.model.mae and MaeDecoderConfig(width=32, depth=1, heads=2),
+        image_pool_heads=4)  # the pool kind is kept; COLIPRI's 12 heads do not divide embed_dim 32
     sampler = dataclasses.replace(cfg.data.sampler, size=(32, 32), chunk_depth=8,
                                   max_slices=16 if cfg.data.sampler.mode == "whole" else None)
     data = dataclasses.replace(cfg.data, sampler=sampler, batch_size=4, num_workers=0, max_text_tokens=64)
