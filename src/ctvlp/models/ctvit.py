@@ -269,6 +269,15 @@ class CTViT(nn.Module):
         self.temporal = Transformer(cfg, cfg.temporal_depth)
         self.vq = CosineVectorQuantizer(cfg.width, cfg.codebook_size, cfg.vq_decay)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each transformer layer in the backward pass."""
+        self.spatial.grad_checkpointing = self.temporal.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that should not be weight-decayed (timm's convention): none (their optimiser
+        decays everything)."""
+        return set()
+
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, Z, Y, X) -> (B, z, y, x, C*pz*py*px), patch vector ordered (c, pz, py, px) as theirs."""
         b, c = x.shape[:2]
