@@ -88,11 +88,21 @@ def test_cohort_variant_keeps_the_method_and_runs(name):
     assert cfg.loss == paper.loss and cfg.optim.name == paper.optim.name
     assert (cfg.data.sampler.mode, cfg.data.sampler.padding, cfg.data.sampler.text) == \
            (paper.data.sampler.mode, paper.data.sampler.padding, paper.data.sampler.text)
-    assert cfg.model.vision.pos == paper.model.vision.pos and cfg.model.vision.rope_base == paper.model.vision.rope_base
+    assert cfg.model.vision.kind == paper.model.vision.kind
+    if cfg.model.vision.kind == "ctvit":  # CTViT: the demo's width and patch, half its depth spatial, half temporal
+        v = cfg.model.vision
+        assert (v.spatial_depth + v.temporal_depth, v.width, v.patch) == \
+               (demo.model.vision.depth, demo.model.vision.width, demo.model.vision.patch)
+        assert v.image_size == (COHORT_MAX_SLICES, *demo.data.sampler.size) and v.codebook_size == 1024
+        assert cfg.data.sampler.min_depth == cfg.eval.sampler.min_depth == COHORT_MAX_SLICES
+        assert cfg.model.init_logit_scale == paper.model.init_logit_scale == 1.0
+    else:
+        assert cfg.model.vision.pos == paper.model.vision.pos and \
+               cfg.model.vision.rope_base == paper.model.vision.rope_base
+        assert (cfg.model.vision.width, cfg.model.vision.depth, cfg.model.vision.patch) == \
+               (demo.model.vision.width, demo.model.vision.depth, demo.model.vision.patch)
     assert (cfg.model.image_pool, cfg.model.projection, cfg.model.text_input) == \
            (paper.model.image_pool, paper.model.projection, paper.model.text_input)
-    assert (cfg.model.vision.width, cfg.model.vision.depth, cfg.model.vision.patch) == \
-           (demo.model.vision.width, demo.model.vision.depth, demo.model.vision.patch)
     assert cfg.data.sampler.size == demo.data.sampler.size and cfg.data.batch_size == demo.data.batch_size
     if paper.model.mae is not None:  # MAE's decoder stays lighter than the encoder
         assert cfg.model.mae.width == cfg.model.vision.width // 2 and cfg.model.mae.depth == paper.model.mae.depth
@@ -105,7 +115,7 @@ def test_cohort_variant_keeps_the_method_and_runs(name):
     torch.manual_seed(0)
     model = VisionLanguageModel(cfg.model).eval()
     with torch.no_grad():  # the largest cohort input: a whole evaluation volume of COHORT_MAX_SLICES slices
-        for d in {depth, COHORT_MAX_SLICES}:
+        for d in {depth, COHORT_MAX_SLICES} if cfg.model.vision.kind != "ctvit" else {COHORT_MAX_SLICES}:
             emb = model.encode_image(torch.randn(2, cfg.model.vision.in_chans, d, *cfg.data.sampler.size))
             assert emb.shape == (2, cfg.model.embed_dim) and torch.isfinite(emb).all()
 

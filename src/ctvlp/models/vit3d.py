@@ -146,6 +146,10 @@ def vit_config(name: str, **overrides) -> ViT3dConfig:
 def create_vision_tower(cfg) -> nn.Module:
     """The tower a vision config describes: :class:`VisionTransformer3d` for a :class:`ViT3dConfig`,
     MONAI's 3D ResNet (:mod:`ctvlp.models.resnet3d`) for a ``ResNet3dConfig``; both return the same dict."""
+    if getattr(cfg, "kind", "vit") == "ctvit":
+        from ctvlp.models.ctvit import CTViT
+
+        return CTViT(cfg)
     if getattr(cfg, "kind", "vit") == "resnet":
         from ctvlp.models.resnet3d import create_resnet_tower
 

@@ -23,6 +23,7 @@ from ctvlp.losses.caption import next_token_targets
 from ctvlp.models.decoder import DecoderConfig, ReportDecoder
 from ctvlp.models.heads import AttentionPool, ProjectedAttentionPool, Projection, masked_max, multiscale_pool
 from ctvlp.models.mae import MaeDecoder, MaeDecoderConfig, masked_autoencoder_step
+from ctvlp.models.ctvit import CTViTConfig
 from ctvlp.models.resnet3d import ResNet3dConfig
 from ctvlp.models.text import TextTower, TextTowerConfig
 from ctvlp.models.vit3d import ViT3dConfig, create_vision_tower
@@ -37,7 +38,7 @@ OUTPUT_GROUPS = ("pairs", "seg", "labels", "caption", "osl", "mae")
 class ModelConfig:
     """A vision tower, a text tower and the heads that join them."""
 
-    vision: ViT3dConfig | ResNet3dConfig = field(default_factory=ViT3dConfig)
+    vision: ViT3dConfig | ResNet3dConfig | CTViTConfig = field(default_factory=ViT3dConfig)
     """The vision tower: a 3D ViT (``ctvlp.models.vit3d.vit_config`` for named sizes) or MONAI's 3D
     ResNet (``ctvlp.models.resnet3d.resnet_config``; ``--set 'model.vision={kind: resnet, depth: 10}'``)."""
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
@@ -149,6 +150,7 @@ class VisionLanguageModel(nn.Module):
         else:
             self.image_pool = AttentionPool(self.vision.width) if cfg.image_pool == "attention" else None
             pooled_width = self.vision.width * (9 if cfg.image_pool == "multiscale" else 1)
+            pooled_width = getattr(self.vision, "pooled_width", pooled_width)  # CTViT: CT-CLIP's flattened slab mean
             self.image_proj = Projection(pooled_width, cfg.embed_dim, cfg.projection)
         self.text_proj = Projection(self.text.width, cfg.embed_dim, cfg.projection)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from ctvlp.models.ctvit import CTViTConfig, ctvit_config
 from ctvlp.models.resnet3d import ResNet3dConfig
 from ctvlp.models.vit3d import ViT3dConfig
 from ctvlp.train.config import TrainConfig
@@ -55,6 +56,10 @@ def _vision(vision, demo: ViT3dConfig, max_depth: int, size: tuple[int, int]):
     """The recipe's tower at the demo's size: same position mode, RoPE base, MLP, stem, pooling inputs."""
     if isinstance(vision, ResNet3dConfig):
         return dataclasses.replace(vision, depth=10, widths=RESNET_WIDTHS)
+    if isinstance(vision, CTViTConfig):  # one fixed input: COHORT_MAX_SLICES slices (the sampler pads to it)
+        return ctvit_config("ctclip", size="cohort", image_size=(COHORT_MAX_SLICES, *size), patch=demo.patch,
+                            width=demo.width, heads=demo.heads, head_dim=demo.width // demo.heads,
+                            spatial_depth=demo.depth // 2, temporal_depth=demo.depth // 2, codebook_size=1024)
     head_dim_same = vision.width // vision.heads == demo.width // demo.heads
     grid = learned_grid_for(demo.patch, max_depth, size) if vision.pos == "learned" else None
     return dataclasses.replace(vision, size="cohort", width=demo.width, depth=demo.depth, heads=demo.heads,
@@ -75,13 +80,16 @@ def cohort_variant(cfg: TrainConfig) -> TrainConfig:
     max_depth = max(chunk_depth, COHORT_MAX_SLICES)
     text = dataclasses.replace(demo.model.text, pooling=cfg.model.text.pooling)
     vision = _vision(cfg.model.vision, demo.model.vision, max_depth, size)
+    fixed = isinstance(vision, CTViTConfig)  # CTViT takes one input depth
     mae = cfg.model.mae and dataclasses.replace(cfg.model.mae, width=vision.width // 2, heads=vision.heads)
     model = dataclasses.replace(cfg.model, vision=vision, text=text, embed_dim=demo.model.embed_dim, mae=mae,
                                 image_pool_heads=4)  # pool kind kept; COLIPRI's 12 heads do not divide 256
     sampler = dataclasses.replace(cfg.data.sampler, size=size, chunk_depth=chunk_depth,
-                                  max_slices=COHORT_MAX_SLICES if whole else None)
+                                  max_slices=COHORT_MAX_SLICES if whole else None,
+                                  min_depth=COHORT_MAX_SLICES if fixed else cfg.data.sampler.min_depth)
     data = dataclasses.replace(cfg.data, sampler=sampler, batch_size=demo.data.batch_size)
-    eval_sampler = dataclasses.replace(cfg.eval.sampler, size=size, max_slices=COHORT_MAX_SLICES)
+    eval_sampler = dataclasses.replace(cfg.eval.sampler, size=size, max_slices=COHORT_MAX_SLICES,
+                                       min_depth=COHORT_MAX_SLICES if fixed else cfg.eval.sampler.min_depth)
     evaluation = dataclasses.replace(cfg.eval, sampler=eval_sampler, batch_size=demo.eval.batch_size,
                                      organ_chunk_depth=COHORT_ORGAN_CHUNK, robustness_depth=train_depth(sampler))
     optim = dataclasses.replace(cfg.optim, lr=demo.optim.lr, warmup_steps=demo.optim.warmup_steps,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ctvlp.models.ctvit import CTViTConfig, ctvit_config
 from ctvlp.models.decoder import DecoderConfig
 from ctvlp.models.mae import MaeDecoderConfig
 from ctvlp.models.resnet3d import ResNet3dConfig
@@ -18,7 +19,10 @@ from ctvlp.train.config import TrainConfig
 def debug_variant(cfg: TrainConfig) -> TrainConfig:
     """Same objective, sampler kind and optimiser; a tiny ViT (or ResNet-10 at 1/8 width), a tiny random
     text tower, 32 x 32 input."""
-    if isinstance(cfg.model.vision, ResNet3dConfig):
+    fixed_depth = None  # CTViT takes one input size: every sample is cropped/padded to exactly 16 slices
+    if isinstance(cfg.model.vision, CTViTConfig):
+        vision, fixed_depth = ctvit_config("debug", image_size=(16, 32, 32)), 16
+    elif isinstance(cfg.model.vision, ResNet3dConfig):
         vision = dataclasses.replace(cfg.model.vision, depth=10, widths=(8, 8, 16, 16))
     else:
         grid = {"learned_grid": (8, 8, 8)} if cfg.model.vision.pos == "learned" else {}
@@ -31,10 +35,12 @@ def debug_variant(cfg: TrainConfig) -> TrainConfig:
         mae=cfg.model.mae and MaeDecoderConfig(width=32, depth=1, heads=2),
         image_pool_heads=4)  # the pool kind is kept; COLIPRI's 12 heads do not divide embed_dim 32
     sampler = dataclasses.replace(cfg.data.sampler, size=(32, 32), chunk_depth=8,
-                                  max_slices=16 if cfg.data.sampler.mode == "whole" else None)
+                                  max_slices=16 if cfg.data.sampler.mode == "whole" else None,
+                                  min_depth=fixed_depth or cfg.data.sampler.min_depth)
     data = dataclasses.replace(cfg.data, sampler=sampler, batch_size=4, num_workers=0, max_text_tokens=64)
-    evaluation = dataclasses.replace(cfg.eval, sampler=dataclasses.replace(cfg.eval.sampler, size=(32, 32),
-                                                                           max_slices=16),
+    eval_sampler = dataclasses.replace(cfg.eval.sampler, size=(32, 32), max_slices=16,
+                                       min_depth=fixed_depth or cfg.eval.sampler.min_depth)
+    evaluation = dataclasses.replace(cfg.eval, sampler=eval_sampler,
                                      robustness_depth=train_depth(sampler))
     optim = dataclasses.replace(cfg.optim, warmup_steps=2)
     return dataclasses.replace(cfg, model=model, data=data, eval=evaluation, optim=optim, steps=10, log_every=2,
