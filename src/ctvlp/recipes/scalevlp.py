@@ -1,7 +1,8 @@
 """SCALE-VLP (arXiv 2511.02996; our reconstruction, METHODS.md): a 3D ViT over 256 x 256 x 32 inputs
-with 16^3 patches, the SWCA loss — SigLIP whose pairs are re-weighted by spatial (token-feature
-mean/covariance kernels) and knowledge (the frozen text tower's report-report similarity) affinities,
-alpha 0.5 — a frozen text tower (BioClinicalBERT in the paper; the packaged MiniLM offline)."""
+with 16^3 patches, the SWCA loss — SigLIP with soft targets q = 0.9 I + 0.1 A, A the unnormalised
+blend (alpha 0.5) of spatial (token-feature mean/covariance kernels) and knowledge (the frozen text
+tower's report-report similarity) affinities (METHODS.md's row-normalised W softened nothing; see
+``ctvlp.losses.swca``) — a frozen text tower (BioClinicalBERT in the paper; the packaged MiniLM offline)."""
 
 from __future__ import annotations
 
