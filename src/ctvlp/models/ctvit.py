@@ -51,20 +51,33 @@ class CTViTConfig:
     kind: Literal["ctvit"] = "ctvit"
     """Tower marker: which config a saved dict is (``vit`` / ``resnet`` / ``ctvit``)."""
     size: str = "ctclip"
+    """Named size this config came from (``ctclip``: the paper; ``debug``: tiny)."""
     in_chans: int = 1
+    """Input channels (CT-CLIP: one, HU / 1000 clipped to [-1, 1])."""
     image_size: tuple[int, int, int] = (240, 480, 480)
+    """The one input size (Z, Y, X) in voxels the tower takes; samples are cropped/padded to it."""
     patch: tuple[int, int, int] = (10, 20, 20)
+    """Patch (Z, Y, X) in voxels: 10 slices x 20 x 20 in CT-CLIP."""
     width: int = 512
+    """Token width."""
     spatial_depth: int = 4
+    """Spatial layers (attention within a slab, with the position-bias MLP)."""
     temporal_depth: int = 4
+    """Temporal layers (attention along z between the slabs at one (h, w))."""
     heads: int = 8
+    """Attention heads per layer."""
     head_dim: int = 32
+    """Width of one head."""
     ff_mult: float = 4.0
+    """GEGLU feed-forward hidden width as a multiple of ``width``."""
     attn_scale: float = 8.0
+    """Scale of the cosine-similarity attention logits (CT-CLIP: 8)."""
     codebook_size: int = 8192
+    """Codes of the cosine vector-quantised codebook."""
     vq_decay: float = 0.8
     """EMA decay of the codebook (vector-quantize-pytorch's default, which CT-CLIP keeps)."""
     grad_checkpointing: bool = False
+    """Recompute each layer in the backward pass (saves activation memory)."""
 
     def __post_init__(self):
         self.image_size = tuple(int(v) for v in self.image_size)
