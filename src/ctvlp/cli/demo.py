@@ -16,9 +16,6 @@ from pathlib import Path
 
 DIFFICULTY = "large"
 """Lesion size of the demo cohort: at ``easy`` a nodule spans about one 3 mm voxel."""
-SPACING = "3,3,6"
-"""Cache spacing (x, y, z mm) the demo recipe is sized for: a synthetic chest is then ~14 x 24 x 32
-voxels, which a 2-core CPU trains on at ~90 samples/s."""
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -62,7 +59,7 @@ def prepare_data(args: argparse.Namespace) -> tuple[Path, dict[str, float]]:
             "manifest", "ctrate", str(cohort), "--radgenome", str(cohort / "radgenome"), "--out", str(manifest)])
     seconds["prepare"] = _step("prepare the cache (finished volumes are skipped)", [
         "prepare", "--manifest", str(manifest), "--out", str(cache_dir), "--workers", str(args.workers),
-        "--spacing", SPACING, *quiet])
+        "--recipe", "demo", *(["--debug"] if args.debug else []), *quiet])
     return cache_dir, seconds
 
 

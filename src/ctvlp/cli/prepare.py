@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ctvlp.recipes import NAMES
+
 
 def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
     try:
@@ -31,10 +33,15 @@ def register(sub) -> argparse.ArgumentParser:
                                    "once per volume. Resumable; bad volumes are skipped and listed.")
     p.add_argument("--manifest", required=True, help="manifest (.parquet or .csv) from `ctvlp manifest`")
     p.add_argument("--out", required=True, help="cache directory")
-    p.add_argument("--spacing", default="1.5,1.5,3", type=lambda s: _floats(s, 3, "--spacing"),
-                   help="target spacing x,y,z in mm (default 1.5,1.5,3)")
-    p.add_argument("--window", default="-1000,1000", type=lambda s: _floats(s, 2, "--window"),
-                   help="HU window mapped to [-1, 1] at sampling time (default -1000,1000)")
+    p.add_argument("--recipe", choices=NAMES,
+                   help="prepare what this recipe trains on (its data.preprocess: spacing, HU window, body crop); "
+                        "the flags below override single settings")
+    p.add_argument("--debug", action="store_true", help="with --recipe: its tiny debug variant's preprocessing")
+    p.add_argument("--spacing", type=lambda s: _floats(s, 3, "--spacing"),
+                   help="target spacing x,y,z in mm (default: the recipe's, else 1.5,1.5,3)")
+    p.add_argument("--window", type=lambda s: _floats(s, 2, "--window"),
+                   help="HU window mapped to [-1, 1] at sampling time (default: the recipe's, else -1000,1000); "
+                        "write --window=-1000,1000")
     p.add_argument("--no-crop", action="store_true", help="keep the full field of view (no body crop)")
     p.add_argument("--no-antialias", action="store_true",
                    help="no Gaussian prefilter before downsampling (plain trilinear sampling)")
@@ -46,15 +53,35 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
+def preprocess_config(args: argparse.Namespace):
+    """The recipe's preprocessing (``--recipe``, ``--debug``), else the default, with the explicit flags applied."""
+    import dataclasses
+
+    from ctvlp.config import ConfigError
+    from ctvlp.data.preprocess import PreprocessConfig
+
+    if args.debug and not args.recipe:
+        raise ConfigError("--debug needs --recipe (the debug variant of which recipe?)")
+    if args.recipe:
+        from ctvlp.recipes import get_recipe
+
+        config = get_recipe(args.recipe, debug=args.debug).data.preprocess
+    else:
+        config = PreprocessConfig()
+    changes = {"spacing": args.spacing, "hu_window": args.window}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    changes.update({"crop_to_body": False} if args.no_crop else {})
+    changes.update({"antialias": False} if args.no_antialias else {})
+    return dataclasses.replace(config, **changes)
+
+
 def run(args: argparse.Namespace) -> int:
     from ctvlp.data.manifest import Manifest
     from ctvlp.data.prepare import prepare
-    from ctvlp.data.preprocess import PreprocessConfig
     from ctvlp.errors import BadDatasetError
 
     manifest = Manifest.load(args.manifest)
-    config = PreprocessConfig(spacing=args.spacing, hu_window=args.window, crop_to_body=not args.no_crop,
-                              antialias=not args.no_antialias)
+    config = preprocess_config(args)
     report = prepare(manifest, args.out, config, shard=args.shard, workers=args.workers, limit=args.limit,
                      progress=not args.no_progress)
     total = report.done + report.cached + len(report.failed)

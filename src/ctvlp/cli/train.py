@@ -63,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     if not (args.data / "index").is_dir():
         raise BadDatasetError(args.data, "not a cache folder (no index/); run `ctvlp prepare` first")
+    from ctvlp.data.cache import Cache
+    from ctvlp.train.requirements import check_preprocessing
+
+    custom = any(o.startswith("data.preprocess") for o in args.overrides)  # then the recipe's flags are not enough
+    check_preprocessing(cfg, Cache(args.data), None if custom else f"--recipe {args.recipe}" + " --debug" * args.debug)
     if not args.no_eval:  # an empty or damaged evaluation split stops the run before step 1, not after the last
-        from ctvlp.data.cache import Cache
         from ctvlp.train.data import split_dataset
 
         cache = Cache(args.data)

@@ -87,7 +87,7 @@ def cohort_variant(cfg: TrainConfig) -> TrainConfig:
     sampler = dataclasses.replace(cfg.data.sampler, size=size, chunk_depth=chunk_depth,
                                   max_slices=COHORT_MAX_SLICES if whole else None,
                                   min_depth=COHORT_MAX_SLICES if fixed else cfg.data.sampler.min_depth)
-    data = dataclasses.replace(cfg.data, sampler=sampler, batch_size=demo.data.batch_size)
+    data = dataclasses.replace(cfg.data, preprocess=demo.data.preprocess, sampler=sampler, batch_size=demo.data.batch_size)
     eval_sampler = dataclasses.replace(cfg.eval.sampler, size=size, max_slices=COHORT_MAX_SLICES,
                                        min_depth=COHORT_MAX_SLICES if fixed else cfg.eval.sampler.min_depth)
     evaluation = dataclasses.replace(cfg.eval, sampler=eval_sampler, batch_size=demo.eval.batch_size,

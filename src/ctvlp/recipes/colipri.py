@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.models.decoder import DecoderConfig
 from ctvlp.models.mae import MaeDecoderConfig
@@ -23,6 +24,11 @@ from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.train.config import DataConfig, EvalConfig, LossConfig, StageConfig, TrainConfig
 from ctvlp.train.optim import OptimConfig
+
+
+PREPROCESS = PreprocessConfig(spacing=(2.0, 2.0, 2.0), hu_window=(-1000.0, 1000.0), crop_to_body=False)
+"""COLIPRI's grid (its ``colipri`` package): RAS, 2 mm isotropic, clamp [-1000, 1000] -> [-1, 1], the full
+field of view; the sampler crops 160^3 for training (the paper) and 192^3 for evaluation (the package)."""
 
 
 def recipe() -> TrainConfig:
@@ -35,11 +41,11 @@ def recipe() -> TrainConfig:
                           image_pool="projected_attention", image_pool_heads=12, init_logit_scale=math.log(1 / 0.07),
                           decoder=DecoderConfig(width=512, depth=4, heads=8, max_length=256),
                           mae=MaeDecoderConfig(width=256, depth=2, heads=8), mae_ratio=0.75),
-        data=DataConfig(sampler=sampler, batch_size=8, max_text_tokens=256, osl_pairs=8),
+        data=DataConfig(preprocess=PREPROCESS, sampler=sampler, batch_size=8, max_text_tokens=256, osl_pairs=8),
         loss=LossConfig(name="clip", weights={"osl": 0.5, "caption": 1.0}),
         tasks={"mae": LossConfig(name="mae")},
         stages=(StageConfig(cycle=("pairs", "mae")),),
         optim=OptimConfig(name="adamw", lr=1e-4, warmup_steps=1000),
-        eval=EvalConfig(prompt_style="colipri", sampler=SamplerConfig(mode="whole", size=(160, 160), max_slices=160,
+        eval=EvalConfig(prompt_style="colipri", sampler=SamplerConfig(mode="whole", size=(192, 192), max_slices=192,
                                                                       text="structured"), tasks=("generation",)),
         steps=100_000)

@@ -6,12 +6,18 @@ prompts "X is present." / "X is not present.", AdamW."""
 
 from __future__ import annotations
 
+from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.models.ctvit import ctvit_config
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.train.config import DataConfig, EvalConfig, LossConfig, TrainConfig
 from ctvlp.train.optim import OptimConfig
+
+
+PREPROCESS = PreprocessConfig(spacing=(0.75, 0.75, 1.5), hu_window=(-1000.0, 1000.0), crop_to_body=False)
+"""CT-CLIP's grid: 0.75 x 0.75 x 1.5 mm, HU / 1000 clipped to [-1, 1] (= the [-1000, 1000] window), the
+full field of view centre-cropped/padded (no body crop) to 480 x 480 x 240 by the sampler."""
 
 
 def recipe() -> TrainConfig:
@@ -23,7 +29,7 @@ def recipe() -> TrainConfig:
     return TrainConfig(
         recipe="ctclip",
         model=ModelConfig(vision=vision, text=text, embed_dim=512, init_logit_scale=1.0),
-        data=DataConfig(sampler=sampler, batch_size=8),
+        data=DataConfig(preprocess=PREPROCESS, sampler=sampler, batch_size=8),
         loss=LossConfig(name="clip"),
         optim=OptimConfig(name="adamw", lr=1.25e-5, warmup_steps=1000),
         eval=EvalConfig(prompt_style="ctclip", sampler=SamplerConfig(mode="whole", size=(480, 480), max_slices=240,

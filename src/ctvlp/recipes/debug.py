@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.models.ctvit import CTViTConfig, ctvit_config
 from ctvlp.models.decoder import DecoderConfig
 from ctvlp.models.mae import MaeDecoderConfig
@@ -14,6 +15,11 @@ from ctvlp.models.vit3d import vit_config
 from ctvlp.models.voxel_head import VoxelHeadConfig
 from ctvlp.recipes.common import train_depth
 from ctvlp.train.config import TrainConfig
+
+
+DEBUG_PREPROCESS = PreprocessConfig()
+"""Every debug variant's cache: the default grid (1.5 x 1.5 x 3 mm, body crop), which `ctvlp prepare` without
+``--recipe`` makes and the tests' synthetic caches use; a 32 x 32 crop of it trains in seconds."""
 
 
 def debug_variant(cfg: TrainConfig) -> TrainConfig:
@@ -37,7 +43,7 @@ def debug_variant(cfg: TrainConfig) -> TrainConfig:
     sampler = dataclasses.replace(cfg.data.sampler, size=(32, 32), chunk_depth=8,
                                   max_slices=16 if cfg.data.sampler.mode == "whole" else None,
                                   min_depth=fixed_depth or cfg.data.sampler.min_depth)
-    data = dataclasses.replace(cfg.data, sampler=sampler, batch_size=4, num_workers=0, max_text_tokens=64)
+    data = dataclasses.replace(cfg.data, preprocess=DEBUG_PREPROCESS, sampler=sampler, batch_size=4, num_workers=0, max_text_tokens=64)
     eval_sampler = dataclasses.replace(cfg.eval.sampler, size=(32, 32), max_slices=16,
                                        min_depth=fixed_depth or cfg.eval.sampler.min_depth)
     evaluation = dataclasses.replace(cfg.eval, sampler=eval_sampler,

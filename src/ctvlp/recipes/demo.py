@@ -24,6 +24,7 @@ venous port is seen in the right chest wall."."""
 
 from __future__ import annotations
 
+from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.names import CORPUS
 from ctvlp.models.text import TextTowerConfig
@@ -40,6 +41,11 @@ DEMO_WINDOWS: tuple[tuple[float, float], ...] = ((-1000.0, 1000.0), (-1000.0, -5
 calcium (plaques above contrast-filled blood)."""
 
 
+PREPROCESS = PreprocessConfig(spacing=(3.0, 3.0, 6.0), antialias=True)
+"""The demo's cache: 3 x 3 x 6 mm, anti-aliased, so that a synthetic chest is ~14 x 24 x 32 voxels, which a
+2-core CPU trains on at ~90 samples/s (lesions are synthesised at the ``large`` size to span voxels)."""
+
+
 def recipe() -> TrainConfig:
     """The recipe's complete config (see the module docstring)."""
     vision = vit_config("small", width=192, depth=4, heads=3, patch=(4, 8, 8), pos="rope", rope_base=1000.0,
@@ -51,7 +57,7 @@ def recipe() -> TrainConfig:
         recipe="demo",
         model=ModelConfig(vision=vision, text=text, embed_dim=256, image_pool="max", projection="mlp_bn",
                           text_input="sentences", sentence_match="findings", sentence_logits=True),
-        data=DataConfig(sampler=sampler, batch_size=32, num_workers=2),
+        data=DataConfig(preprocess=PREPROCESS, sampler=sampler, batch_size=32, num_workers=2),
         loss=LossConfig(name="sentence_sigmoid", weights={"siglip": 0.1}),
         optim=OptimConfig(name="muon", lr=1e-3, warmup_steps=20),
         eval=EvalConfig(prompt_style=CORPUS, sampler=SamplerConfig(mode="whole", text="report", size=(32, 40),

@@ -7,6 +7,7 @@ tower's report-report similarity) affinities (METHODS.md's row-normalised W soft
 from __future__ import annotations
 
 from ctvlp.data.sampling import SamplerConfig
+from ctvlp.recipes.sigvlp import PREPROCESS as SIGVLP_PREPROCESS
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
@@ -23,7 +24,7 @@ def recipe() -> TrainConfig:
     return TrainConfig(
         recipe="scalevlp",
         model=ModelConfig(vision=vision, text=text, embed_dim=512, image_pool="attention", projection="mlp"),
-        data=DataConfig(sampler=sampler, batch_size=32),
+        data=DataConfig(preprocess=SIGVLP_PREPROCESS, sampler=sampler, batch_size=32),
         loss=LossConfig(name="swca", options={"swca": {"alpha": 0.5, "variant": "soft_targets", "eps": 0.1,
                                                        "knowledge": "report_emb"}}),
         optim=OptimConfig(name="adamw", lr=1e-4, warmup_steps=1000),

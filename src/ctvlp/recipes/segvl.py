@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from ctvlp.data.sampling import SamplerConfig
+from ctvlp.recipes.ctclip import PREPROCESS as CTCLIP_PREPROCESS
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
@@ -37,7 +38,7 @@ def recipe() -> TrainConfig:
         model=ModelConfig(vision=vision, text=TextTowerConfig(name="minilm", pooling="cls"), embed_dim=512,
                           projection="mlp", init_logit_scale=math.log(1 / 0.07),
                           seg=VoxelHeadConfig(embed_dim=32, hidden=256), visual_enhancement=True),
-        data=DataConfig(sampler=sampler, batch_size=8),
+        data=DataConfig(preprocess=CTCLIP_PREPROCESS, sampler=sampler, batch_size=8),
         loss=LossConfig(name="clip"),
         tasks={"masks": LossConfig(name="tversky", weights={"tversky": 0.75},
                                    options={"tversky": {"alpha": alpha, "beta": [1 - a for a in alpha]}})},

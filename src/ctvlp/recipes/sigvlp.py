@@ -4,6 +4,7 @@ pairwise sigmoid loss (t = exp(log 10), b = -10), Muon for 2-D block weights and
 
 from __future__ import annotations
 
+from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
@@ -11,6 +12,11 @@ from ctvlp.models.vlp import ModelConfig
 from ctvlp.recipes.common import train_depth
 from ctvlp.train.config import DataConfig, EvalConfig, LossConfig, TrainConfig
 from ctvlp.train.optim import OptimConfig
+
+
+PREPROCESS = PreprocessConfig(spacing=(1.5, 1.5, 1.5), hu_window=(-1000.0, 1000.0))
+"""1.5 mm slices (the paper; a 32-slice chunk is 48 mm), 1.5 mm in-plane [ours: the paper states 256 x 256
+in-plane, not its spacing; 256 x 1.5 mm = 384 mm holds a body-cropped chest], [-1000, 1000] -> [-1, 1]."""
 
 
 def recipe() -> TrainConfig:
@@ -21,7 +27,7 @@ def recipe() -> TrainConfig:
     return TrainConfig(
         recipe="sigvlp",
         model=ModelConfig(vision=vision, text=text, embed_dim=512),
-        data=DataConfig(sampler=sampler, batch_size=32),
+        data=DataConfig(preprocess=PREPROCESS, sampler=sampler, batch_size=32),
         loss=LossConfig(name="siglip"),
         optim=OptimConfig(name="muon", lr=1e-4, warmup_steps=1000),
         eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), text="report"), tasks=("organs",),

@@ -6,6 +6,7 @@ mask as an extra input channel and multi-scale token pooling; a RoPE ViT on whol
 
 from __future__ import annotations
 
+from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.names import LABEL_HEAD
 from ctvlp.models.text import TextTowerConfig
@@ -28,7 +29,8 @@ def recipe() -> TrainConfig:
         model=ModelConfig(vision=vision, text=TextTowerConfig(name="minilm", pooling="mean"), embed_dim=512,
                           image_pool="multiscale", projection="mlp", label_prompts=True,
                           seg=VoxelHeadConfig(embed_dim=32, hidden=256)),
-        data=DataConfig(sampler=sampler, batch_size=8),
+        data=DataConfig(preprocess=PreprocessConfig(spacing=(1.5, 1.5, 3.0), crop_to_body=True), sampler=sampler,
+                        batch_size=8),
         loss=LossConfig(name="siglip", weights={"masked_bce": 1.0, "tversky": 1.0}),
         optim=OptimConfig(name="adamw", lr=1e-4, warmup_steps=1000),
         eval=EvalConfig(prompt_style=LABEL_HEAD,  # zero-shot by its own sigmoid label head, as it trains

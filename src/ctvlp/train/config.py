@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.names import EVAL_TASKS
 from ctvlp.models.vlp import ModelConfig
@@ -15,6 +16,9 @@ from ctvlp.train.optim import OptimConfig
 class DataConfig:
     """What a training step reads from the cache."""
 
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    """How the cache must have been prepared (spacing, HU window, body crop): `ctvlp prepare --recipe NAME`
+    makes it, and `ctvlp train` refuses a cache prepared otherwise before loading any weights."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     """How a sample is drawn (whole volume or z-chunk, padding, in-plane size, text)."""
     batch_size: int = 16

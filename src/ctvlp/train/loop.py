@@ -30,7 +30,7 @@ from ctvlp.train.config import TrainConfig
 from ctvlp.train.data import checked, drop_bad_samples, require_split, set_epoch, train_loader
 from ctvlp.train.metrics_log import MetricsLog
 from ctvlp.train.objective import Objective
-from ctvlp.train.requirements import check_frozen, check_requirements
+from ctvlp.train.requirements import check_frozen, check_preprocessing, check_requirements
 from ctvlp.train.optim import build_optimizer
 from ctvlp.train.schedule import build_scheduler
 
@@ -69,6 +69,7 @@ class Trainer:
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.place = distributed.setup()
         self.cache = Cache(data)
+        check_preprocessing(cfg, self.cache)
         require_split(self.cache, cfg.data.train_split)
         check_requirements(cfg, self.cache)
         bad = drop_bad_samples(self.cache, cfg.data, self.out if self.place.is_main else None)

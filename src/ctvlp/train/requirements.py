@@ -16,6 +16,7 @@ import pandas as pd
 from ctvlp.config import ConfigError
 from ctvlp.data.cache import Cache
 from ctvlp.data.manifest import LABEL_PREFIX
+from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.reports import canonical_organ
 from ctvlp.errors import BadDatasetError
 from ctvlp.train.config import TrainConfig
@@ -101,3 +102,35 @@ def check_frozen(cfg: TrainConfig, parameter_names: list[str]) -> None:
         listed = ", ".join(f"stages[{i}].frozen {prefix!r}" for i, prefix in bad)
         raise ConfigError(f"{listed} matches no parameter of the model, so it would freeze nothing; the model's "
                           f"parameters start with {', '.join(tops)}")
+
+
+def _setting(value) -> str:
+    """A preprocessing value as --set and `ctvlp prepare` write it: 1.5,1.5,3 for a tuple, true/false."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(f"{v:g}" for v in value)
+    return str(value).lower() if isinstance(value, bool) else f"{value:g}"
+
+
+def prepare_flags(config: PreprocessConfig) -> str:
+    """The `ctvlp prepare` flags that make a cache with ``config`` (its fields that the flags set)."""
+    flags = [f"--spacing {_setting(config.spacing)}", f"--window={_setting(config.hu_window)}"]
+    return " ".join(flags + ["--no-crop"] * (not config.crop_to_body) + ["--no-antialias"] * (not config.antialias))
+
+
+def check_preprocessing(cfg: TrainConfig, cache: Cache, recipe_flags: str | None = None) -> None:
+    """BadDatasetError (one line) when the cache was prepared otherwise than ``cfg.data.preprocess``: both
+    settings of every field that differs, the `ctvlp prepare` command that makes the right cache (with
+    ``recipe_flags``, e.g. ``--recipe ctclip``, where the caller knows them; else the explicit flags) and the
+    ``--set`` that accepts this cache instead."""
+    want, have = cfg.data.preprocess.to_dict(), cache.config.to_dict()
+    differ = [k for k in want if _setting(want[k]) != _setting(have.get(k, want[k]))]
+    if not differ:
+        return
+    cache_says = ", ".join(f"{k} {_setting(have[k])}" for k in differ)
+    recipe_says = ", ".join(f"{k} {_setting(want[k])}" for k in differ)
+    accept = " ".join(f"--set data.preprocess.{k}=[{_setting(have[k])}]" if isinstance(have[k], list)
+                      else f"--set data.preprocess.{k}={_setting(have[k])}" for k in differ)
+    flags = recipe_flags or prepare_flags(cfg.data.preprocess)
+    raise BadDatasetError(cache.root, f"prepared with {cache_says}, but recipe {cfg.recipe!r} needs {recipe_says}; "
+                                      f"make its cache with `ctvlp prepare {flags} --manifest MANIFEST --out "
+                                      f"NEW_CACHE`; to train on this one instead: {accept}")
