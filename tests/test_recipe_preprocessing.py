@@ -104,7 +104,7 @@ def test_train_refuses_another_grid_before_building_any_weights(default_cache, t
     for needle in (str(default_cache), "prepared with spacing 1.5,1.5,3, crop_to_body true",
                    "recipe 'ctclip' needs spacing 0.75,0.75,1.5, crop_to_body false",
                    "`ctvlp prepare --recipe ctclip --manifest MANIFEST --out NEW_CACHE`",
-                   "--set data.preprocess.spacing=[1.5,1.5,3] --set data.preprocess.crop_to_body=true"):
+                   "--set 'data.preprocess.spacing=[1.5,1.5,3]' --set data.preprocess.crop_to_body=true"):
         assert needle in err, (needle, err)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -126,5 +126,5 @@ def test_the_printed_set_accepts_the_cache_and_custom_grids_print_explicit_flags
         check_preprocessing(cfg, cache)
     message = str(err.value)
     assert "`ctvlp prepare --spacing 2,2,2 --window=-1000,1000 --no-crop --manifest" in message
-    sets = [part.split(" ")[0] for part in message.split("--set ")[1:]]
+    sets = [part.split(" ")[0].strip("'") for part in message.split("--set ")[1:]]
     check_preprocessing(apply_overrides(cfg, sets), cache)  # accepted: no error

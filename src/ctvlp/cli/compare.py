@@ -64,7 +64,8 @@ def register(sub) -> argparse.ArgumentParser:
                    help=f"comma-separated, from: {', '.join(NAMES)}")
     p.add_argument("--variant", dest="variants", action="append", default=[], metavar='"NAME=RECIPE KEY=VALUE ..."',
                    help="a named run of RECIPE with these overrides on top of --set (repeatable)")
-    p.add_argument("--data", type=Path, required=True, help="cache folder written by `ctvlp prepare`")
+    p.add_argument("--data", type=Path, required=True, help="cache folder written by `ctvlp prepare --recipe demo` (the cohort variants' grid, 3 x 3 x 6 mm; "
+                        "with --debug: `ctvlp prepare` without --recipe)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--budget-minutes", type=float, default=10.0,
                    help="wall-clock minutes per recipe, training and evaluation (default 10)")

@@ -128,7 +128,7 @@ def check_preprocessing(cfg: TrainConfig, cache: Cache, recipe_flags: str | None
         return
     cache_says = ", ".join(f"{k} {_setting(have[k])}" for k in differ)
     recipe_says = ", ".join(f"{k} {_setting(want[k])}" for k in differ)
-    accept = " ".join(f"--set data.preprocess.{k}=[{_setting(have[k])}]" if isinstance(have[k], list)
+    accept = " ".join(f"--set 'data.preprocess.{k}=[{_setting(have[k])}]'" if isinstance(have[k], list)
                       else f"--set data.preprocess.{k}={_setting(have[k])}" for k in differ)
     flags = recipe_flags or prepare_flags(cfg.data.preprocess)
     raise BadDatasetError(cache.root, f"prepared with {cache_says}, but recipe {cfg.recipe!r} needs {recipe_says}; "
