@@ -2,8 +2,10 @@
 
 Zero-shot classification (CT-RATE 18- or 16-label protocol, thresholds on the validation split),
 volume<->report retrieval and a linear probe, at volume and scan level, with 95 % intervals from
-patient resamples; plus the checkpoint's own `eval.tasks` (organs, segmentation, generation, ...).
-Writes DIR/metrics.json (docs/eval-metrics.md), DIR/<task>.csv and DIR/report.html.
+patient resamples; plus the checkpoint's own `eval.tasks` (organs, segmentation, generation, ...): a
+recipe's are its paper's, so that by default the run fills the paper's table (`paper_rows`: each number
+the paper reports beside ours, or why ctvlp does not compute it; `ctvlp.eval.paper`).
+Writes DIR/metrics.json (docs/eval-metrics.md), DIR/<task>.csv, DIR/paper_rows.csv and DIR/report.html.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ctvlp.data.cache import Cache
     from ctvlp.eval.outputs import write_outputs
+    from ctvlp.eval.paper import format_rows, paper_rows
     from ctvlp.eval.suite import SuiteConfig, run_suite, with_overrides
     from ctvlp.train.restore import load_trained
 
@@ -126,11 +129,14 @@ def run(args: argparse.Namespace) -> int:
     result = run_suite(trained.model, cache, eval_cfg, cfg, args.device, progress=not args.no_progress)
     result.metrics = {**result.metrics, "checkpoint": trained.path, "step": trained.step,
                       "recipe": trained.config.recipe}
+    result.metrics["paper_rows"] = paper_rows(trained.config.recipe, result.metrics)
     paths = write_outputs(args.out, result)
     metrics = json.loads(paths[0].read_text())
     print(f"ctvlp eval: {trained.config.recipe} step {trained.step} on {metrics['n']['test_volumes']} test volumes "
           f"({metrics['n']['test_patients']} patients), protocol {cfg.protocol}, "
           f"{cfg.n_bootstrap} patient resamples, {metrics['seconds']['total']:.1f} s")
     print("\n".join(_summary(metrics)))
+    print(f"paper table ({metrics['recipe']}):")
+    print("\n".join(format_rows(metrics["paper_rows"])))
     print("wrote:\n" + "\n".join(f"  {p}" for p in paths))
     return 0

@@ -180,10 +180,14 @@ def generation_metrics(generated: Sequence[str], references: Sequence[str]) -> d
 @torch.no_grad()
 def generate_reports(model, cache, sampler_cfg: SamplerConfig, split: str = "test", device: torch.device | str = "cpu",
                      max_new_tokens: int | None = None, beams: int = 1, max_volumes: int | None = None,
-                     batch_size: int = 4) -> tuple[list[str], list[str], list[str]]:
-    """(volume ids, generated reports, references) of ``split`` in index order (the first ``max_volumes``)."""
-    decoder = getattr(model, "decoder", None)
-    if getattr(getattr(model, "cfg", None), "decoder", None) is None or decoder is None:
+                     batch_size: int = 4, decoder=None) -> tuple[list[str], list[str], list[str]]:
+    """(volume ids, generated reports, references) of ``split`` in index order (the first ``max_volumes``);
+    ``decoder``: a :class:`~ctvlp.models.decoder.ReportDecoder` reading the model's vision tokens (None: the
+    model's own, ``model.decoder``; ``ctvlp.eval.generation_probe`` passes one trained on the frozen tower)."""
+    if decoder is None:
+        decoder = getattr(model, "decoder", None)
+    if decoder is None or (decoder is getattr(model, "decoder", None)
+                           and getattr(getattr(model, "cfg", None), "decoder", None) is None):
         raise ValueError("report generation needs a model with a report decoder, and this model has none "
                          "(model.cfg.decoder is None): train a recipe that has one (colipri) or set "
                          "ModelConfig.decoder = DecoderConfig(...) (config key model.decoder)")
@@ -223,12 +227,14 @@ def generate_reports(model, cache, sampler_cfg: SamplerConfig, split: str = "tes
 @torch.no_grad()
 def evaluate_generation(model, cache, sampler_cfg: SamplerConfig, split: str = "test",
                         device: torch.device | str = "cpu", max_new_tokens: int | None = None, beams: int = 1,
-                        max_volumes: int | None = None, *, batch_size: int = 4, examples: int = 3) -> dict:
+                        max_volumes: int | None = None, *, batch_size: int = 4, examples: int = 3,
+                        decoder=None) -> dict:
     """Generate a report for each volume of ``split`` and score it (see the module docstring).
 
     ``model``: a :class:`ctvlp.models.vlp.VisionLanguageModel` with a report decoder (``cfg.decoder``);
     ``cache``: a :class:`ctvlp.data.cache.Cache`; ``sampler_cfg``: the training sampler (its ``text``
-    picks the reference). ``max_new_tokens``: decoding length limit (None: the decoder's ``max_length``);
+    picks the reference); ``decoder``: another decoder than the model's own (:func:`generate_reports`).
+    ``max_new_tokens``: decoding length limit (None: the decoder's ``max_length``);
     ``beams``: 1 greedy, more beam search; ``max_volumes``: the split's first volumes only.
 
     Returns a JSON-able dict: ``bleu1`` .. ``bleu4``, ``rouge_l``, ``bertscore_precision``, ``bertscore_recall``,
@@ -239,12 +245,13 @@ def evaluate_generation(model, cache, sampler_cfg: SamplerConfig, split: str = "
     """
     start = time.perf_counter()
     ids, generated, references = generate_reports(model, cache, sampler_cfg, split, device, max_new_tokens, beams,
-                                                  max_volumes, batch_size)
+                                                  max_volumes, batch_size, decoder)
+    decoder = model.decoder if decoder is None else decoder
     decoded = time.perf_counter()
     metrics = {**generation_metrics(generated, references), "n": len(ids),
                "examples": [{"id": v, "generated": g, "reference": r}
                             for v, g, r in list(zip(ids, generated, references))[:examples]],
-               "beams": beams, "max_new_tokens": model.decoder.cfg.max_length if max_new_tokens is None else max_new_tokens,
+               "beams": beams, "max_new_tokens": decoder.cfg.max_length if max_new_tokens is None else max_new_tokens,
                "mean_generated_words": float(np.mean([len(words(t)) for t in generated])),
                "mean_reference_words": float(np.mean([len(words(t)) for t in references])),
                "text": sampler_cfg.text,

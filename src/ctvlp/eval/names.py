@@ -13,7 +13,8 @@ import yaml
 
 CORE_TASKS: tuple[str, ...] = ("zeroshot", "retrieval", "probe")
 """The tasks every model can do: zero-shot classification, volume-report retrieval, a linear probe."""
-EVAL_TASKS: tuple[str, ...] = ("organs", "segmentation", "generation", "robustness", "seg_probe", "real_masks")
+EVAL_TASKS: tuple[str, ...] = ("organs", "segmentation", "generation", "robustness", "seg_probe", "real_masks",
+                                "generation_probe")
 """The other tasks (``EvalConfig.tasks``), some only for models with the part they need."""
 
 LABEL_HEAD = "label_head"

@@ -83,7 +83,8 @@ FRAMES = {"zeroshot": zeroshot_frame, "retrieval": retrieval_frame, "probe": pro
 
 
 def write_outputs(out: Path, result) -> list[Path]:
-    """Write metrics.json, ``<task>.csv`` for every task and report.html into ``out``, each atomically; the paths."""
+    """Write metrics.json, ``<task>.csv`` for every task, ``paper_rows.csv`` (when the metrics have a paper table)
+    and report.html into ``out``, each atomically; the paths."""
     metrics = jsonable(result.metrics)
     paths = [atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))]
     tables = {}
@@ -91,6 +92,8 @@ def write_outputs(out: Path, result) -> list[Path]:
         if isinstance(metrics.get(task), dict):
             tables[task] = FRAMES.get(task, task_frame)(metrics[task])
             paths.append(save_table(tables[task], out / f"{task}.csv"))
+    if metrics.get("paper_rows", {}).get("rows"):
+        paths.append(save_table(pd.DataFrame(metrics["paper_rows"]["rows"]), out / "paper_rows.csv"))
     paths.append(write_eval_report(out / "report.html", metrics, result.roc, result.examples, result.overlays,
                                    tables))
     return paths

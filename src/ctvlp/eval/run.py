@@ -106,6 +106,12 @@ def _generation(model, cache: Cache, cfg, device: torch.device) -> dict:
                                batch_size=cfg.batch_size)
 
 
+def _generation_probe(model, cache: Cache, cfg, device: torch.device) -> dict:
+    from ctvlp.eval.generation_probe import evaluate_generation_probe
+
+    return evaluate_generation_probe(model, cache, cfg, device)
+
+
 def _robustness(model, cache: Cache, cfg, device: torch.device) -> dict:
     from ctvlp.eval.robustness import evaluate_robustness  # it runs evaluate_model: import on use
 
@@ -124,7 +130,7 @@ def _real_masks(model, cache: Cache, cfg, device: torch.device) -> dict:
 
 EXTRA_TASKS = {"organs": _organs, "segmentation": _segmentation, "generation": _generation,
                "robustness": _robustness, "seg_probe": _seg_probe,
-               "real_masks": _real_masks}
+               "real_masks": _real_masks, "generation_probe": _generation_probe}
 """``EvalConfig.tasks`` -> function(model, cache, eval config, device) -> the task's metrics."""
 
 

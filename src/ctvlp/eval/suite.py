@@ -37,10 +37,11 @@ from ctvlp.eval.zeroshot import prompt_scorer
 from ctvlp.eval.zeroshot import evaluate_zero_shot
 from ctvlp.progress import progress_bar
 
-SCHEMA_VERSION = 1
-"""Version of the metrics.json layout described in docs/eval-metrics.md; bumped on any change."""
+SCHEMA_VERSION = 2
+"""Version of the metrics.json layout described in docs/eval-metrics.md; bumped on any change (2: ``paper_rows``)."""
 TASK_NEEDS = {"segmentation": ("seg", "a voxel head (model.seg: recipes segvl, uniferum)"),
-              "generation": ("decoder", "a report decoder (model.decoder: recipe colipri)")}
+              "generation": ("decoder", "a report decoder (model.decoder: recipe colipri; for any "
+                                             "model, generation_probe trains one on the frozen encoder)")}
 """Task -> (ModelConfig field that must be set, what it is) for tasks only some models can do."""
 KS = (1, 5, 10, 50)
 RETRIEVAL_RULE = ("volume level: a hit is any reconstruction of the query's scan (groups = scans); scan level: "

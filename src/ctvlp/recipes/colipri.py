@@ -47,5 +47,6 @@ def recipe() -> TrainConfig:
         stages=(StageConfig(cycle=("pairs", "mae")),),
         optim=OptimConfig(name="adamw", lr=1e-4, warmup_steps=1000),
         eval=EvalConfig(prompt_style="colipri", sampler=SamplerConfig(mode="whole", size=(192, 192), max_slices=192,
-                                                                      text="structured"), tasks=("generation",)),
+                                                                      text="structured"),
+                        tasks=("generation", "seg_probe")),  # its paper's evaluation (ctvlp.eval.paper)
         steps=100_000)

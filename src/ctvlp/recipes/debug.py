@@ -22,6 +22,13 @@ DEBUG_PREPROCESS = PreprocessConfig()
 ``--recipe`` makes and the tests' synthetic caches use; a 32 x 32 crop of it trains in seconds."""
 
 
+DEBUG_EVAL = dict(task_volumes=4, probe_steps=10, gen_probe_steps=10, gen_probe_batch_size=4, gen_probe_width=32,
+                  gen_probe_depth=1, gen_probe_max_length=32, robustness_counts=(0, 4, 1),
+                  robustness_paddings=("repeat",), robustness_probe=False)
+"""Every evaluation task of the recipe (its paper's, ``ctvlp.eval.paper``) kept, each at a size that runs in
+seconds: 4 test volumes for the per-volume tasks, 10 probe and decoder steps, 3 slice counts."""
+
+
 def debug_variant(cfg: TrainConfig) -> TrainConfig:
     """Same objective, sampler kind and optimiser; a tiny ViT (or ResNet-10 at 1/8 width), a tiny random
     text tower, 32 x 32 input."""
@@ -47,7 +54,7 @@ def debug_variant(cfg: TrainConfig) -> TrainConfig:
     eval_sampler = dataclasses.replace(cfg.eval.sampler, size=(32, 32), max_slices=16,
                                        min_depth=fixed_depth or cfg.eval.sampler.min_depth)
     evaluation = dataclasses.replace(cfg.eval, sampler=eval_sampler,
-                                     robustness_depth=train_depth(sampler))
+                                     robustness_depth=train_depth(sampler), **DEBUG_EVAL)
     optim = dataclasses.replace(cfg.optim, warmup_steps=2)
     return dataclasses.replace(cfg, model=model, data=data, eval=evaluation, optim=optim, steps=10, log_every=2,
                                ckpt_every=5)

@@ -29,5 +29,6 @@ def recipe() -> TrainConfig:
                                                        "knowledge": "report_emb"}}),
         optim=OptimConfig(name="adamw", lr=1e-4, warmup_steps=1000),
         eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), max_slices=64, text="report"),
+                        tasks=("generation_probe",),  # a decoder on the frozen encoder (ctvlp.eval.paper)
                         robustness_depth=train_depth(sampler)),
         steps=100_000)

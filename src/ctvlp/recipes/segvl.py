@@ -46,5 +46,5 @@ def recipe() -> TrainConfig:
         optim=OptimConfig(name="adamw", lr=1.25e-5, warmup_steps=1000),
         eval=EvalConfig(prompt_style="ctclip", sampler=SamplerConfig(mode="whole", size=(480, 480), max_slices=240,
                                                                      text="report", mask_names=SEGVL_MASKS),
-                        tasks=("segmentation",)),
+                        tasks=("segmentation", "seg_probe")),  # its paper's evaluation (ctvlp.eval.paper)
         steps=100_000)

@@ -30,6 +30,7 @@ def recipe() -> TrainConfig:
         data=DataConfig(preprocess=PREPROCESS, sampler=sampler, batch_size=32),
         loss=LossConfig(name="siglip"),
         optim=OptimConfig(name="muon", lr=1e-4, warmup_steps=1000),
-        eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), text="report"), tasks=("organs",),
+        eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), text="report"),
+                        tasks=("organs", "seg_probe", "robustness"),  # its paper's evaluation (ctvlp.eval.paper)
                         organ_chunk_depth=32, robustness_depth=train_depth(sampler)),
         steps=100_000)

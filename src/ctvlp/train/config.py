@@ -147,7 +147,8 @@ class EvalConfig:
     ``robustness`` (every metric again on n centred slices padded to D, ``ctvlp.eval.robustness``),
     ``seg_probe`` (a light voxel head trained on the frozen tokens, ``ctvlp.eval.seg_probe``),
     ``real_masks`` (zero-shot segmentation, and the probe with ``seg_probe``, on the real CTs of
-    ``real_dir``, ``ctvlp.eval.real_masks``)."""
+    ``real_dir``, ``ctvlp.eval.real_masks``), ``generation_probe`` (a report decoder trained on the frozen
+    vision tokens, then scored as ``generation``; SCALE-VLP, ``ctvlp.eval.generation_probe``)."""
     task_volumes: int = 200
     """Test volumes the per-volume tasks (segmentation, generation) use, the first in index order."""
     organ_chunk_depth: int = 8
@@ -166,6 +167,18 @@ class EvalConfig:
     probe_split: str = "train"
     """``seg_probe``: split whose masks train the probe (scored on ``test_split``); ``robustness``: split the
     linear probe is fitted on."""
+    gen_probe_steps: int = 1000
+    """``generation_probe``: AdamW steps of the report decoder on ``probe_split``'s reports (the model frozen)."""
+    gen_probe_lr: float = 3e-4
+    """``generation_probe``: the decoder's learning rate (cosine decay to 0, no warm-up)."""
+    gen_probe_batch_size: int = 8
+    """``generation_probe``: volumes (the eval sampler's) per decoder step."""
+    gen_probe_width: int = 512
+    """``generation_probe``: the decoder's width (``models.decoder.DecoderConfig``; depth 4, heads 8 as COLIPRI's)."""
+    gen_probe_depth: int = 4
+    """``generation_probe``: decoder blocks."""
+    gen_probe_max_length: int = 256
+    """``generation_probe``: report tokens the decoder trains on and generates at most (bos included)."""
     real_dir: str = ""
     """``real_masks``: folder of the real CTs and their masks, laid out as ``tests/data/real`` of a ctvlp checkout
     (its README names the files); the task refuses to run while it is unset."""
@@ -203,6 +216,10 @@ class EvalConfig:
         unknown = set(self.tasks) - set(EVAL_TASKS)
         if unknown:
             raise ValueError(f"eval.tasks: unknown {sorted(unknown)}; tasks: {', '.join(EVAL_TASKS)}")
+        if min(self.gen_probe_steps, self.gen_probe_batch_size, self.gen_probe_width, self.gen_probe_depth,
+               self.gen_probe_max_length) < 1 or not self.gen_probe_lr > 0 or self.gen_probe_width % 8:
+            raise ValueError("eval.gen_probe_steps, gen_probe_batch_size, gen_probe_depth, gen_probe_max_length must "
+                             "be >= 1, gen_probe_width a positive multiple of 8 (its heads) and gen_probe_lr > 0")
         if self.organ_chunk_depth < 1 or self.task_volumes < 1:
             raise ValueError("eval.organ_chunk_depth and eval.task_volumes must be >= 1")
 
