@@ -13,7 +13,7 @@ from ctvlp.config import apply_overrides
 from ctvlp.eval.names import CORE_TASKS, EVAL_TASKS
 from ctvlp.eval.paper import PAPER_TABLES, paper_rows, paper_tasks
 from ctvlp.recipes import NAMES, get_recipe
-from ctvlp.recipes.cohort import cohort_variant
+from ctvlp.recipes.cohort import COHORT_DROPPED_TASKS, cohort_variant
 from ctvlp.train.loop import Trainer
 from conftest import make_synthetic_cache
 
@@ -34,8 +34,10 @@ PAPERS = {  # what each paper's evaluation section reports (METHODS.md, ../share
 def test_each_recipe_evaluates_its_papers_tasks_at_every_size(name):
     """The recipe's eval.tasks are its paper's (and what its table rows read); debug and cohort variants keep them."""
     assert set(paper_tasks(name)) == PAPERS[name]
-    for cfg in (get_recipe(name), get_recipe(name, debug=True), cohort_variant(get_recipe(name))):
+    for cfg in (get_recipe(name), get_recipe(name, debug=True)):
         assert set(cfg.eval.tasks) == PAPERS[name], cfg.recipe
+    # compare's cohort runs leave the costly ones to `ctvlp eval`, whose default adds them back
+    assert set(cohort_variant(get_recipe(name)).eval.tasks) == PAPERS[name] - set(COHORT_DROPPED_TASKS)
     source, rows = PAPER_TABLES[name]
     assert source and rows
     for row in rows:  # every row reads a task the recipe runs, or says why it is not computed
@@ -85,7 +87,9 @@ def cache(tmp_path_factory):
 def test_ctvlp_eval_runs_the_papers_tasks_and_writes_its_rows_by_default(cache, tmp_path, capsys, name):
     """A 2-step debug checkpoint, `ctvlp eval` without --tasks: the recipe's tasks run and its table is filled."""
     torch.manual_seed(0)
-    Trainer(apply_overrides(get_recipe(name, debug=True), ["steps=2"]), cache, tmp_path / "run", progress=False).fit()
+    # segvl's checkpoint carries no eval tasks (as an older one): `ctvlp eval` adds its paper's
+    overrides = ["steps=2"] + (["eval.tasks=[]"] if name == "segvl" else [])
+    Trainer(apply_overrides(get_recipe(name, debug=True), overrides), cache, tmp_path / "run", progress=False).fit()
     out = tmp_path / "eval"
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(cache), "--out", str(out),
                  "--bootstrap", "0", "--no-progress", "--overlays", "0"]) == 0
@@ -110,3 +114,28 @@ def test_ctvlp_eval_runs_the_papers_tasks_and_writes_its_rows_by_default(cache, 
     else:
         assert metrics["segmentation"]["n_volumes"] == min(4, metrics["n"]["test_volumes"])
         assert metrics["seg_probe"]["probe"]["steps"] == 10
+
+
+@pytest.fixture(scope="module")
+def maskless(cache):
+    """The same cohort prepared without RadGenome: no organ masks (as plain CT-RATE)."""
+    root = cache.parent
+    assert main(["manifest", "ctrate", str(root / "cohort"), "--val-fraction", "0.25",
+                 "--out", str(root / "plain.parquet")]) == 0
+    assert main(["prepare", "--manifest", str(root / "plain.parquet"), "--out", str(root / "plain")]) == 0
+    return root / "plain"
+
+
+def test_a_mask_task_on_a_maskless_cache_is_refused_up_front_with_the_fix(cache, maskless, tmp_path, capsys):
+    """sigvlp's segmentation probe needs organ masks: `ctvlp train` refuses before step 1, `ctvlp eval` before
+    encoding, each naming the tasks to run instead."""
+    out = tmp_path / "train"
+    assert main(["train", "--recipe", "sigvlp", "--debug", "--data", str(maskless), "--out", str(out), "--steps", "1",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "seg_probe need organ masks" in err and "--set 'eval.tasks=[organs,robustness]'" in err
+    assert not (out / "checkpoints").exists()
+    Trainer(apply_overrides(get_recipe("sigvlp", debug=True), ["steps=1"]), cache, tmp_path / "run", progress=False).fit()
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(maskless), "--out", str(tmp_path / "e"),
+                 "--bootstrap", "0", "--no-progress"]) == 2
+    assert "--tasks zeroshot,retrieval,probe,organs,robustness" in capsys.readouterr().err

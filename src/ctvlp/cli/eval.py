@@ -38,7 +38,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--tasks", type=task_list, metavar="TASK[,TASK...]",
                    help=f"comma-separated, from: {', '.join(TASKS)} (default: {','.join(CORE_TASKS)} + the "
-                        "checkpoint's eval.tasks)")
+                        "checkpoint's eval.tasks + its recipe's paper tasks, ctvlp.eval.paper)")
     p.add_argument("--protocol", choices=tuple(PROTOCOLS), default="18",
                    help="label protocol: 18 (CT-RATE) or 16 (fVLM/HLIP); default 18")
     p.add_argument("--prompts", type=Path, help="prompt YAML file replacing the packaged one")
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ctvlp.data.cache import Cache
     from ctvlp.eval.outputs import write_outputs
-    from ctvlp.eval.paper import format_rows, paper_rows
+    from ctvlp.eval.paper import format_rows, paper_rows, paper_tasks
     from ctvlp.eval.suite import SuiteConfig, run_suite, with_overrides
     from ctvlp.train.restore import load_trained
 
@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
     eval_cfg = with_overrides(trained.config.eval, val_split=args.val_split, test_split=args.test_split,
                               prompt_style=args.prompt_style, overlays=args.overlays,
                               real_dir=None if args.real_dir is None else str(args.real_dir))
-    tasks = args.tasks or (*CORE_TASKS, *trained.config.eval.tasks)
+    # the checkpoint's tasks and its paper's (an older checkpoint, or a compare run's, may lack some)
+    tasks = args.tasks or tuple(dict.fromkeys((*CORE_TASKS, *trained.config.eval.tasks,
+                                               *paper_tasks(trained.config.recipe))))
     cfg = SuiteConfig(tasks=tasks, protocol=args.protocol,
                       prompts=None if args.prompts is None else str(args.prompts), n_bootstrap=args.bootstrap,
                       seed=args.seed, train_split=args.train_split or trained.config.data.train_split)

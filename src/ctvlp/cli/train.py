@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         cache = Cache(args.data)
         for split in (cfg.eval.val_split, cfg.eval.test_split):
             split_dataset(cache, cfg.eval.sampler, split, seed=0)
+        from ctvlp.eval.suite import check_masks
+
+        check_masks(cache, cfg.eval, cfg.eval.tasks)  # a mask task on a maskless cache: refused now, not at the end
     trainer = Trainer(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     try:
         if trainer.place.is_main:

@@ -97,6 +97,29 @@ def check_tasks(tasks, model) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tasks))
 
 
+MASK_TASKS = ("segmentation", "seg_probe")
+"""Tasks scored (and, for the probe, trained) on the cache's organ masks."""
+
+
+def check_masks(cache: Cache, eval_cfg, tasks) -> None:
+    """CtvlpError naming the fix when one of ``tasks`` needs organ masks (:data:`MASK_TASKS`) and a split it
+    reads (``test_split``; ``probe_split`` for ``seg_probe``) has no volume with a mask other than the body
+    mask (plain CT-RATE has none: SigVLP's segmentation probe then needs RadGenome-ChestCT or
+    TotalSegmentator masks)."""
+    from ctvlp.data.sampling import BODY
+
+    need = [t for t in tasks if t in MASK_TASKS]
+    splits = dict.fromkeys([eval_cfg.test_split] + ([eval_cfg.probe_split] if "seg_probe" in need else []))
+    for split in splits if need else ():
+        ids = cache.index.loc[cache.index["split"] == split, "id"]
+        if not any(set(cache.volume(str(v)).mask_names) - {BODY} for v in ids):
+            rest = [t for t in tasks if t not in MASK_TASKS]
+            raise CtvlpError(cache.root, f"task(s) {', '.join(need)} need organ masks and split {split!r} of this "
+                                         f"cache has none; leave them out (ctvlp eval --tasks {','.join(rest)}; "
+                                         f"ctvlp train --set 'eval.tasks=[{','.join(t for t in rest if t not in CORE_TASKS)}]' "
+                                         f"or --no-eval): the paper rows they fill then read 'not computed'")
+
+
 def protocol_labels(protocol: str, cache: Cache) -> tuple[list[str], dict[str, str]]:
     """(the protocol's labels the cache has, {label the cache lacks: reason}); CtvlpError on an
     unknown protocol or when the cache has none of its labels."""
@@ -199,6 +222,7 @@ def run_suite(model, cache: Cache, eval_cfg, cfg: SuiteConfig, device: torch.dev
     eval_cfg = dataclasses.replace(eval_cfg, tasks=tuple(t for t in tasks if t not in CORE_TASKS))
     labels, skipped = protocol_labels(cfg.protocol, cache)
     check_splits(cache, [eval_cfg.val_split, eval_cfg.test_split] + ([cfg.train_split] if "probe" in tasks else []))
+    check_masks(cache, eval_cfg, tasks)
     if "zeroshot" in tasks and eval_cfg.prompt_style == CORPUS and CORPUS not in model.prompts:
         check_splits(cache, [eval_cfg.corpus_split])  # the style is mined from its reports
     reports = functools.partial(split_reports, cache, eval_cfg.corpus_split)

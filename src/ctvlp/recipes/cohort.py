@@ -36,6 +36,17 @@ COHORT_ORGAN_CHUNK = 4
 """Chunk depth of the organ-classification task on the cohort: 4 slices of 6 mm (SigVLP's 32 x 1.5 mm is
 48 mm; a whole synthetic chest is only 10-20 cohort slices, so deeper chunks would contain every organ)."""
 
+COHORT_DROPPED_TASKS = ("robustness", "seg_probe", "generation_probe")
+"""Paper tasks (``ctvlp.eval.paper``) left out of a cohort run's own evaluation: `ctvlp compare` keeps 15 % of
+each recipe's wall-clock budget for it and its table reads zero-shot and retrieval, while the slice-count
+grid (a dozen whole evaluations) and the trained probes would take that budget several times over.
+`ctvlp eval` on a compare run's checkpoint runs them (its default adds the recipe's paper tasks), at
+:data:`COHORT_EVAL`'s sizes."""
+
+COHORT_EVAL = dict(task_volumes=50, probe_steps=100, gen_probe_steps=300, gen_probe_width=256, gen_probe_depth=2,
+                   gen_probe_max_length=128, robustness_counts=(0, 16, 4, 1))
+"""Evaluation task sizes of the cohort variants: a few CPU minutes per task on the synthetic cohort."""
+
 RESNET_WIDTHS = (16, 32, 64, 128)
 """Stage widths of a ResNet tower's cohort variant (ResNet-10 at 1/4 of MONAI's width), about the
 demo ViT's cost per sample."""
@@ -91,7 +102,9 @@ def cohort_variant(cfg: TrainConfig) -> TrainConfig:
     eval_sampler = dataclasses.replace(cfg.eval.sampler, size=size, max_slices=COHORT_MAX_SLICES,
                                        min_depth=COHORT_MAX_SLICES if fixed else cfg.eval.sampler.min_depth)
     evaluation = dataclasses.replace(cfg.eval, sampler=eval_sampler, batch_size=demo.eval.batch_size,
-                                     organ_chunk_depth=COHORT_ORGAN_CHUNK, robustness_depth=train_depth(sampler))
+                                     organ_chunk_depth=COHORT_ORGAN_CHUNK, robustness_depth=train_depth(sampler),
+                                     tasks=tuple(t for t in cfg.eval.tasks if t not in COHORT_DROPPED_TASKS),
+                                     **COHORT_EVAL)
     optim = dataclasses.replace(cfg.optim, lr=demo.optim.lr, warmup_steps=demo.optim.warmup_steps,
                                 min_lr_ratio=demo.optim.min_lr_ratio)
     return dataclasses.replace(cfg, model=model, data=data, eval=evaluation, optim=optim, steps=demo.steps,

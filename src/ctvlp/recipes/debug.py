@@ -23,8 +23,7 @@ DEBUG_PREPROCESS = PreprocessConfig()
 
 
 DEBUG_EVAL = dict(task_volumes=4, probe_steps=10, gen_probe_steps=10, gen_probe_batch_size=4, gen_probe_width=32,
-                  gen_probe_depth=1, gen_probe_max_length=32, robustness_counts=(0, 4, 1),
-                  robustness_paddings=("repeat",), robustness_probe=False)
+                  gen_probe_depth=1, gen_probe_max_length=32, robustness_counts=(0, 4, 1))
 """Every evaluation task of the recipe (its paper's, ``ctvlp.eval.paper``) kept, each at a size that runs in
 seconds: 4 test volumes for the per-volume tasks, 10 probe and decoder steps, 3 slice counts."""
 
