@@ -4,6 +4,7 @@ paper table needs, and `ctvlp eval` on its checkpoint fills that table (``paper_
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -106,6 +107,7 @@ def test_ctvlp_eval_runs_the_papers_tasks_and_writes_its_rows_by_default(cache, 
         else:
             assert row["value"] is not None and 0.0 <= row["value"] <= 1.0, row
     assert f"paper table ({name}):" in printed and (out / "paper_rows.csv").exists()
+    assert "The paper's table" in (out / "report.html").read_text()
     if name == "scalevlp":
         gen = metrics["generation_probe"]
         assert gen["decoder"]["steps"] == 10 and gen["decoder"]["loss_last"] < gen["decoder"]["loss_first"]
@@ -139,3 +141,26 @@ def test_a_mask_task_on_a_maskless_cache_is_refused_up_front_with_the_fix(cache,
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(maskless), "--out", str(tmp_path / "e"),
                  "--bootstrap", "0", "--no-progress"]) == 2
     assert "--tasks zeroshot,retrieval,probe,organs,robustness" in capsys.readouterr().err
+
+
+def test_generation_probe_trains_a_decoder_and_leaves_the_encoder_frozen(cache):
+    """SCALE-VLP's generation: a fresh decoder learns the training reports from the frozen tokens (its loss
+    falls); not one weight of the model moves; the reports are scored as the generation task scores them."""
+    from ctvlp.data.cache import Cache
+    from ctvlp.eval.generation_probe import evaluate_generation_probe
+    from ctvlp.models.vlp import VisionLanguageModel
+
+    torch.manual_seed(0)
+    cfg = get_recipe("scalevlp", debug=True)
+    model = VisionLanguageModel(cfg.model)
+    assert getattr(model, "decoder", None) is None  # SCALE-VLP has no decoder of its own
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    evaluation = apply_overrides(cfg, ["eval.gen_probe_steps=15", "eval.gen_probe_lr=3e-3", "eval.task_volumes=2"]).eval
+    out = evaluate_generation_probe(model, Cache(cache), evaluation)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    info = out["decoder"]
+    assert info["steps"] == 15 and info["split"] == "train"
+    assert info["loss_first"] == pytest.approx(math.log(len(model.text.tokenizer)), abs=0.3)  # a fresh decoder: ~uniform
+    assert info["loss_last"] < info["loss_first"] - 0.5  # measured 10.34 -> 9.08
+    assert info["parameters"] > 0 and out["n"] == 2 and 0.0 <= out["rouge_l"] <= 1.0
+    assert {"bleu4", "rouge_l", "bertscore_f1", "label_f1_micro"} <= set(out) and out["bertscore_layer"] == 6

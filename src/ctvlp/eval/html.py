@@ -150,7 +150,7 @@ def _frame_html(frame) -> str:
 
 def write_eval_report(path: Path, metrics: dict, roc: dict, examples: list[dict], overlays: dict,
                       tables: dict | None = None) -> Path:
-    """The `ctvlp eval` page: summary, zero-shot ROC curves and AUROC bars with intervals, retrieval
+    """The `ctvlp eval` page: summary, the recipe's paper table (``paper_rows``), zero-shot ROC curves and AUROC bars with intervals, retrieval
     table and examples, probe bars, and for every extra task its scalar metrics, its table (``tables``:
     task -> pandas DataFrame, the task's CSV: per structure, per label, per robustness cell) and its
     ``overlays`` (each {``caption``, ``png_base64``}: per-volume figures such as segmentation overlays)."""
@@ -161,6 +161,13 @@ def write_eval_report(path: Path, metrics: dict, roc: dict, examples: list[dict]
              f"{metrics['bootstrap']['n']} patient resamples.</p>"]
     if metrics["protocol"]["skipped"]:
         parts.append(f"<p>skipped labels: {html.escape(', '.join(metrics['protocol']['skipped']))}</p>")
+    paper = metrics.get("paper_rows") or {}
+    if paper.get("rows"):  # the recipe's paper table (ctvlp.eval.paper): ours beside the paper's
+        rows = [[html.escape(r["row"]), _fmt(r["value"]), html.escape(r["paper"] or "-"),
+                 html.escape(r.get("not_computed", "") and f"not computed: {r['not_computed']}" or r["note"])]
+                for r in paper["rows"]]
+        parts += [f"<h2>The paper's table ({html.escape(paper['recipe'])})</h2><p>{html.escape(paper['source'])}</p>",
+                  _table(rows, ["row", "ours", "paper", "note"])]
     if "zeroshot" in metrics:
         zs = metrics["zeroshot"]
         rows = [[level, _ci_text(zs[level]["mean_auroc"], zs[level].get("mean_auroc_ci")),
