@@ -43,6 +43,8 @@ class Row:
     """How ours differs; for a row with ``key`` None, why ctvlp does not compute it."""
     value: Callable[[dict], float | None] | None = None
     """Computes ours from the metrics when a key alone does not (the task is still ``key``'s first part)."""
+    expand: Callable[[dict], list[tuple[str, float | None]]] | None = None
+    """A row per cell of the run (e.g. per slice count of the robustness grid): metrics -> [(name, value)]."""
 
     @property
     def task(self) -> str | None:
@@ -76,18 +78,15 @@ def _retrieval_both(ks=(1, 5, 10)) -> tuple[Row, ...]:
             *(_recall("report_to_volume", k, f"report->CT R@{k}") for k in ks))
 
 
-def _stability(counts: tuple[str, ...] = ("all", "64", "32", "16", "4", "1")) -> tuple[Row, ...]:
-    def at(count: str) -> Callable[[dict], float | None]:
-        def value(metrics: dict) -> float | None:
-            rows = [r for r in metrics["robustness"]["summary"] if str(r["n"]) == count and r["padding"] == "repeat"]
-            if not rows:
-                raise KeyError(f"no robustness cell {count}/repeat")
-            return rows[0]["mean_auroc"]
-        return value
+def _stability_cells(metrics: dict) -> list[tuple[str, float | None]]:
+    """One row per slice count of the run's robustness grid, repeat padding (the paper's): its mean AUROC."""
+    return [(f"zero-shot AUROC, {r['n']} slices (repeat padding)", r["mean_auroc"])
+            for r in metrics["robustness"]["summary"] if r["padding"] == "repeat"]
 
-    return tuple(Row(f"zero-shot AUROC, {c} slices (repeat padding)", "robustness.summary", value=at(c),
-                     note="the n centred slices, repeat-padded to the training chunk depth (ctvlp.eval.robustness)")
-                 for c in counts)
+
+_STABILITY = Row("zero-shot AUROC per slice count (repeat padding)", "robustness.summary", expand=_stability_cells,
+                 note="the n centred slices, repeat-padded to the training chunk depth (ctvlp.eval.robustness; "
+                      "eval.robustness_counts)")
 
 
 _ZS_NOTE = "volume level, 18 CT-RATE labels, thresholds maximising F1 on the validation split (papers: own protocol)"
@@ -110,7 +109,7 @@ PAPER_TABLES: dict[str, tuple[str, tuple[Row, ...]]] = {
         *_retrieval_both(),
         Row("segmentation probe mean Dice", "seg_probe.mean_dice",
             note="a light voxel head on the frozen tokens (ctvlp.eval.seg_probe); the cache's structures"),
-        *_stability(),
+        _STABILITY,
     )),
     "scalevlp": ("SCALE-VLP (arXiv 2511.02996): CT-report retrieval, abnormality classification, report "
                  "generation from a decoder on the frozen encoder", (
@@ -191,6 +190,9 @@ def paper_rows(recipe: str, metrics: dict) -> dict:
             entry["not_computed"] = row.note
         elif row.task not in metrics:
             entry["not_computed"] = f"task {row.task!r} was not run (ctvlp eval --tasks without it)"
+        elif row.expand is not None:
+            out += [{**entry, "row": name, "value": value} for name, value in row.expand(metrics)]
+            continue
         else:
             try:
                 entry["value"] = row.value(metrics) if row.value is not None else _get(metrics, row.key)
