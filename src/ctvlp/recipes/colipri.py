@@ -20,6 +20,7 @@ from ctvlp.data.sampling import SamplerConfig
 from ctvlp.models.decoder import DecoderConfig
 from ctvlp.models.mae import MaeDecoderConfig
 from ctvlp.models.text import TextTowerConfig
+from ctvlp.recipes.common import CXR_BERT, CXR_BERT_REVISION
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.train.config import DataConfig, EvalConfig, LossConfig, StageConfig, TrainConfig
@@ -37,7 +38,11 @@ def recipe() -> TrainConfig:
     sampler = SamplerConfig(mode="whole", size=(160, 160), max_slices=160, text="structured")
     return TrainConfig(
         recipe="colipri",
-        model=ModelConfig(vision=vision, text=TextTowerConfig(name="minilm", pooling="attention"), embed_dim=768,
+        # its package's text tower: CXR-BERT-specialized (trust_remote_code, pinned commit), masked-mean-query
+        # attention pooling (AttentionPool1D, 12 heads), 512 tokens (training reports: data.max_text_tokens)
+        model=ModelConfig(vision=vision, text=TextTowerConfig(name=CXR_BERT, revision=CXR_BERT_REVISION,
+                                                              trust_remote_code=True, pooling="mean_query",
+                                                              max_length=512), embed_dim=768,
                           image_pool="projected_attention", image_pool_heads=12, init_logit_scale=math.log(1 / 0.07),
                           decoder=DecoderConfig(width=512, depth=4, heads=8, max_length=256),
                           mae=MaeDecoderConfig(width=256, depth=2, heads=8), mae_ratio=0.75),

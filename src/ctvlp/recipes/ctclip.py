@@ -10,6 +10,7 @@ from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.models.ctvit import ctvit_config
 from ctvlp.models.text import TextTowerConfig
+from ctvlp.recipes.common import CXR_BERT, CXR_BERT_REVISION
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.train.config import DataConfig, EvalConfig, LossConfig, TrainConfig
 from ctvlp.train.optim import OptimConfig
@@ -23,13 +24,16 @@ full field of view centre-cropped/padded (no body crop) to 480 x 480 x 240 by th
 def recipe() -> TrainConfig:
     """The recipe's complete config (see the module docstring)."""
     vision = ctvit_config("ctclip")
-    text = TextTowerConfig(name="minilm", pooling="cls")
+    # CT-CLIP's text tower: CXR-BERT-specialized, CLS token, 512 tokens (its BertTokenizer/BertModel calls); the
+    # hub model ships its own code: trusted at the commit COLIPRI's package pins (ctvlp.recipes.common.CXR_BERT)
+    text = TextTowerConfig(name=CXR_BERT, revision=CXR_BERT_REVISION, trust_remote_code=True, pooling="cls",
+                           max_length=512)
     sampler = SamplerConfig(mode="whole", size=(480, 480), max_slices=240, min_depth=240, padding="zero",
                             text="report")
     return TrainConfig(
         recipe="ctclip",
         model=ModelConfig(vision=vision, text=text, embed_dim=512, init_logit_scale=1.0),
-        data=DataConfig(preprocess=PREPROCESS, sampler=sampler, batch_size=8),
+        data=DataConfig(preprocess=PREPROCESS, sampler=sampler, batch_size=8, max_text_tokens=512),
         loss=LossConfig(name="clip"),
         optim=OptimConfig(name="adamw", lr=1.25e-5, warmup_steps=1000),
         eval=EvalConfig(prompt_style="ctclip", sampler=SamplerConfig(mode="whole", size=(480, 480), max_slices=240,

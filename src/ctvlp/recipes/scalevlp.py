@@ -19,12 +19,13 @@ from ctvlp.train.optim import OptimConfig
 def recipe() -> TrainConfig:
     """The recipe's complete config (see the module docstring)."""
     vision = vit_config("base", patch=(16, 16, 16), pos="learned", learned_grid=(8, 16, 16))
-    text = TextTowerConfig(name="minilm", pooling="mean", freeze="all")
+    # BioClinicalBERT, frozen (the paper); pooling and token length: the paper is silent (ours: mean, 512)
+    text = TextTowerConfig(name="emilyalsentzer/Bio_ClinicalBERT", pooling="mean", freeze="all", max_length=512)
     sampler = SamplerConfig(mode="chunk", chunk_depth=32, padding="repeat", size=(256, 256), text="report")
     return TrainConfig(
         recipe="scalevlp",
         model=ModelConfig(vision=vision, text=text, embed_dim=512, image_pool="attention", projection="mlp"),
-        data=DataConfig(preprocess=SIGVLP_PREPROCESS, sampler=sampler, batch_size=32),
+        data=DataConfig(preprocess=SIGVLP_PREPROCESS, sampler=sampler, batch_size=32, max_text_tokens=512),
         loss=LossConfig(name="swca", options={"swca": {"alpha": 0.5, "variant": "soft_targets", "eps": 0.1,
                                                        "knowledge": "report_emb"}}),
         optim=OptimConfig(name="adamw", lr=1e-4, warmup_steps=1000),

@@ -13,6 +13,7 @@ import math
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.recipes.ctclip import PREPROCESS as CTCLIP_PREPROCESS
 from ctvlp.models.text import TextTowerConfig
+from ctvlp.recipes.common import CXR_BERT, CXR_BERT_REVISION
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.models.voxel_head import VoxelHeadConfig
@@ -35,10 +36,14 @@ def recipe() -> TrainConfig:
                             mask_names=SEGVL_MASKS)
     return TrainConfig(
         recipe="segvl",
-        model=ModelConfig(vision=vision, text=TextTowerConfig(name="minilm", pooling="cls"), embed_dim=512,
+        # text encoder "initialised from BioViL ... following Hamamci et al. 2024": BioViL's CXR-BERT as CT-CLIP
+        # loads it (CLS, 512 tokens; the paper states no length)
+        model=ModelConfig(vision=vision, text=TextTowerConfig(name=CXR_BERT, revision=CXR_BERT_REVISION,
+                                                              trust_remote_code=True, pooling="cls", max_length=512),
+                          embed_dim=512,
                           projection="mlp", init_logit_scale=math.log(1 / 0.07),
                           seg=VoxelHeadConfig(embed_dim=32, hidden=256), visual_enhancement=True),
-        data=DataConfig(preprocess=CTCLIP_PREPROCESS, sampler=sampler, batch_size=8),
+        data=DataConfig(preprocess=CTCLIP_PREPROCESS, sampler=sampler, batch_size=8, max_text_tokens=512),
         loss=LossConfig(name="clip"),
         tasks={"masks": LossConfig(name="tversky", weights={"tversky": 0.75},
                                    options={"tversky": {"alpha": alpha, "beta": [1 - a for a in alpha]}})},

@@ -22,7 +22,7 @@ in-plane, not its spacing; 256 x 1.5 mm = 384 mm holds a body-cropped chest], [-
 def recipe() -> TrainConfig:
     """The recipe's complete config (see the module docstring)."""
     vision = vit_config("base", patch=(16, 16, 16), pos="rope", rope_base=1000.0)
-    text = TextTowerConfig(name="minilm", pooling="mean")
+    text = TextTowerConfig(name="minilm", pooling="mean")  # SigVLP names no text encoder (seed, METHODS.md): MiniLM
     sampler = SamplerConfig(mode="chunk", chunk_depth=32, padding="repeat", size=(256, 256), text="organs")
     return TrainConfig(
         recipe="sigvlp",

@@ -26,6 +26,7 @@ def recipe() -> TrainConfig:
                             include_masks=True, mask_names=SEGVL_MASKS)
     return TrainConfig(
         recipe="uniferum",
+        # released code: one fused stream through BiomedBERT's first 4 layers, no separate text tower to name
         model=ModelConfig(vision=vision, text=TextTowerConfig(name="minilm", pooling="mean"), embed_dim=512,
                           image_pool="multiscale", projection="mlp", label_prompts=True,
                           seg=VoxelHeadConfig(embed_dim=32, hidden=256)),

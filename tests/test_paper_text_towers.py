@@ -1,0 +1,227 @@
+"""Issue 17 item 3: the full recipes name their papers' text encoders by hub id (CXR-BERT for CT-CLIP, SegVL and
+COLIPRI, BioClinicalBERT for SCALE-VLP); without network or a local copy, building one fails at once with one line
+naming the id and the `--set` that trains with the packaged MiniLM. Offline: the hub is never reached here."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import transformers
+
+from ctvlp.cli import main
+from ctvlp.models.text import MINILM_POSITIONS, TINY_BERT, TextTower, TextTowerConfig, TextTowerError, minilm_dir
+from ctvlp.recipes import get_recipe
+from ctvlp.recipes.cohort import cohort_variant
+from ctvlp.recipes.common import CXR_BERT, CXR_BERT_REVISION
+
+PAPER_TOWERS = {  # recipe: (hub id, pooling, max_length, trust_remote_code, revision, training token budget)
+    "ctclip": (CXR_BERT, "cls", 512, True, CXR_BERT_REVISION, 512),
+    "segvl": (CXR_BERT, "cls", 512, True, CXR_BERT_REVISION, 512),
+    "colipri": (CXR_BERT, "mean_query", 512, True, CXR_BERT_REVISION, 256),  # 256: its decoder shares the tokens
+    "scalevlp": ("emilyalsentzer/Bio_ClinicalBERT", "mean", 512, False, None, 512),
+}
+
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """An empty Hugging Face cache and no network (HF_HUB_OFFLINE): what a machine without the model sees."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_TOWERS))
+def test_full_recipes_name_their_papers_text_encoder(name):
+    cfg = get_recipe(name)
+    text = cfg.model.text
+    assert (text.name, text.pooling, text.max_length, text.trust_remote_code, text.revision,
+            cfg.data.max_text_tokens) == PAPER_TOWERS[name]
+    assert text.freeze == ("all" if name == "scalevlp" else "none")  # SCALE-VLP's BioClinicalBERT is frozen
+    assert CXR_BERT == "microsoft/BiomedVLP-CXR-BERT-specialized" and len(CXR_BERT_REVISION) == 40
+
+
+@pytest.mark.parametrize("name", ["sigvlp", "uniferum", "demo"])
+def test_silent_papers_and_the_demo_keep_the_packaged_minilm(name):
+    text = get_recipe(name).model.text
+    assert (text.name, text.trust_remote_code, text.revision) == ("minilm", False, None)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_TOWERS))
+def test_debug_and_cohort_variants_keep_the_offline_towers(name):
+    paper = get_recipe(name)
+    debug, cohort = get_recipe(name, debug=True).model.text, cohort_variant(paper).model.text
+    assert (debug.name, debug.trust_remote_code, debug.revision) == ("tiny", False, None)
+    assert (cohort.name, cohort.trust_remote_code, cohort.revision) == ("minilm", False, None)
+    assert debug.pooling == cohort.pooling == paper.model.text.pooling
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_TOWERS))
+def test_an_uncached_hub_tower_fails_at_once_with_the_minilm_set(no_hub, name):
+    text = get_recipe(name).model.text
+    start = time.perf_counter()
+    with pytest.raises(TextTowerError) as err:
+        TextTower(text)
+    elapsed = time.perf_counter() - start
+    message = str(err.value)
+    assert elapsed < 5, elapsed
+    assert "\n" not in message and f"{text.name!r}" in message and "not in the Hugging Face cache" in message
+    assert "--set model.text.name=minilm" in message
+    assert ("--set model.text.trust_remote_code=false" in message) == text.trust_remote_code
+    assert text.max_length <= MINILM_POSITIONS and "max_length" not in message  # 512 fits MiniLM's positions
+
+
+def test_the_printed_set_is_a_minilm_that_builds(no_hub):
+    from ctvlp.config import apply_overrides
+
+    cfg = get_recipe("ctclip")
+    with pytest.raises(TextTowerError) as err:
+        TextTower(cfg.model.text)
+    sets = [part.split(" ")[0] for part in str(err.value).split("--set ")[1:]]
+    fixed = apply_overrides(cfg, sets).model.text
+    tower = TextTower(fixed)  # the packaged MiniLM, offline, the recipe's CLS pooling and 512 tokens
+    assert (fixed.name, fixed.pooling, fixed.max_length, tower.width) == ("minilm", "cls", 512, 384)
+
+
+def test_hub_id_without_network_fails_fast_even_without_hf_hub_offline(monkeypatch, tmp_path):
+    """No HF_HUB_OFFLINE: one request (no retries) finds the hub unreachable; transformers alone retried ~50 s."""
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    start = time.perf_counter()
+    with pytest.raises(TextTowerError, match="neither in the Hugging Face cache nor reachable on the hub.*"
+                                             "--set model.text.name=minilm"):
+        TextTower(TextTowerConfig(name="emilyalsentzer/Bio_ClinicalBERT", max_length=512))
+    assert time.perf_counter() - start < 10
+
+
+def test_a_longer_budget_than_minilm_is_in_the_printed_set(no_hub):
+    with pytest.raises(TextTowerError, match="--set model.text.max_length=512"):
+        TextTower(TextTowerConfig(name="some-org/long-bert", max_length=1024))
+
+
+def test_cli_train_exits_2_with_one_line_before_the_vision_tower(no_hub, tmp_path, capsys, monkeypatch):
+    """`ctvlp train --recipe ctclip` on a ctclip cache: past the preprocessing check, the text tower fails before
+    the (large) vision tower is allocated."""
+    import nibabel as nib
+    import numpy as np
+    import pandas as pd
+
+    import ctvlp.models.vlp as vlp
+    from ctvlp.data.manifest import Manifest
+
+    rows = []
+    for k, split in enumerate(("train", "train", "valid", "test")):
+        hu = np.full((40, 40, 12), -1000, np.int16)
+        hu[8:32, 8:32, 2:10] = 40
+        nib.save(nib.Nifti1Image(hu, np.diag([-1.5, -1.5, 3.0, 1.0])), tmp_path / f"v{k}.nii.gz")
+        rows.append({"id": f"v{k}", "split": split, "path": str(tmp_path / f"v{k}.nii.gz"),
+                     "findings": "Lungs are clear."})
+    Manifest(pd.DataFrame(rows)).save(tmp_path / "m.parquet")
+    cache = tmp_path / "cache"
+    assert main(["prepare", "--recipe", "ctclip", "--manifest", str(tmp_path / "m.parquet"), "--out", str(cache),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+
+    def no_vision(*args, **kwargs):
+        raise AssertionError("the vision tower was built before the text tower was checked")
+
+    monkeypatch.setattr(vlp, "create_vision_tower", no_vision)
+    start = time.perf_counter()
+    assert main(["train", "--recipe", "ctclip", "--data", str(cache), "--out", str(tmp_path / "run"),
+                 "--no-progress"]) == 2
+    elapsed = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in (repr(CXR_BERT), "not in the Hugging Face cache",
+                   "--set model.text.name=minilm --set model.text.trust_remote_code=false"):
+        assert needle in err, (needle, err)
+    assert elapsed < 30, elapsed
+    assert main(["config", "ctclip"]) == 0  # printing the config needs no network
+    assert CXR_BERT in capsys.readouterr().out
+
+
+def test_a_local_folder_of_the_same_architecture_loads_by_name(tmp_path):
+    """A random BERT of CXR-BERT's shape class (tiny here) saved to a folder loads as the recipe's tower would."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir())
+    bert = transformers.BertModel(transformers.BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT)).eval()
+    bert.save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
+    tower = TextTower(TextTowerConfig(name=str(tmp_path / "bert"), pooling="cls", max_length=512)).eval()
+    tokens = tower.tokenize(["No pleural effusion.", "word " * 600])
+    assert tokens["input_ids"].shape == (2, 512)
+    with torch.no_grad():
+        expected = bert(**tokens).last_hidden_state[:, 0]
+    torch.testing.assert_close(tower(**tokens), expected, atol=1e-6, rtol=0)
+
+
+def test_mean_query_pooling_is_colipris_attention_pool():
+    """COLIPRI's AttentionPool1D: torch MHA, query = masked mean of the tokens, padding masked; no norm."""
+    torch.manual_seed(0)
+    tower = TextTower(TextTowerConfig(name="tiny", pooling="mean_query")).eval()
+    tokens = tower.tokenize(["Small left pleural effusion.", "No nodules."])
+    mask = tokens["attention_mask"].bool()
+    with torch.no_grad():
+        hidden = tower.model(**tokens).last_hidden_state
+        out = tower(**tokens)
+        for i in range(2):  # each sample alone, its padding cut off: the same vector
+            h = hidden[i:i + 1, mask[i]]
+            ref, _ = tower.pool.attn(h.mean(1, keepdim=True), h, h)
+            torch.testing.assert_close(out[i], ref[0, 0], atol=1e-6, rtol=0)
+    assert {n for n, _ in tower.pool.named_parameters()} == {"attn.in_proj_weight", "attn.in_proj_bias",
+                                                             "attn.out_proj.weight", "attn.out_proj.bias"}
+
+
+def wrapped_bert_model(folder, marker):
+    """A local model folder shaped like CXR-BERT on the hub: config with auto_map to its own module, whose
+    AutoModel class wraps a BertModel as ``.bert`` beside a head of its own (written here, not CXR-BERT's code)."""
+    folder.mkdir()
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).write_bytes((minilm_dir() / name).read_bytes())
+    (folder / "modeling_wrapped.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+        "from torch import nn\n"
+        "from transformers import BertConfig, BertModel, BertPreTrainedModel\n\n\n"
+        "class WrappedConfig(BertConfig):\n    model_type = 'wrapped-bert'\n\n\n"
+        "class WrappedModel(BertPreTrainedModel):\n    config_class = WrappedConfig\n\n"
+        "    def __init__(self, config):\n        super().__init__(config)\n"
+        "        self.bert = BertModel(config, add_pooling_layer=False)\n"
+        "        self.head = nn.Linear(config.hidden_size, 8)\n        self.post_init()\n")
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "wrapped-bert", "vocab_size": 30522, **TINY_BERT,
+        "auto_map": {"AutoConfig": "modeling_wrapped.WrappedConfig", "AutoModel": "modeling_wrapped.WrappedModel"}}))
+    return folder
+
+
+def test_a_wrapped_bert_with_its_own_code_needs_trust_and_is_saved_as_plain_bert(tmp_path):
+    marker = tmp_path / "IMPORTED"
+    model = wrapped_bert_model(tmp_path / "wrapped", marker)
+    with pytest.raises(TextTowerError, match="ships its own Python code"):
+        TextTower(TextTowerConfig(name=str(model), pretrained=False))
+    assert not marker.exists()
+    # trusted (in a child process: transformers copies the module to HF_MODULES_CACHE): the inner BertModel with a
+    # plain BertConfig, saved as a folder that loads with no code of its own and gives the same embeddings
+    code = ("import sys, json, torch; from ctvlp.models.text import TextTower, TextTowerConfig\n"
+            "t = TextTower(TextTowerConfig(name=sys.argv[1], pretrained=False, trust_remote_code=True, "
+            "pooling='cls')).eval()\n"
+            "t.save_pretrained(sys.argv[2]); tok = t.tokenize(['Mild cardiomegaly.'])\n"
+            "print(json.dumps({'cls': type(t.model).__name__, 'config': type(t.model.config).__name__, "
+            "'emb': t(**tok)[0].tolist()}))")
+    done = subprocess.run([sys.executable, "-c", code, str(model), str(tmp_path / "saved")], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (out["cls"], out["config"]) == ("BertModel", "BertConfig") and marker.exists()
+    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert saved["model_type"] == "bert" and "auto_map" not in saved
+    assert not list((tmp_path / "saved").glob("*.py"))
+    again = TextTower(TextTowerConfig(name=str(tmp_path / "saved"), pooling="cls")).eval()  # no trust needed
+    emb = again.encode(["Mild cardiomegaly."])[0]
+    torch.testing.assert_close(emb, torch.tensor(out["emb"]), atol=1e-5, rtol=0)
