@@ -225,3 +225,26 @@ def test_a_wrapped_bert_with_its_own_code_needs_trust_and_is_saved_as_plain_bert
     again = TextTower(TextTowerConfig(name=str(tmp_path / "saved"), pooling="cls")).eval()  # no trust needed
     emb = again.encode(["Mild cardiomegaly."])[0]
     torch.testing.assert_close(emb, torch.tensor(out["emb"]), atol=1e-5, rtol=0)
+
+
+def test_a_checkpoint_gets_remote_code_trust_only_from_its_registered_recipe():
+    """load_trained trusts a checkpoint's text tower only when the registered recipe it names sets
+    trust_remote_code for that very hub id and pinned revision; the file alone never turns it on."""
+    import dataclasses
+
+    from ctvlp.train.restore import recipe_trusts
+
+    cfg = get_recipe("ctclip")
+    assert recipe_trusts(cfg)
+
+    def text(cfg, **changes):
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text=dataclasses.replace(
+            cfg.model.text, **changes)))
+
+    assert not recipe_trusts(text(cfg, revision="main"))  # the hub's code could have changed since
+    assert not recipe_trusts(text(cfg, revision=None))
+    assert not recipe_trusts(text(cfg, name="someone/else"))
+    assert not recipe_trusts(text(cfg, trust_remote_code=False))
+    assert not recipe_trusts(dataclasses.replace(cfg, recipe="custom"))
+    assert not recipe_trusts(dataclasses.replace(cfg, recipe="sigvlp"))  # sigvlp trusts nothing
+    assert not recipe_trusts(get_recipe("scalevlp")) and not recipe_trusts(get_recipe("ctclip", debug=True))

@@ -158,7 +158,7 @@ def _hub_source(cfg: TextTowerConfig) -> bool:
     except (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError,
             hub_errors.EntryNotFoundError) as err:
         raise TextTowerError(None, f"text tower {cfg.name!r}{at} is not in the Hugging Face cache and the hub "
-                                   f"does not have it ({type(err).__name__}); {fix}") from None
+                                   f"does not serve it ({type(err).__name__}); {fix}") from None
     except Exception as err:  # no network, DNS, proxy, timeout, gated repo: the hub cannot serve it
         reason = (str(err).splitlines() or [""])[0][:200]
         raise TextTowerError(None, f"text tower {cfg.name!r}{at} is neither in the Hugging Face cache nor reachable "
