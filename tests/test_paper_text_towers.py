@@ -183,8 +183,14 @@ def wrapped_bert_model(folder, marker):
     """A local model folder shaped like CXR-BERT on the hub: config with auto_map to its own module, whose
     AutoModel class wraps a BertModel as ``.bert`` beside a head of its own (written here, not CXR-BERT's code)."""
     folder.mkdir()
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    for name in ("vocab.txt", "special_tokens_map.json"):
         (folder / name).write_bytes((minilm_dir() / name).read_bytes())
+    (folder / "tokenizer_config.json").write_text(json.dumps({  # a tokenizer class of its own, as CXR-BERT's
+        "do_lower_case": True, "tokenizer_class": "WrappedTokenizer", "model_max_length": 512,
+        "auto_map": {"AutoTokenizer": ["tokenization_wrapped.WrappedTokenizer", None]}}))
+    (folder / "tokenization_wrapped.py").write_text(
+        "from transformers import BertTokenizer\n\n\nclass WrappedTokenizer(BertTokenizer):\n"
+        "    def __init__(self, **kwargs):\n        super().__init__(**kwargs)\n")
     (folder / "modeling_wrapped.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
         "from torch import nn\n"
@@ -213,14 +219,18 @@ def test_a_wrapped_bert_with_its_own_code_needs_trust_and_is_saved_as_plain_bert
             "pooling='cls')).eval()\n"
             "t.save_pretrained(sys.argv[2]); tok = t.tokenize(['Mild cardiomegaly.'])\n"
             "print(json.dumps({'cls': type(t.model).__name__, 'config': type(t.model.config).__name__, "
+            "'tokenizer': type(t.tokenizer).__name__, "
             "'emb': t(**tok)[0].tolist()}))")
     done = subprocess.run([sys.executable, "-c", code, str(model), str(tmp_path / "saved")], capture_output=True,
                           text=True, timeout=120, env={**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")})
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert (out["cls"], out["config"]) == ("BertModel", "BertConfig") and marker.exists()
+    assert (out["cls"], out["config"], out["tokenizer"]) == ("BertModel", "BertConfig", "BertTokenizer")
+    assert marker.exists()
     saved = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert saved["model_type"] == "bert" and "auto_map" not in saved
+    saved = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())
+    assert saved["tokenizer_class"] == "BertTokenizer" and "auto_map" not in saved
     assert not list((tmp_path / "saved").glob("*.py"))
     again = TextTower(TextTowerConfig(name=str(tmp_path / "saved"), pooling="cls")).eval()  # no trust needed
     emb = again.encode(["Mild cardiomegaly."])[0]

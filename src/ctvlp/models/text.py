@@ -17,8 +17,9 @@ Sources (``TextTowerConfig.name``):
 
 A model whose own class wraps a BERT (``.bert``, as CXR-BERT's ``CXRBertModel`` does) is unwrapped to that
 ``BertModel`` with a plain ``BertConfig``, as COLIPRI's package does (CT-CLIP loads the same weights with
-``BertModel.from_pretrained``): its masked-LM and projection heads would get no gradients, and a tower
-saved from it (an export) is a plain BERT that needs no code of its own to load.
+``BertModel.from_pretrained``), and a tokenizer class of its own that only renames ``BertTokenizer`` becomes
+``BertTokenizer`` (CT-CLIP's): the masked-LM and projection heads would get no gradients, and a tower saved
+from it (an export) is a plain BERT that needs no code of its own to load.
 
 Loading never runs code that comes with a model: weights are read from safetensors or with
 ``torch.load(weights_only=True)``, and a model that ships its own Python modules (``auto_map`` in its
@@ -185,6 +186,25 @@ def _plain_bert(model: nn.Module) -> nn.Module:
     return inner
 
 
+_PLAIN_SUBCLASS = {"__module__", "__qualname__", "__doc__", "__dict__", "__weakref__", "__firstlineno__",
+                   "__static_attributes__", "__init__", "_auto_class"}
+"""What a model's own tokenizer class may define and still be plain ``BertTokenizer`` (CXR-BERT's
+``CXRBertTokenizer`` defines only an ``__init__`` that calls ``super().__init__``)."""
+
+
+def _plain_tokenizer(tokenizer):
+    """A tokenizer of a model's own code that only renames ``BertTokenizer`` (CXR-BERT's) -> that same object as
+    a plain ``BertTokenizer`` (what CT-CLIP loads), so that a saved tower names no code of its own."""
+    cls = type(tokenizer)
+    if (cls is transformers.BertTokenizer or not isinstance(tokenizer, transformers.BertTokenizer)
+            or not cls.__module__.startswith("transformers_modules") or set(vars(cls)) - _PLAIN_SUBCLASS):
+        return tokenizer
+    tokenizer.__class__ = transformers.BertTokenizer
+    tokenizer._auto_class = None
+    tokenizer.init_kwargs.pop("auto_map", None)
+    return tokenizer
+
+
 def check_available(cfg: TextTowerConfig) -> None:
     """Fail now (TextTowerError, one line) when ``cfg`` names a hub id that is neither cached nor reachable:
     called before a model allocates anything else (its vision tower can take seconds and gigabytes)."""
@@ -227,7 +247,7 @@ def load_encoder(cfg: TextTowerConfig) -> tuple[nn.Module, object]:
             raise TextTowerError(None, f"text tower {cfg.name!r} is not 'minilm', 'tiny' or a local model directory, "
                                        f"and could not be found {where} ({type(err).__name__}: "
                                        f"{str(err).splitlines()[0]})") from err
-    model = _plain_bert(model)
+    model, tokenizer = _plain_bert(model), _plain_tokenizer(tokenizer)
     if getattr(model, "pooler", None) is not None:
         model.pooler = None
     return model, tokenizer
