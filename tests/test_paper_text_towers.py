@@ -206,55 +206,72 @@ def wrapped_bert_model(folder, marker):
     return folder
 
 
-def test_a_wrapped_bert_with_its_own_code_needs_trust_and_is_saved_as_plain_bert(tmp_path):
+def test_a_wrapped_bert_with_its_own_code_is_refused_without_trust(tmp_path):
     marker = tmp_path / "IMPORTED"
     model = wrapped_bert_model(tmp_path / "wrapped", marker)
     with pytest.raises(TextTowerError, match="ships its own Python code"):
         TextTower(TextTowerConfig(name=str(model), pretrained=False))
     assert not marker.exists()
-    # trusted (in a child process: transformers copies the module to HF_MODULES_CACHE): the inner BertModel with a
-    # plain BertConfig, saved as a folder that loads with no code of its own and gives the same embeddings
-    code = ("import sys, json, torch; from ctvlp.models.text import TextTower, TextTowerConfig\n"
-            "t = TextTower(TextTowerConfig(name=sys.argv[1], pretrained=False, trust_remote_code=True, "
-            "pooling='cls')).eval()\n"
-            "t.save_pretrained(sys.argv[2]); tok = t.tokenize(['Mild cardiomegaly.'])\n"
-            "print(json.dumps({'cls': type(t.model).__name__, 'config': type(t.model.config).__name__, "
-            "'tokenizer': type(t.tokenizer).__name__, "
-            "'emb': t(**tok)[0].tolist()}))")
-    done = subprocess.run([sys.executable, "-c", code, str(model), str(tmp_path / "saved")], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")})
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert (out["cls"], out["config"], out["tokenizer"]) == ("BertModel", "BertConfig", "BertTokenizer")
+
+
+CHILD = r'''
+import dataclasses, sys, time
+from pathlib import Path
+import torch, transformers
+import ctvlp
+from ctvlp.config import to_dict
+from ctvlp.data.preprocess import PreprocessConfig
+from ctvlp.inference.export import export_model
+from ctvlp.models.text import TextTowerError
+from ctvlp.models.vlp import VisionLanguageModel
+from ctvlp.recipes import get_recipe
+from ctvlp.train.checkpoint import save_checkpoint
+from ctvlp.train.restore import load_trained
+
+out = Path(sys.argv[1])
+cfg = get_recipe("ctclip", debug=True)  # tiny CTViT; the recipe's own text tower (the cached CXR-BERT stand-in)
+cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text=get_recipe("ctclip").model.text))
+torch.manual_seed(0)
+model = VisionLanguageModel(cfg.model).eval()
+assert type(model.text.model) is transformers.BertModel and type(model.text.tokenizer) is transformers.BertTokenizer
+state = {"config": to_dict(cfg), "recipe": cfg.recipe, "preprocess": to_dict(PreprocessConfig()), "label_names": [],
+         "prompts": {}, "model": model.state_dict(), "step": 1}
+path = save_checkpoint(out / "run" / "checkpoints", state, keep_last=1)
+text = ["Mild cardiomegaly."]
+trained = load_trained(path)  # no trust passed: the registered ctclip recipe pins this id and revision
+same = torch.equal(trained.model.text.encode(text), model.text.encode(text))
+crafted = dict(state, config=to_dict(dataclasses.replace(cfg, recipe="custom")))
+try:
+    load_trained(save_checkpoint(out / "crafted", crafted, keep_last=1))
+    refused = False
+except TextTowerError as err:
+    refused = "ships its own Python code" in str(err)
+exported = export_model(ctvlp.load_model(path), out / "export")
+again = ctvlp.load_model(exported)  # a plain BERT folder: no trust needed
+print("RESULT", same, refused, torch.allclose(again.model.text.encode(text), model.text.encode(text), atol=1e-6))
+'''
+
+
+def test_a_cached_cxr_bert_loads_through_the_recipe_and_its_checkpoint_and_export_load_back(tmp_path):
+    """A CXR-BERT-shaped stand-in (tiny, random, its own code) in a Hugging Face cache at the recipe's pinned
+    revision: the ctclip text config builds it offline; its checkpoint loads without the caller's trust (the
+    recipe's), a checkpoint claiming another recipe is refused, and its export loads as plain BERT."""
+    marker = tmp_path / "IMPORTED"
+    snapshot = (tmp_path / "hub" / f"models--{CXR_BERT.replace('/', '--')}" / "snapshots" / CXR_BERT_REVISION)
+    snapshot.parent.mkdir(parents=True)
+    wrapped_bert_model(snapshot, marker)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir())
+    weights = transformers.BertForMaskedLM(transformers.BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT))
+    weights.save_pretrained(tmp_path / "weights")  # "bert.*" keys, as CXR-BERT's checkpoint
+    (snapshot / "model.safetensors").write_bytes((tmp_path / "weights" / "model.safetensors").read_bytes())
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    done = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "RESULT True True True", done.stdout
     assert marker.exists()
-    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
-    assert saved["model_type"] == "bert" and "auto_map" not in saved
-    saved = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())
-    assert saved["tokenizer_class"] == "BertTokenizer" and "auto_map" not in saved
-    assert not list((tmp_path / "saved").glob("*.py"))
-    again = TextTower(TextTowerConfig(name=str(tmp_path / "saved"), pooling="cls")).eval()  # no trust needed
-    emb = again.encode(["Mild cardiomegaly."])[0]
-    torch.testing.assert_close(emb, torch.tensor(out["emb"]), atol=1e-5, rtol=0)
-
-
-def test_a_checkpoint_gets_remote_code_trust_only_from_its_registered_recipe():
-    """load_trained trusts a checkpoint's text tower only when the registered recipe it names sets
-    trust_remote_code for that very hub id and pinned revision; the file alone never turns it on."""
-    import dataclasses
-
-    from ctvlp.train.restore import recipe_trusts
-
-    cfg = get_recipe("ctclip")
-    assert recipe_trusts(cfg)
-
-    def text(cfg, **changes):
-        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, text=dataclasses.replace(
-            cfg.model.text, **changes)))
-
-    assert not recipe_trusts(text(cfg, revision="main"))  # the hub's code could have changed since
-    assert not recipe_trusts(text(cfg, revision=None))
-    assert not recipe_trusts(text(cfg, name="someone/else"))
-    assert not recipe_trusts(text(cfg, trust_remote_code=False))
-    assert not recipe_trusts(dataclasses.replace(cfg, recipe="custom"))
-    assert not recipe_trusts(dataclasses.replace(cfg, recipe="sigvlp"))  # sigvlp trusts nothing
-    assert not recipe_trusts(get_recipe("scalevlp")) and not recipe_trusts(get_recipe("ctclip", debug=True))
+    text = tmp_path / "export" / "text"  # CXRBertModel -> its BertModel, CXRBertTokenizer -> BertTokenizer
+    config, tokenizer = (json.loads((text / f).read_text()) for f in ("config.json", "tokenizer_config.json"))
+    assert config["model_type"] == "bert" and "auto_map" not in config and "auto_map" not in tokenizer
+    assert tokenizer["tokenizer_class"] == "BertTokenizer" and not list(text.glob("*.py"))
