@@ -5,6 +5,9 @@ positions, a cosine VQ codebook 8192 x 512, slab mean of the 24 x 24 x 24 token 
 bias-free to 512; temperature initialised to 1 and exponentiated), fixed in-plane crop/pad 480 x 480 and at most
 240 slices at 0.75 x 0.75 x 1.5 mm, InfoNCE, prompts "X is present." / "X is not present.", AdamW.
 
+METHODS.md's CT-CLIP section ("our ViT with pos=learned stands in for CTViT") predates this: ctclip is CTViT since
+issue 17, and the joint-attention ViT is gone.
+
 The paper beside ours ([code]: the authors' scripts/run_train.py, scripts/CTCLIPTrainer.py, ct_clip.py):
 
 +---------------+---------------------------------+-----------------------------------+-------------------------------+

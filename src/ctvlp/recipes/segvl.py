@@ -6,6 +6,9 @@ frozen. Stage 2: every optimiser step is one update of L_IT + 0.75 L_VM from one
 micro-batch (the paper's appendix; ``together``), L_VM the standard Tversky loss (alpha_seg 0.75; (alpha, beta) =
 (0.3, 0.7) for nodules, (0.4, 0.6) for effusion, (0.5, 0.5) otherwise).
 
+METHODS.md's "alternate one image-report step and one image-mask step" misreads the appendix, whose gradient
+accumulation of the two makes one update (ours until issue 17: two whole optimiser steps).
+
 The paper beside ours ([paper]: its Sec. 2 and appendix A.3):
 
 +---------------+---------------------------------+-----------------------------------+-------------------------------+

@@ -3,6 +3,9 @@
 sentences (organ z-extents from masks, else a z-prior), repeat padding, pairwise sigmoid loss (t = exp(log 10),
 b = -10), Muon for 2-D block weights and AdamW for the rest.
 
+METHODS.md's z-prior for data without organ masks is :data:`ctvlp.data.sampling.ORGAN_Z_PRIOR` (missing until
+issue 17: such chunks silently paired with the impressions or the whole report).
+
 The paper beside ours ([code]: the authors' released code as METHODS.md reads it):
 
 +---------------+---------------------------------+-----------------------------------+-------------------------------+

@@ -48,8 +48,8 @@ img_utils/standardize_nii.py, models/):
 | steps, batch  | 25,000 steps, batch 8 x 8       | 100,000 steps, batch 8            | [ours] no recorded reason     |
 |               | accumulation [code]             |                                   | (flagged)                     |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
-| evaluation    | AUROC on CT-RATE (+7 points),   | label-head zero-shot              | =                             |
-|               | zero-shot on RAD-ChestCT and    | (prompt_style label-head) and the |                               |
+| evaluation    | AUROC on CT-RATE (+7 points),   | zero-shot by the label head       | =                             |
+|               | zero-shot on RAD-ChestCT and    | (prompt_style label_head); the    |                               |
 |               | INSPECT                         | paper's tasks (eval.tasks)        |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
 
