@@ -71,7 +71,8 @@ The paper beside ours ([paper]: its Sec. 2 and appendix A.3):
 Tags: [paper]/[code]/[reviews] say where the paper's value is stated; [ours]: our decision; "flagged":
 a difference without a recorded reason, kept as it is until the lead decides.
 
-Text tower: BioViL's CXR-BERT (the paper: "initialised from BioViL"); its hub id is in ``model.text``."""
+Text tower hub id: ``microsoft/BiomedVLP-CXR-BERT-specialized``, BioViL's CXR-BERT (the paper: "initialised from
+BioViL", "following Hamamci et al.")."""
 
 from __future__ import annotations
 

@@ -30,8 +30,8 @@ img_utils/standardize_nii.py, models/):
 |               | 384 x 320 x 256 mm, resized to  | 256 centre crop/pad, at most 128  |                               |
 |               | 256 x 160 x 128 [code]          | slices                            |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
-| text tower    | BiomedBERT abstract-fulltext    | the paper's hub id (model.text)   | =                             |
-|               | (hub id below), 4 layers [code] |                                   |                               |
+| text tower    | BiomedBERT abstract-fulltext    | the packaged MiniLM (model.text)  | [ours] the code has no        |
+|               | (hub id below), 4 layers [code] |                                   | separate text tower to name   |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
 | loss          | labels: BCE on [CLS]; masks:    | siglip + masked_bce 1.0 (labels   | [ours] METHODS.md: focal or   |
 |               | sigmoid focal, weight 10;       | as prompts) + tversky 1.0         | Tversky; the report term is   |
@@ -56,7 +56,8 @@ img_utils/standardize_nii.py, models/):
 Tags: [paper]/[code]/[reviews] say where the paper's value is stated; [ours]: our decision; "flagged":
 a difference without a recorded reason, kept as it is until the lead decides.
 
-The code's text model: ``microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext`` (4 layers)."""
+The code's fused encoder: the first 4 layers of ``microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext``
+(prompt and image tokens in one sequence); ours is a dual-tower model with the packaged MiniLM."""
 
 from __future__ import annotations
 
