@@ -73,7 +73,9 @@ The paper beside ours ([code]: the authors' scripts/run_train.py, scripts/CTCLIP
 Tags: [paper]/[code]/[reviews] say where the paper's value is stated; [ours]: our decision; "flagged":
 a difference without a recorded reason, kept as it is until the lead decides.
 
-Text tower hub id: ``microsoft/BiomedVLP-CXR-BERT-specialized`` (``trust_remote_code``), as the authors load it."""
+Text tower hub id: ``microsoft/BiomedVLP-CXR-BERT-specialized``. The authors' scripts load it as a plain
+``BertModel``; its hub repository ships its own model code (``auto_map``), so the recipe sets ``trust_remote_code``
+and ``ctvlp.models.text`` unwraps the result to the same plain BERT."""
 
 from __future__ import annotations
 
