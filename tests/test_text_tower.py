@@ -114,7 +114,8 @@ def test_save_load_round_trip(tmp_path):
 
 def test_unknown_name_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ValueError, match="'no-such-org/no-such-text-model'.*could not be found locally"):
+    with pytest.raises(ValueError, match="'no-such-org/no-such-text-model' is not in the Hugging Face cache.*"
+                                         "HF_HUB_OFFLINE is set.*--set model.text.name=minilm"):
         TextTower(TextTowerConfig(name="no-such-org/no-such-text-model"))
 
 

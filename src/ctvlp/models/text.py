@@ -7,13 +7,24 @@ Sources (``TextTowerConfig.name``):
   sentence-transformers' embeddings.
 - ``tiny``: a randomly initialised 2-layer BERT (hidden 64, 2 heads, MLP 128) with MiniLM's tokenizer,
   for fast tests.
-- a local directory (e.g. one written by :meth:`TextTower.save_pretrained`) or a Hugging Face hub id,
-  loaded with ``AutoModel``/``AutoTokenizer``. With ``HF_HUB_OFFLINE`` set nothing is downloaded
-  (``local_files_only``); otherwise transformers may fetch the id from the hub.
+- a local directory (e.g. one written by :meth:`TextTower.save_pretrained`) or a Hugging Face hub id
+  (the full recipes name their papers' encoders, e.g. ``microsoft/BiomedVLP-CXR-BERT-specialized``),
+  loaded with ``AutoModel``/``AutoTokenizer``. A hub id already in the Hugging Face cache loads from it
+  without touching the network; otherwise, unless ``HF_HUB_OFFLINE`` is set, one request without retries
+  checks that the hub answers before transformers downloads. Neither cached nor reachable: one
+  :class:`TextTowerError` line within about a second (transformers' own retries took 49 s here), naming
+  the id and the ``--set`` that trains with the packaged MiniLM instead -- never a silent swap.
+
+A model whose own class wraps a BERT (``.bert``, as CXR-BERT's ``CXRBertModel`` does) is unwrapped to that
+``BertModel`` with a plain ``BertConfig``, as COLIPRI's package does (CT-CLIP loads the same weights with
+``BertModel.from_pretrained``), and a tokenizer class of its own that only renames ``BertTokenizer`` becomes
+``BertTokenizer`` (CT-CLIP's): the masked-LM and projection heads would get no gradients, and a tower saved
+from it (an export) is a plain BERT that needs no code of its own to load.
 
 Loading never runs code that comes with a model: weights are read from safetensors or with
 ``torch.load(weights_only=True)``, and a model that ships its own Python modules (``auto_map`` in its
-config) is refused unless ``TextTowerConfig.trust_remote_code`` is set by the user.
+config) is refused unless ``TextTowerConfig.trust_remote_code`` is set (by the user, or by a recipe, which
+is reviewed ctvlp code that pins the hub ``revision`` whose code it trusts).
 
 The encoder's own pooler (BERT's ``pooler``) is dropped: no pooling here uses it, and parameters
 without gradients break DistributedDataParallel.
@@ -25,6 +36,7 @@ import contextlib
 import json
 import os
 import pickle
+import shlex
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -39,6 +51,8 @@ from ctvlp.models.heads import masked_mean
 
 TINY_BERT = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128,
              "max_position_embeddings": 512}
+MINILM_POSITIONS = 512
+"""Positions of the packaged MiniLM (BERT's 512): the longest ``max_length`` it takes."""
 CONFIG_FILE = "text_tower.json"
 POOL_FILE = "text_pool.safetensors"
 
@@ -49,8 +63,9 @@ class TextTowerConfig:
 
     name: str = "minilm"
     """``minilm`` (packaged all-MiniLM-L6-v2), ``tiny`` (random 2-layer BERT), a local directory or a hub id."""
-    pooling: Literal["cls", "mean", "attention"] = "mean"
-    """First token, masked mean over real tokens, or a learned query attending over real tokens."""
+    pooling: Literal["cls", "mean", "attention", "mean_query"] = "mean"
+    """First token, masked mean over real tokens, a learned query attending over real tokens, or (COLIPRI's
+    ``AttentionPool1D``) multi-head attention whose one query is the masked mean of the tokens."""
     max_length: int = 128
     """Token budget: longer texts are truncated."""
     freeze: Literal["none", "all", "embeddings", "all_but_last_n"] = "none"
@@ -64,10 +79,13 @@ class TextTowerConfig:
     """Let transformers import and run the Python code a model folder or hub id ships (``auto_map`` in its
     config.json). Off: such a tower is refused. Set it (``--set model.text.trust_remote_code=true``) only for
     code you have read; checkpoints and exports never turn it on by themselves (see ``load_model``)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of a hub-id tower; None: the default branch. A recipe that
+    trusts a model's code pins the commit it read. Ignored for ``minilm``, ``tiny`` and local folders."""
 
     def __post_init__(self) -> None:
-        if self.pooling not in ("cls", "mean", "attention"):
-            raise ValueError(f"pooling must be 'cls', 'mean' or 'attention', got {self.pooling!r}")
+        if self.pooling not in ("cls", "mean", "attention", "mean_query"):
+            raise ValueError(f"pooling must be 'cls', 'mean', 'attention' or 'mean_query', got {self.pooling!r}")
         if self.freeze not in ("none", "all", "embeddings", "all_but_last_n"):
             raise ValueError(f"freeze must be 'none', 'all', 'embeddings' or 'all_but_last_n', got {self.freeze!r}")
         if self.max_length < 2:
@@ -106,9 +124,98 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _minilm_fix(cfg: TextTowerConfig) -> str:
+    """The ``--set`` arguments that train with the packaged MiniLM instead of ``cfg``'s tower."""
+    sets = ["model.text.name=minilm"]
+    if cfg.trust_remote_code:
+        sets.append("model.text.trust_remote_code=false")
+    if cfg.max_length > MINILM_POSITIONS:
+        sets.append(f"model.text.max_length={MINILM_POSITIONS}")
+    return " ".join(f"--set {shlex.quote(s)}" for s in sets)
+
+
+def _hub_source(cfg: TextTowerConfig) -> bool:
+    """Where a hub id loads from: True = the local Hugging Face cache (no network), False = the hub,
+    which has just answered. TextTowerError, at once, when it is neither cached nor reachable."""
+    import huggingface_hub
+    from huggingface_hub import errors as hub_errors
+
+    try:
+        cached = huggingface_hub.try_to_load_from_cache(cfg.name, "config.json", revision=cfg.revision)
+    except hub_errors.HFValidationError:
+        raise TextTowerError(None, f"text tower {cfg.name!r} is not 'minilm', 'tiny', a local model directory or "
+                                   f"a valid Hugging Face hub id (org/name)") from None
+    if isinstance(cached, str):
+        return True
+    at = "" if cfg.revision is None else f" at revision {cfg.revision}"
+    download = f"hf download {cfg.name}" + ("" if cfg.revision is None else f" --revision {cfg.revision}")
+    fix = f"download it where there is network ({download}) or train with the packaged MiniLM: {_minilm_fix(cfg)}"
+    if _offline():
+        raise TextTowerError(None, f"text tower {cfg.name!r}{at} is not in the Hugging Face cache "
+                                   f"({huggingface_hub.constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set; {fix}")
+    url = huggingface_hub.hf_hub_url(cfg.name, "config.json", revision=cfg.revision)
+    try:  # one request, no retries: transformers' own download retries for ~50 s without a network
+        huggingface_hub.get_hf_file_metadata(url, timeout=10)
+    except (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError,
+            hub_errors.EntryNotFoundError) as err:
+        raise TextTowerError(None, f"text tower {cfg.name!r}{at} is not in the Hugging Face cache and the hub "
+                                   f"does not serve it ({type(err).__name__}); {fix}") from None
+    except Exception as err:  # no network, DNS, proxy, timeout, gated repo: the hub cannot serve it
+        reason = (str(err).splitlines() or [""])[0][:200]
+        raise TextTowerError(None, f"text tower {cfg.name!r}{at} is neither in the Hugging Face cache nor reachable "
+                                   f"on the hub ({type(err).__name__}: {reason}); {fix}") from None
+    return False
+
+
+def _plain_bert(model: nn.Module) -> nn.Module:
+    """A model class of its own that wraps a BERT (``model.bert``; CXR-BERT's ``CXRBertModel``) -> that
+    ``BertModel`` with a plain ``BertConfig`` (no ``auto_map``): what COLIPRI's package keeps of CXR-BERT,
+    and saved, a folder that loads without running any code of its own. Other models are returned as they are."""
+    inner = getattr(model, "bert", None)
+    if isinstance(model, transformers.BertModel) or not isinstance(inner, transformers.BertModel):
+        return model
+    old = inner.config
+    fields = {k: v for k, v in old.to_dict().items()
+              if k not in ("auto_map", "model_type", "architectures", "transformers_version")}
+    plain = transformers.BertConfig(**fields)
+    plain._attn_implementation = old._attn_implementation
+    for module in inner.modules():  # submodules keep a reference to the config they were built with
+        if getattr(module, "config", None) is old:
+            module.config = plain
+    inner._auto_class = None
+    return inner
+
+
+_PLAIN_SUBCLASS = {"__module__", "__qualname__", "__doc__", "__dict__", "__weakref__", "__firstlineno__",
+                   "__static_attributes__", "__init__", "_auto_class"}
+"""What a model's own tokenizer class may define and still be plain ``BertTokenizer`` (CXR-BERT's
+``CXRBertTokenizer`` defines only an ``__init__`` that calls ``super().__init__``)."""
+
+
+def _plain_tokenizer(tokenizer):
+    """A tokenizer of a model's own code that only renames ``BertTokenizer`` (CXR-BERT's) -> that same object as
+    a plain ``BertTokenizer`` (what CT-CLIP loads), so that a saved tower names no code of its own."""
+    cls = type(tokenizer)
+    if (cls is transformers.BertTokenizer or not isinstance(tokenizer, transformers.BertTokenizer)
+            or not cls.__module__.startswith("transformers_modules") or set(vars(cls)) - _PLAIN_SUBCLASS):
+        return tokenizer
+    tokenizer.__class__ = transformers.BertTokenizer
+    tokenizer._auto_class = None
+    tokenizer.init_kwargs.pop("auto_map", None)
+    return tokenizer
+
+
+def check_available(cfg: TextTowerConfig) -> None:
+    """Fail now (TextTowerError, one line) when ``cfg`` names a hub id that is neither cached nor reachable:
+    called before a model allocates anything else (its vision tower can take seconds and gigabytes)."""
+    if cfg.name not in ("minilm", "tiny") and not Path(cfg.name).is_dir():
+        _hub_source(cfg)
+
+
 def load_encoder(cfg: TextTowerConfig) -> tuple[nn.Module, object]:
     """(Hugging Face encoder without its pooler, tokenizer) for ``cfg.name``; TextTowerError (a ValueError)
-    when not found, or when it needs code run that ``cfg.trust_remote_code`` does not allow."""
+    when not found (a hub id neither cached nor reachable: at once, see the module docstring), or when it
+    needs code run that ``cfg.trust_remote_code`` does not allow."""
     with _quiet_transformers():
         if cfg.name == "tiny":
             tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir())
@@ -116,8 +223,11 @@ def load_encoder(cfg: TextTowerConfig) -> tuple[nn.Module, object]:
             model = transformers.BertModel(config, add_pooling_layer=False)
             return model, tokenizer
         source = str(minilm_dir()) if cfg.name == "minilm" else cfg.name
-        offline = _offline() and not Path(source).is_dir()
+        local = Path(source).is_dir()
+        offline = not local and _hub_source(cfg)  # True: from the cache only
         kwargs = {"trust_remote_code": cfg.trust_remote_code} | ({"local_files_only": True} if offline else {})
+        if not local and cfg.revision is not None:
+            kwargs["revision"] = cfg.revision
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
             if cfg.pretrained:
@@ -137,6 +247,7 @@ def load_encoder(cfg: TextTowerConfig) -> tuple[nn.Module, object]:
             raise TextTowerError(None, f"text tower {cfg.name!r} is not 'minilm', 'tiny' or a local model directory, "
                                        f"and could not be found {where} ({type(err).__name__}: "
                                        f"{str(err).splitlines()[0]})") from err
+    model, tokenizer = _plain_bert(model), _plain_tokenizer(tokenizer)
     if getattr(model, "pooler", None) is not None:
         model.pooler = None
     return model, tokenizer
@@ -161,6 +272,21 @@ class QueryPool(nn.Module):
         x = self.norm(tokens)
         q = self.query.expand(tokens.shape[0], -1, -1)  # (B, 1, C)
         out, _ = self.attn(q, x, x, key_padding_mask=~mask, need_weights=False)  # (B, 1, C)
+        return out[:, 0]
+
+
+class MeanQueryPool(nn.Module):
+    """COLIPRI's text pooling (``AttentionPool1D`` of its package): torch's ``nn.MultiheadAttention`` whose one
+    query is the masked mean of the tokens, keys and values the real tokens; no LayerNorm, no learned query."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L, C), mask (B, L) bool (True = real token) -> (B, C)."""
+        query = masked_mean(tokens, mask)[:, None]  # (B, 1, C)
+        out, _ = self.attn(query, tokens, tokens, key_padding_mask=~mask, need_weights=False)  # (B, 1, C)
         return out[:, 0]
 
 
@@ -201,7 +327,8 @@ class TextTower(nn.Module):
         if positions is not None and cfg.max_length > positions:
             raise ValueError(f"max_length={cfg.max_length} exceeds the encoder's {positions} positions")
         heads = self.model.config.num_attention_heads
-        self.pool = QueryPool(self.width, heads) if cfg.pooling == "attention" else None
+        pools = {"attention": QueryPool, "mean_query": MeanQueryPool}
+        self.pool = pools[cfg.pooling](self.width, heads) if cfg.pooling in pools else None
         apply_freeze(self.model, cfg.freeze, cfg.trainable_layers)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:

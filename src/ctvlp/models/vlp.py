@@ -25,7 +25,7 @@ from ctvlp.models.heads import AttentionPool, ProjectedAttentionPool, Projection
 from ctvlp.models.mae import MaeDecoder, MaeDecoderConfig, masked_autoencoder_step
 from ctvlp.models.ctvit import CTViTConfig
 from ctvlp.models.resnet3d import ResNet3dConfig
-from ctvlp.models.text import TextTower, TextTowerConfig
+from ctvlp.models.text import TextTower, TextTowerConfig, check_available
 from ctvlp.models.vit3d import ViT3dConfig, create_vision_tower
 from ctvlp.models.voxel_head import (AnchorHead, VisualEnhancement, VoxelHead, VoxelHeadConfig, anchor_prompts,
                                      segmentation_outputs)
@@ -142,6 +142,7 @@ class VisionLanguageModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        check_available(cfg.text)  # a hub text tower neither cached nor reachable fails before any allocation
         self.vision = create_vision_tower(cfg.vision)
         self.text = TextTower(cfg.text)
         if cfg.image_pool == "projected_attention":  # COLIPRI: the pool projects; nothing follows it

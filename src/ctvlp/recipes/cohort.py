@@ -9,7 +9,7 @@ the ``demo`` recipe everything that is a matter of size: the vision tower's widt
 patch, the embedding dimension, the MAE decoder's width (half the tower's, as MAE keeps its decoder
 lighter than the encoder; COLIPRI's 256-wide decoder on a 192-wide tower made an MAE step cost as much
 as a full one), the in-plane size and chunk depth, the batch size, the frozen packaged
-MiniLM text tower (the recipe's pooling kept) and the learning-rate schedule. Every variant is evaluated
+MiniLM text tower (the recipe's pooling kept) with the demo's token budget, and the learning-rate schedule. Every variant is evaluated
 the same way: whole volumes of at most ``COHORT_MAX_SLICES`` slices at the demo's in-plane size, on the
 recipe's (or the default) prompt style.
 
@@ -98,7 +98,8 @@ def cohort_variant(cfg: TrainConfig) -> TrainConfig:
     sampler = dataclasses.replace(cfg.data.sampler, size=size, chunk_depth=chunk_depth,
                                   max_slices=COHORT_MAX_SLICES if whole else None,
                                   min_depth=COHORT_MAX_SLICES if fixed else cfg.data.sampler.min_depth)
-    data = dataclasses.replace(cfg.data, preprocess=demo.data.preprocess, sampler=sampler, batch_size=demo.data.batch_size)
+    data = dataclasses.replace(cfg.data, preprocess=demo.data.preprocess, sampler=sampler, batch_size=demo.data.batch_size,
+                               max_text_tokens=demo.data.max_text_tokens)
     eval_sampler = dataclasses.replace(cfg.eval.sampler, size=size, max_slices=COHORT_MAX_SLICES,
                                        min_depth=COHORT_MAX_SLICES if fixed else cfg.eval.sampler.min_depth)
     evaluation = dataclasses.replace(cfg.eval, sampler=eval_sampler, batch_size=demo.eval.batch_size,

@@ -1,10 +1,78 @@
-"""SegVL (METHODS.md): ViT-B over 20 x 20 x 10 patches with learned positions (CT-CLIP's input:
-480 x 480, at most 240 slices), InfoNCE, a light per-token MLP voxel head (E = 32) scored against
-"This is <mask name>" anchors, visual enhancement (lambda from 0). Stage 1 (first half): image-report
-steps only, segmentation heads frozen. Stage 2: every optimiser step is one update of L_IT + 0.75 L_VM
-from one image-report and one image-mask micro-batch (the paper's appendix; ``together``), L_VM the
-standard Tversky loss (alpha_seg 0.75; (alpha, beta) = (0.3, 0.7) for nodules, (0.4, 0.6) for
-effusion, (0.5, 0.5) otherwise)."""
+"""SegVL (Hu et al. 2025, "Segmentation Helps Understanding: Mask-Infused Vision-Language Pre-training for 3D
+Medical Images"; METHODS.md): ViT-B over 20 x 20 x 10 patches with learned positions (CT-CLIP's input: 480 x 480,
+at most 240 slices), InfoNCE, a light per-token MLP voxel head (E = 32) scored against "This is <mask name>"
+anchors, visual enhancement (lambda from 0). Stage 1 (first half): image-report steps only, segmentation heads
+frozen. Stage 2: every optimiser step is one update of L_IT + 0.75 L_VM from one image-report and one image-mask
+micro-batch (the paper's appendix; ``together``), L_VM the standard Tversky loss (alpha_seg 0.75; (alpha, beta) =
+(0.3, 0.7) for nodules, (0.4, 0.6) for effusion, (0.5, 0.5) otherwise).
+
+METHODS.md's "alternate one image-report step and one image-mask step" misreads the appendix, whose gradient
+accumulation of the two makes one update (ours until issue 17: two whole optimiser steps).
+
+The paper beside ours ([paper]: its Sec. 2 and appendix A.3):
+
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+|               | paper                           | ours                              | deviation / why               |
++===============+=================================+===================================+===============================+
+| vision tower  | ViT-Base, random init: 12       | vit_config('base', width=768):    | =                             |
+|               | blocks x 768, 12 heads; no conv | 768 / 12 / 12, GELU MLP x 4       |                               |
+|               | stem                            |                                   |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| patch,        | 20 x 20 x 10 (x, y, z);         | (10, 20, 20) as (z, y, x);        | [ours] positions: ViT's       |
+| positions     | positions not stated            | learned absolute, grid 24 x 24 x  | learned embeddings            |
+|               |                                 | 24                                |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| spacing, crop | CT-CLIP's data (not restated)   | CT-CLIP's PREPROCESS (0.75 x 0.75 | [ours] CT-CLIP's grid, for    |
+|               |                                 | x 1.5 mm, HU / 1000); 480 x 480,  | which the patch was made      |
+|               |                                 | at most 240 centred slices        |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| text tower    | BioViL's CXR-BERT, CLS token    | the paper's (model.text)          | =                             |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| heads         | text, image and seg heads:      | projection mlp (Linear, GELU,     | [ours] GELU without           |
+|               | Linear, LeakyReLU, LayerNorm,   | Linear); voxel head Linear, GELU, | LayerNorm: no recorded reason |
+|               | Linear                          | Linear, E = 32, hidden 256;       | (flagged); E and hidden not   |
+|               |                                 | anchor head as the paper          | stated                        |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| loss          | L_IT (InfoNCE) + alpha_seg      | clip + 0.75 tversky               | [ours] standard Tversky: Eq.  |
+|               | L_VM, L_VM the Tversky loss of  | (tasks.masks): 1 - TP / (TP + a   | 5 puts alpha on false         |
+|               | its Eq. 5                       | FP + b FN), as MONAI's            | negatives, against its own    |
+|               |                                 |                                   | intent                        |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| Tversky a, b  | (0.3, 0.7) nodules, (0.4, 0.6)  | the same per mask name            | =                             |
+|               | effusion, (0.5, 0.5) others     |                                   |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| temperature   | not stated (CLIP's              | log(1/0.07), t clamped at 100;    | [ours] CLIP's initial value   |
+|               | implementation, gathered across | negatives gathered                |                               |
+|               | GPUs)                           |                                   |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| stages        | 1: alpha_seg 0, seg/text heads  | 1: first half, pairs only, 'seg.' | =                             |
+|               | frozen. 2: alpha_seg 0.75, one  | frozen. 2: together, one update   |                               |
+|               | update accumulates one          | of L_IT + 0.75 L_VM               |                               |
+|               | image-report and one image-mask |                                   |                               |
+|               | step                            |                                   |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| visual enh.   | z = z_img + lambda              | visual_enhancement: lambda        | =                             |
+|               | AvgPool(f_VE(X_seg)), lambda    | learnable, 0; 'seg.' (frozen in   |                               |
+|               | learnable, 0 at stage 2's start | stage 1) holds it                 |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| optimiser     | AdamW, cosine from 5e-6 to 5e-8 | AdamW (0.9, 0.95), wd 0.05;       | [ours] CT-CLIP recipe's lr;   |
+|               |                                 | 1.25e-5 peak, 1000 warm-up steps, | no recorded reason (flagged)  |
+|               |                                 | cosine to 0.1 x                   |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| steps, batch  | 10^6 steps per stage; batch 32  | 100,000 steps in all (half per    | [ours] no recorded reason     |
+|               | (stage 1), 16 (stage 2),        | stage), batch 8, grad_accum 1     | (flagged)                     |
+|               | gradient accumulation 2         |                                   |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| evaluation    | zero-shot classification (18    | the paper's zero-shot tasks       | =                             |
+|               | labels) and segmentation;       | (eval.tasks)                      |                               |
+|               | fine-tuned segmentation         |                                   |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+
+Tags: [paper]/[code]/[reviews] say where the paper's value is stated; [ours]: our decision; "flagged":
+a difference without a recorded reason, kept as it is until the lead decides.
+
+Text tower hub id: ``microsoft/BiomedVLP-CXR-BERT-specialized``, BioViL's CXR-BERT (the paper: "initialised from
+BioViL", "following Hamamci et al.")."""
 
 from __future__ import annotations
 
@@ -13,6 +81,7 @@ import math
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.recipes.ctclip import PREPROCESS as CTCLIP_PREPROCESS
 from ctvlp.models.text import TextTowerConfig
+from ctvlp.recipes.common import CXR_BERT, CXR_BERT_REVISION
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.models.voxel_head import VoxelHeadConfig
@@ -35,10 +104,14 @@ def recipe() -> TrainConfig:
                             mask_names=SEGVL_MASKS)
     return TrainConfig(
         recipe="segvl",
-        model=ModelConfig(vision=vision, text=TextTowerConfig(name="minilm", pooling="cls"), embed_dim=512,
+        # text encoder "initialised from BioViL ... following Hamamci et al. 2024": BioViL's CXR-BERT as CT-CLIP
+        # loads it (CLS, 512 tokens; the paper states no length)
+        model=ModelConfig(vision=vision, text=TextTowerConfig(name=CXR_BERT, revision=CXR_BERT_REVISION,
+                                                              trust_remote_code=True, pooling="cls", max_length=512),
+                          embed_dim=512,
                           projection="mlp", init_logit_scale=math.log(1 / 0.07),
                           seg=VoxelHeadConfig(embed_dim=32, hidden=256), visual_enhancement=True),
-        data=DataConfig(preprocess=CTCLIP_PREPROCESS, sampler=sampler, batch_size=8),
+        data=DataConfig(preprocess=CTCLIP_PREPROCESS, sampler=sampler, batch_size=8, max_text_tokens=512),
         loss=LossConfig(name="clip"),
         tasks={"masks": LossConfig(name="tversky", weights={"tversky": 0.75},
                                    options={"tversky": {"alpha": alpha, "beta": [1 - a for a in alpha]}})},

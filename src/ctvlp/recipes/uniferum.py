@@ -1,8 +1,63 @@
-"""Uniferum (METHODS.md; our reading of the released code plus the seed's options): one objective over
-every annotation a dataset has — report-volume SigLIP, labels as prompts (sigmoid(t cos + b), BCE on
-the labels the sample's dataset annotates only; train on a merged multi-site manifest, see
-docs/synthetic_cohort.md) and masks as prompts (Tversky through SegVL's voxel head) — with the body
-mask as an extra input channel and multi-scale token pooling; a RoPE ViT on whole volumes."""
+"""Uniferum (arXiv 2509.01554, "Unified Supervision For Vision-Language Modeling in 3D Computed Tomography";
+code: github.com/howchihlee/uniferum; METHODS.md: our reading of the released code plus the seed's options): one
+objective over every annotation a dataset has -- report-volume SigLIP, labels as prompts (sigmoid(t cos + b), BCE
+on the labels the sample's dataset annotates only; train on a merged multi-site manifest, see
+docs/synthetic_cohort.md) and masks as prompts (Tversky through SegVL's voxel head) -- with the body mask as an
+extra input channel and multi-scale token pooling; a RoPE ViT on whole volumes.
+
+The released code is a different model (one stream: CNN tokens and the prompt through one BERT); METHODS.md takes
+its unifying idea and the seed's parts, so most rows are ours. The code beside ours ([code]: configs/CTRATE_SEG.yaml,
+img_utils/standardize_nii.py, models/):
+
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+|               | paper                           | ours                              | deviation / why               |
++===============+=================================+===================================+===============================+
+| vision tower  | 3D EfficientNet-B0 (timm_3d,    | two towers: vit_config('base')    | [ours] METHODS.md: the code's |
+|               | ImageNet weights); its tokens   | with RoPE (base 1000), 16^3       | unifying idea, the seed's     |
+|               | enter a 4-layer BiomedBERT      | patches, 2 input channels (HU,    | parts (body channel,          |
+|               | together with the prompt: one   | body mask)                        | multi-scale pooling)          |
+|               | stream [code]                   |                                   |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| pooling       | multi-scale token pooling       | multiscale: global mean + 2 x 2 x | =                             |
+|               | [seed]                          | 2 cell means, MLP projection,     |                               |
+|               |                                 | embed_dim 512                     |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| spacing       | 1 mm isotropic after a body     | 1.5 x 1.5 x 3 mm, body crop       | [ours] no recorded reason     |
+|               | crop (HU > -150, largest        |                                   | (flagged)                     |
+|               | component) [code]               |                                   |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| HU, crop      | clip [-1000, 1000]; crop/pad    | [-1000, 1000] -> [-1, 1]; 256 x   | [ours]                        |
+|               | 384 x 320 x 256 mm, resized to  | 256 centre crop/pad, at most 128  |                               |
+|               | 256 x 160 x 128 [code]          | slices                            |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| text tower    | BiomedBERT abstract-fulltext    | the packaged MiniLM (model.text)  | [ours] the code has no        |
+|               | (hub id below), 4 layers [code] |                                   | separate text tower to name   |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| loss          | labels: BCE on [CLS]; masks:    | siglip + masked_bce 1.0 (labels   | [ours] METHODS.md: focal or   |
+|               | sigmoid focal, weight 10;       | as prompts) + tversky 1.0         | Tversky; the report term is   |
+|               | missing annotations masked      | (SegVL's voxel head)              | ours                          |
+|               | [code]                          |                                   |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| logit init    | none (a linear head)            | reports: SigLIP's t = 10, b =     | [ours]                        |
+|               |                                 | -10; labels: t = 10, b = 0        |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| optimiser     | AdamW (HF Trainer), lr 5e-5, wd | AdamW (0.9, 0.95), lr 1e-4, wd    | [ours] no recorded reason     |
+|               | 1e-4, 25 warm-up steps [code]   | 0.05, 1000 warm-up steps, cosine  | (flagged)                     |
+|               |                                 | to 0.1 x                          |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| steps, batch  | 25,000 steps, batch 8 x 8       | 100,000 steps, batch 8            | [ours] no recorded reason     |
+|               | accumulation [code]             |                                   | (flagged)                     |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+| evaluation    | AUROC on CT-RATE (+7 points),   | zero-shot by the label head       | =                             |
+|               | zero-shot on RAD-ChestCT and    | (prompt_style label_head); the    |                               |
+|               | INSPECT                         | paper's tasks (eval.tasks)        |                               |
++---------------+---------------------------------+-----------------------------------+-------------------------------+
+
+Tags: [paper]/[code]/[reviews] say where the paper's value is stated; [ours]: our decision; "flagged":
+a difference without a recorded reason, kept as it is until the lead decides.
+
+The code's fused encoder: the first 4 layers of ``microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext``
+(prompt and image tokens in one sequence); ours is a dual-tower model with the packaged MiniLM."""
 
 from __future__ import annotations
 
@@ -26,6 +81,7 @@ def recipe() -> TrainConfig:
                             include_masks=True, mask_names=SEGVL_MASKS)
     return TrainConfig(
         recipe="uniferum",
+        # released code: one fused stream through BiomedBERT's first 4 layers, no separate text tower to name
         model=ModelConfig(vision=vision, text=TextTowerConfig(name="minilm", pooling="mean"), embed_dim=512,
                           image_pool="multiscale", projection="mlp", label_prompts=True,
                           seg=VoxelHeadConfig(embed_dim=32, hidden=256)),
