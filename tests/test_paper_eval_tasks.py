@@ -65,7 +65,8 @@ def test_paper_rows_read_values_and_say_what_is_not_computed():
     assert by["CT->report R@1"]["value"] == 0.1 and by["report->CT R@10"]["value"] == 0.35
     assert by["abnormality classification AUROC (linear probe)"]["value"] == 0.8
     rouge = by["report generation ROUGE-L"]
-    assert rouge["value"] is None and "'generation_probe' was not run" in rouge["not_computed"] and rouge["paper"] == "0.44"
+    assert rouge["value"] is None and rouge["paper"] == "0.44"
+    assert "'generation_probe' was not run" in rouge["not_computed"]
     assert "BIMCV-R" in by["zero-shot transfer to BIMCV-R"]["not_computed"]
     robust = {"robustness": {"summary": [{"n": "all", "padding": "repeat", "mean_auroc": 0.7},
                                          {"n": 4, "padding": "zero", "mean_auroc": 0.1},
@@ -139,7 +140,8 @@ def test_a_mask_task_on_a_maskless_cache_is_refused_up_front_with_the_fix(cache,
     err = capsys.readouterr().err
     assert "seg_probe need organ masks" in err and "--set 'eval.tasks=[organs,robustness]'" in err
     assert not (out / "checkpoints").exists()
-    Trainer(apply_overrides(get_recipe("sigvlp", debug=True), ["steps=1"]), cache, tmp_path / "run", progress=False).fit()
+    cfg = apply_overrides(get_recipe("sigvlp", debug=True), ["steps=1"])
+    Trainer(cfg, cache, tmp_path / "run", progress=False).fit()
     assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(maskless), "--out", str(tmp_path / "e"),
                  "--bootstrap", "0", "--no-progress"]) == 2
     assert "--tasks zeroshot,retrieval,probe,organs,robustness" in capsys.readouterr().err
@@ -162,7 +164,8 @@ def test_generation_probe_trains_a_decoder_and_leaves_the_encoder_frozen(cache):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     info = out["decoder"]
     assert info["steps"] == 15 and info["split"] == "train"
-    assert info["loss_first"] == pytest.approx(math.log(len(model.text.tokenizer)), abs=0.3)  # a fresh decoder: ~uniform
+    # a fresh decoder predicts nearly uniformly: cross-entropy ~ ln(vocabulary)
+    assert info["loss_first"] == pytest.approx(math.log(len(model.text.tokenizer)), abs=0.3)
     assert info["loss_last"] < info["loss_first"] - 0.5  # measured 10.34 -> 9.08
     assert info["parameters"] > 0 and out["n"] == 2 and 0.0 <= out["rouge_l"] <= 1.0
     assert {"bleu4", "rouge_l", "bertscore_f1", "label_f1_micro"} <= set(out) and out["bertscore_layer"] == 6

@@ -114,9 +114,10 @@ def check_masks(cache: Cache, eval_cfg, tasks) -> None:
         ids = cache.index.loc[cache.index["split"] == split, "id"]
         if not any(set(cache.volume(str(v)).mask_names) - {BODY} for v in ids):
             rest = [t for t in tasks if t not in MASK_TASKS]
+            extra = ",".join(t for t in rest if t not in CORE_TASKS)
             raise CtvlpError(cache.root, f"task(s) {', '.join(need)} need organ masks and split {split!r} of this "
                                          f"cache has none; leave them out (ctvlp eval --tasks {','.join(rest)}; "
-                                         f"ctvlp train --set 'eval.tasks=[{','.join(t for t in rest if t not in CORE_TASKS)}]' "
+                                         f"ctvlp train --set 'eval.tasks=[{extra}]' "
                                          f"or --no-eval): the paper rows they fill then read 'not computed'")
 
 
