@@ -69,6 +69,6 @@ def test_random_tiny_model_end_to_end(cases):
         scored = [e for e in case["per_structure"].values() if e["n"]]
         assert scored and all(0.0 <= e["dice"] <= 1.0 for e in scored)
     json.dumps(metrics)
-    cfg = dataclasses.replace(recipe.eval, real_dir=str(REAL))
+    cfg = dataclasses.replace(recipe.eval, real_dir=str(REAL), tasks=("segmentation",))  # no seg_probe: no cache
     task = EXTRA_TASKS["real_masks"](model, SimpleNamespace(config=CONFIG), cfg, torch.device("cpu"))
     assert task["zero_shot"]["chest"]["per_structure"].keys() == {"aorta"}

@@ -1,8 +1,7 @@
 """Paper cards (issue 17 item 7): each recipe's key hyper-parameters asserted against its paper, so that a change
 is a conscious one. Each expected value cites where it comes from: [paper] / [code] (the authors' released code) /
-[reviews] / METHODS.md, or [ours] (our decision, with the recipe docstring's reason). "flagged": a difference from
-the paper without a recorded reason, asserted as it is today and left to the lead (the recipe docstrings' tables
-mark the same rows). Only configs are built (no weights), so each card takes milliseconds.
+[reviews] / METHODS.md, or [ours] (our decision, with the recipe docstring's reason). Only configs are built (no
+weights), so each card takes milliseconds.
 """
 
 import math
@@ -52,7 +51,9 @@ def test_ctclip_card():
     assert cfg.model.init_logit_scale == 1.0  # [code] temperature = 1, used as exp(1)
     assert cfg.model.max_logit_scale == 100.0  # [ours] clamp at 100 (open_clip); CT-CLIP never clamps
     assert cfg.data.batch_size == 8 and cfg.steps == 100_000  # [code] batch 8, 100,001 steps
-    shared_optimiser(cfg.optim, "adamw", 1.25e-5)  # flagged: [code] Adam, lr 1.25e-6 constant, clip 0.5
+    o = cfg.optim  # [code] Adam (= AdamW without weight decay), betas (0.9, 0.99), lr 1.25e-6 constant, clip 0.5
+    assert (o.name, o.lr, o.weight_decay, o.betas, o.grad_clip) == ("adamw", 1.25e-6, 0.0, (0.9, 0.99), 0.5)
+    assert (o.warmup_steps, o.min_lr_ratio) == (0, 1.0)  # constant: its warm-up/cosine class is never used
     assert cfg.stages == () and cfg.tasks == {} and cfg.grad_accum == 1  # one kind of step [code]
     assert cfg.eval.prompt_style == "ctclip"  # [paper] "X is present." / "X is not present."
 
@@ -83,7 +84,7 @@ def test_sigvlp_card():
     assert o.name == "muon" and (o.momentum, o.ns_steps, o.muon_lr) == (0.95, 5, 0.02)  # [code] Muon; lrs [ours]
     shared_optimiser(o, "muon", 1e-4)  # [code] AdamW (0.9, 0.95) for the rest; lr, schedule [ours] (paper silent)
     assert cfg.data.batch_size == 32  # [ours] the paper is silent
-    assert cfg.steps == 100_000  # flagged: [paper] up to 230k steps
+    assert cfg.steps == 230_000  # [paper] up to 230k steps
     assert cfg.stages == () and cfg.tasks == {}
 
 
@@ -118,7 +119,7 @@ def test_segvl_card():
     assert (v.width, v.depth, v.heads, v.mlp, v.mlp_ratio) == (768, 12, 12, "gelu", 4.0)  # [paper] ViT-Base
     assert v.patch == (10, 20, 20) and v.stem == "none"  # [paper] 20 x 20 x 10 (x, y, z), no conv layers
     assert v.pos == "learned" and v.learned_grid == (24, 24, 24)  # [ours] the paper does not say
-    assert cfg.model.projection == "mlp"  # [paper] 2-layer MLP heads (flagged: ours GELU, no LayerNorm)
+    assert cfg.model.projection == "mlp_ln"  # [paper] 2-layer heads: Linear, LeakyReLU, LayerNorm, Linear
     assert cfg.model.embed_dim == 512  # [ours] the paper is silent
     assert (cfg.model.seg.embed_dim, cfg.model.seg.hidden) == (32, 256)  # [ours] light MLP head, sizes not stated
     assert cfg.model.visual_enhancement  # [paper] z = z_img + lambda AvgPool(f_VE(X_seg)), lambda from 0
@@ -140,9 +141,11 @@ def test_segvl_card():
     one, two = cfg.stages
     assert (one.fraction, one.cycle, one.frozen) == (0.5, ("pairs",), ("seg.",))  # [paper] stage 1: alpha_seg 0
     assert (two.cycle, two.together) == (("pairs", "masks"), True)  # [paper] one update of L_IT + 0.75 L_VM
-    shared_optimiser(cfg.optim, "adamw", 1.25e-5)  # flagged: [paper] AdamW, cosine 5e-6 -> 5e-8
-    assert cfg.data.batch_size == 8 and cfg.grad_accum == 1  # flagged: [paper] 32 / 16, accumulation 2
-    assert cfg.steps == 100_000  # flagged: [paper] 10^6 steps per stage
+    o = cfg.optim  # [paper] AdamW, cosine from 5e-6 to 5e-8; warm-up [ours] (not stated)
+    assert (o.name, o.lr, o.min_lr_ratio, o.warmup_steps) == ("adamw", 5e-6, 0.01, 1000)
+    assert cfg.data.batch_size == 16 and cfg.grad_accum == 2  # [paper] stage 2: 16, accumulation 2 (stage 1: 32
+    # [ours] one batch size per run: stage 1 gets stage 2's)
+    assert cfg.steps == 2_000_000  # [paper] 10^6 steps per stage, two stages
 
 
 def test_uniferum_card():
@@ -156,18 +159,19 @@ def test_uniferum_card():
     assert cfg.model.label_prompts  # [code] labels as prompts
     assert (cfg.model.seg.embed_dim, cfg.model.seg.hidden) == (32, 256)  # [ours] SegVL's voxel head
     p = cfg.data.preprocess
-    assert p.spacing == (1.5, 1.5, 3.0)  # flagged: [code] 1 mm isotropic, resized to 256 x 160 x 128
+    assert p.spacing == (1.5, 2.0, 2.0)  # [code] 1 mm, crop/pad 384 x 320 x 256 resized to 256 x 160 x 128
     assert p.crop_to_body and p.body_threshold == -150.0  # [code] largest component above -150 HU
     assert p.hu_window == (-1000.0, 1000.0)  # [code] clip [-1000, 1000]
     s = cfg.data.sampler
-    assert (s.mode, s.size, s.max_slices) == ("whole", (256, 256), 128)  # [ours]
+    assert (s.mode, s.size, s.max_slices) == ("whole", (160, 256), 128)  # [code] 256 x 160 x 128 (x, y, z)
     assert s.include_masks and s.mask_names == SEGVL_MASKS
     assert cfg.loss.name == "siglip"  # [ours] report-volume term
     assert cfg.loss.terms == {"siglip": 1.0, "masked_bce": 1.0, "tversky": 1.0}
     # ^ [code] BCE on available labels; masks: [ours] Tversky weight 1 (code: sigmoid focal, weight 10)
     assert (cfg.model.init_logit_scale, cfg.model.init_logit_bias) == (SIGLIP_T, SIGLIP_B)  # [ours] SigLIP's
-    shared_optimiser(cfg.optim, "adamw", 1e-4)  # flagged: [code] lr 5e-5, wd 1e-4, 25 warm-up steps
-    assert cfg.data.batch_size == 8 and cfg.steps == 100_000  # flagged: [code] batch 8 x 8, 25,000 steps
+    o = cfg.optim  # [code] configs/CTRATE_SEG.yaml: lr 5e-5, weight decay 1e-4, 25 warm-up steps
+    assert (o.name, o.lr, o.weight_decay, o.warmup_steps) == ("adamw", 5e-5, 1e-4, 25)
+    assert (cfg.data.batch_size, cfg.grad_accum, cfg.steps) == (8, 8, 25_000)  # [code] 8 x 8, 25,000 steps
     assert cfg.stages == () and cfg.tasks == {}
 
 
@@ -199,7 +203,7 @@ def test_colipri_card():
     (stage,) = cfg.stages
     assert stage.cycle == ("pairs", "mae") and not stage.together  # [paper] alternating batches, 1:1 (METHODS.md)
     shared_optimiser(cfg.optim, "adamw", 1e-4)  # [ours] not in the seed
-    assert cfg.data.batch_size == 8 and cfg.steps == 100_000  # flagged: [paper] batch 16, 125k steps
+    assert cfg.data.batch_size == 16 and cfg.steps == 125_000  # [paper] batch 16, 125k steps
     assert cfg.eval.prompt_style == "colipri"  # [code] short prompt pairs
 
 

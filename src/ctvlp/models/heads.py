@@ -89,8 +89,9 @@ class ProjectedAttentionPool(nn.Module):
 
 
 class Projection(nn.Module):
-    """Map a tower's width to the shared dimension: ``linear``, a two-layer ``mlp`` (GELU), or ``mlp_bn``
-    (Linear, BatchNorm, GELU, Linear as in SimCLR's head). Batch normalisation removes the component
+    """Map a tower's width to the shared dimension: ``linear``, a two-layer ``mlp`` (GELU), ``mlp_ln``
+    (Linear, LeakyReLU, LayerNorm, Linear: SegVL's heads) or ``mlp_bn`` (Linear, BatchNorm, GELU, Linear as in
+    SimCLR's head). Batch normalisation removes the component
     that every sample shares, which otherwise dominates both towers' features at initialisation (cosine
     ~0.97 between different CT volumes, and between reports that differ in one finding) and lets a
     contrastive loss sit at the collapsed solution where every pair has the same similarity."""
@@ -101,10 +102,12 @@ class Projection(nn.Module):
             self.net = nn.Linear(width, dim, bias=False)
         elif kind == "mlp":
             self.net = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, dim))
+        elif kind == "mlp_ln":
+            self.net = nn.Sequential(nn.Linear(width, width), nn.LeakyReLU(), nn.LayerNorm(width), nn.Linear(width, dim))
         elif kind == "mlp_bn":
             self.net = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.GELU(), nn.Linear(width, dim))
         else:
-            raise ValueError(f"projection must be 'linear', 'mlp' or 'mlp_bn', got {kind!r}")
+            raise ValueError(f"projection must be 'linear', 'mlp', 'mlp_ln' or 'mlp_bn', got {kind!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -53,7 +53,7 @@ class ModelConfig:
     as the query; it replaces the image projection, see ``heads.ProjectedAttentionPool``)."""
     image_pool_heads: int = 12
     """Attention heads of the ``projected_attention`` pool (COLIPRI: 12; must divide ``embed_dim``)."""
-    projection: Literal["linear", "mlp", "mlp_bn"] = "linear"
+    projection: Literal["linear", "mlp", "mlp_ln", "mlp_bn"] = "linear"
     """Projection head of both towers (see :class:`~ctvlp.models.heads.Projection`)."""
     init_logit_scale: float = math.log(10.0)
     """Initial log t; the losses get exp(log t) (SigLIP: log 10; CLIP: log(1/0.07))."""

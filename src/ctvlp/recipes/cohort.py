@@ -8,7 +8,7 @@ MLP, LayerScale, stem), the image pooling, the projection and the optimiser fami
 the ``demo`` recipe everything that is a matter of size: the vision tower's width, depth, heads and
 patch, the embedding dimension, the MAE decoder's width (half the tower's, as MAE keeps its decoder
 lighter than the encoder; COLIPRI's 256-wide decoder on a 192-wide tower made an MAE step cost as much
-as a full one), the in-plane size and chunk depth, the batch size, the frozen packaged
+as a full one), the in-plane size and chunk depth, the batch size and gradient accumulation, the frozen packaged
 MiniLM text tower (the recipe's pooling kept) with the demo's token budget, and the learning-rate schedule. Every variant is evaluated
 the same way: whole volumes of at most ``COHORT_MAX_SLICES`` slices at the demo's in-plane size, on the
 recipe's (or the default) prompt style.
@@ -109,4 +109,4 @@ def cohort_variant(cfg: TrainConfig) -> TrainConfig:
     optim = dataclasses.replace(cfg.optim, lr=demo.optim.lr, warmup_steps=demo.optim.warmup_steps,
                                 min_lr_ratio=demo.optim.min_lr_ratio)
     return dataclasses.replace(cfg, model=model, data=data, eval=evaluation, optim=optim, steps=demo.steps,
-                               log_every=demo.log_every, ckpt_every=demo.ckpt_every)
+                               grad_accum=demo.grad_accum, log_every=demo.log_every, ckpt_every=demo.ckpt_every)

@@ -62,8 +62,7 @@ The paper beside ours ([code]: the ``colipri`` 0.1.3 package's configs):
 |               |                                 | 1e-4, 1000 warm-up steps, cosine  |                               |
 |               |                                 | to 0.1 x                          |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
-| steps, batch  | 125k steps, batch 16            | 100,000 steps, batch 8            | [ours] no recorded reason     |
-|               |                                 |                                   | (flagged)                     |
+| steps, batch  | 125k steps, batch 16            | 125,000 steps, batch 16           | =                             |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
 | evaluation    | zero-shot (short prompts 'No X  | prompt_style colipri; the paper's | =                             |
 |               | present' / 'X present'),        | tasks (eval.tasks)                |                               |
@@ -71,8 +70,7 @@ The paper beside ours ([code]: the ``colipri`` 0.1.3 package's configs):
 |               | segmentation                    |                                   |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
 
-Tags: [paper]/[code]/[reviews] say where the paper's value is stated; [ours]: our decision; "flagged":
-a difference without a recorded reason, kept as it is until the lead decides.
+Tags: [paper]/[code]/[reviews] say where the paper's value is stated; [ours]: our decision, with its reason.
 
 Text tower hub id: ``microsoft/BiomedVLP-CXR-BERT-specialized`` (``trust_remote_code``), as the package loads it."""
 
@@ -111,7 +109,7 @@ def recipe() -> TrainConfig:
                           image_pool="projected_attention", image_pool_heads=12, init_logit_scale=math.log(1 / 0.07),
                           decoder=DecoderConfig(width=512, depth=4, heads=8, max_length=256),
                           mae=MaeDecoderConfig(width=256, depth=2, heads=8), mae_ratio=0.75),
-        data=DataConfig(preprocess=PREPROCESS, sampler=sampler, batch_size=8, max_text_tokens=256, osl_pairs=8),
+        data=DataConfig(preprocess=PREPROCESS, sampler=sampler, batch_size=16, max_text_tokens=256, osl_pairs=8),
         loss=LossConfig(name="clip", weights={"osl": 0.5, "caption": 1.0}),
         tasks={"mae": LossConfig(name="mae")},
         stages=(StageConfig(cycle=("pairs", "mae")),),
@@ -119,4 +117,4 @@ def recipe() -> TrainConfig:
         eval=EvalConfig(prompt_style="colipri", sampler=SamplerConfig(mode="whole", size=(192, 192), max_slices=192,
                                                                       text="structured"),
                         tasks=("generation", "seg_probe")),  # its paper's evaluation (ctvlp.eval.paper)
-        steps=100_000)
+        steps=125_000)  # the paper: batch 16, 125k steps

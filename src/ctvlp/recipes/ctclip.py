@@ -53,13 +53,13 @@ The paper beside ours ([code]: the authors' scripts/run_train.py, scripts/CTCLIP
 |               | exp(log t), never clamped       | at 100 (max_logit_scale)          | open_clip                     |
 |               | [code]                          |                                   |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
-| optimiser     | Adam (get_optimizer with wd 0), | AdamW, betas (0.9, 0.95), weight  | [ours] the shared defaults;   |
-|               | betas (0.9, 0.99), grad-norm    | decay 0.05, clip 1.0              | no recorded reason (flagged   |
-|               | clip 0.5 [code]                 |                                   | for review)                   |
+| optimiser     | Adam (get_optimizer with wd 0), | AdamW with weight decay 0 (=      | =                             |
+|               | betas (0.9, 0.99), grad-norm    | Adam), betas (0.9, 0.99), clip    |                               |
+|               | clip 0.5 [code]                 | 0.5                               |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
-| lr, schedule  | 1.25e-6 constant:               | 1.25e-5 peak, 1000 warm-up steps, | [ours] 10 x the code's lr and |
-|               | CTClipTrainer's default; its    | cosine to 0.1 x                   | a schedule; no recorded       |
-|               | warm-up/cosine class is never   |                                   | reason (flagged for review)   |
+| lr, schedule  | 1.25e-6 constant:               | 1.25e-6, no warm-up, constant     | =                             |
+|               | CTClipTrainer's default; its    | (min_lr_ratio 1)                  |                               |
+|               | warm-up/cosine class is never   |                                   |                               |
 |               | used [code]                     |                                   |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
 | steps, batch  | 100,001 steps, batch 8 [code:   | 100,000 steps, batch 8            | =                             |
@@ -70,8 +70,7 @@ The paper beside ours ([code]: the authors' scripts/run_train.py, scripts/CTCLIP
 |               | not present.'; retrieval        |                                   |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
 
-Tags: [paper]/[code]/[reviews] say where the paper's value is stated; [ours]: our decision; "flagged":
-a difference without a recorded reason, kept as it is until the lead decides.
+Tags: [paper]/[code]/[reviews] say where the paper's value is stated; [ours]: our decision, with its reason.
 
 Text tower hub id: ``microsoft/BiomedVLP-CXR-BERT-specialized``. The authors' scripts load it as a plain
 ``BertModel``; its hub repository ships its own model code (``auto_map``), so the recipe sets ``trust_remote_code``
@@ -108,7 +107,8 @@ def recipe() -> TrainConfig:
         model=ModelConfig(vision=vision, text=text, embed_dim=512, init_logit_scale=1.0),
         data=DataConfig(preprocess=PREPROCESS, sampler=sampler, batch_size=8, max_text_tokens=512),
         loss=LossConfig(name="clip"),
-        optim=OptimConfig(name="adamw", lr=1.25e-5, warmup_steps=1000),
+        optim=OptimConfig(name="adamw", lr=1.25e-6, weight_decay=0.0, betas=(0.9, 0.99), warmup_steps=0, min_lr_ratio=1.0,
+                          grad_clip=0.5),  # the authors' Adam (= AdamW without decay), constant lr
         eval=EvalConfig(prompt_style="ctclip", sampler=SamplerConfig(mode="whole", size=(480, 480), max_slices=240,
                                                                      min_depth=240, padding="zero", text="report")),
         steps=100_000)

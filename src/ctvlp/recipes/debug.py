@@ -55,5 +55,5 @@ def debug_variant(cfg: TrainConfig) -> TrainConfig:
     evaluation = dataclasses.replace(cfg.eval, sampler=eval_sampler,
                                      robustness_depth=train_depth(sampler), **DEBUG_EVAL)
     optim = dataclasses.replace(cfg.optim, warmup_steps=2)
-    return dataclasses.replace(cfg, model=model, data=data, eval=evaluation, optim=optim, steps=10, log_every=2,
-                               ckpt_every=5)
+    return dataclasses.replace(cfg, model=model, data=data, eval=evaluation, optim=optim, steps=10, grad_accum=1,
+                               log_every=2, ckpt_every=5)

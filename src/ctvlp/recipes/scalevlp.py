@@ -62,8 +62,7 @@ No code is public and only the abstract and public reviews are known: most rows 
 |               | on BIMCV-R                      |                                   |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
 
-Tags: [paper]/[code]/[reviews] say where the paper's value is stated; [ours]: our decision; "flagged":
-a difference without a recorded reason, kept as it is until the lead decides.
+Tags: [paper]/[code]/[reviews] say where the paper's value is stated; [ours]: our decision, with its reason.
 
 Text tower hub id: ``emilyalsentzer/Bio_ClinicalBERT``."""
 

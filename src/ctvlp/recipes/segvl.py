@@ -28,10 +28,11 @@ The paper beside ours ([paper]: its Sec. 2 and appendix A.3):
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
 | text tower    | BioViL's CXR-BERT, CLS token    | the paper's (model.text)          | =                             |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
-| heads         | text, image and seg heads:      | projection mlp (Linear, GELU,     | [ours] GELU without           |
-|               | Linear, LeakyReLU, LayerNorm,   | Linear); voxel head Linear, GELU, | LayerNorm: no recorded reason |
-|               | Linear                          | Linear, E = 32, hidden 256;       | (flagged); E and hidden not   |
-|               |                                 | anchor head as the paper          | stated                        |
+| heads         | text, image and seg heads:      | projection mlp_ln (Linear,        | projections =; voxel head     |
+|               | Linear, LeakyReLU, LayerNorm,   | LeakyReLU, LayerNorm, Linear);    | [ours] (its sizes are not     |
+|               | Linear                          | voxel head Linear, GELU, Linear,  | stated)                       |
+|               |                                 | E = 32, hidden 256; anchor head   |                               |
+|               |                                 | as the paper                      |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
 | loss          | L_IT (InfoNCE) + alpha_seg      | clip + 0.75 tversky               | [ours] standard Tversky: Eq.  |
 |               | L_VM, L_VM the Tversky loss of  | (tasks.masks): 1 - TP / (TP + a   | 5 puts alpha on false         |
@@ -55,21 +56,20 @@ The paper beside ours ([paper]: its Sec. 2 and appendix A.3):
 |               | AvgPool(f_VE(X_seg)), lambda    | learnable, 0; 'seg.' (frozen in   |                               |
 |               | learnable, 0 at stage 2's start | stage 1) holds it                 |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
-| optimiser     | AdamW, cosine from 5e-6 to 5e-8 | AdamW (0.9, 0.95), wd 0.05;       | [ours] CT-CLIP recipe's lr;   |
-|               |                                 | 1.25e-5 peak, 1000 warm-up steps, | no recorded reason (flagged)  |
-|               |                                 | cosine to 0.1 x                   |                               |
+| optimiser     | AdamW, cosine from 5e-6 to 5e-8 | AdamW (0.9, 0.95), wd 0.05; 5e-6  | = (warm-up, betas, wd [ours]: |
+|               |                                 | peak, cosine to 0.01 x (5e-8),    | not stated)                   |
+|               |                                 | 1000 warm-up steps                |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
-| steps, batch  | 10^6 steps per stage; batch 32  | 100,000 steps in all (half per    | [ours] no recorded reason     |
-|               | (stage 1), 16 (stage 2),        | stage), batch 8, grad_accum 1     | (flagged)                     |
-|               | gradient accumulation 2         |                                   |                               |
+| steps, batch  | 10^6 steps per stage; batch 32  | 2,000,000 steps in all (half per  | [ours] one batch size per     |
+|               | (stage 1), 16 (stage 2),        | stage), batch 16, grad_accum 2    | run: stage 1 trains at stage  |
+|               | gradient accumulation 2         |                                   | 2's 16 x 2, not 32 x 2        |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
 | evaluation    | zero-shot classification (18    | the paper's zero-shot tasks       | =                             |
 |               | labels) and segmentation;       | (eval.tasks)                      |                               |
 |               | fine-tuned segmentation         |                                   |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
 
-Tags: [paper]/[code]/[reviews] say where the paper's value is stated; [ours]: our decision; "flagged":
-a difference without a recorded reason, kept as it is until the lead decides.
+Tags: [paper]/[code]/[reviews] say where the paper's value is stated; [ours]: our decision, with its reason.
 
 Text tower hub id: ``microsoft/BiomedVLP-CXR-BERT-specialized``, BioViL's CXR-BERT (the paper: "initialised from
 BioViL", "following Hamamci et al.")."""
@@ -109,15 +109,15 @@ def recipe() -> TrainConfig:
         model=ModelConfig(vision=vision, text=TextTowerConfig(name=CXR_BERT, revision=CXR_BERT_REVISION,
                                                               trust_remote_code=True, pooling="cls", max_length=512),
                           embed_dim=512,
-                          projection="mlp", init_logit_scale=math.log(1 / 0.07),
+                          projection="mlp_ln", init_logit_scale=math.log(1 / 0.07),
                           seg=VoxelHeadConfig(embed_dim=32, hidden=256), visual_enhancement=True),
-        data=DataConfig(preprocess=CTCLIP_PREPROCESS, sampler=sampler, batch_size=8, max_text_tokens=512),
+        data=DataConfig(preprocess=CTCLIP_PREPROCESS, sampler=sampler, batch_size=16, max_text_tokens=512),
         loss=LossConfig(name="clip"),
         tasks={"masks": LossConfig(name="tversky", weights={"tversky": 0.75},
                                    options={"tversky": {"alpha": alpha, "beta": [1 - a for a in alpha]}})},
         stages=(StageConfig(fraction=0.5, frozen=("seg.",)), StageConfig(cycle=("pairs", "masks"), together=True)),
-        optim=OptimConfig(name="adamw", lr=1.25e-5, warmup_steps=1000),
+        optim=OptimConfig(name="adamw", lr=5e-6, min_lr_ratio=0.01, warmup_steps=1000),  # cosine 5e-6 -> 5e-8
         eval=EvalConfig(prompt_style="ctclip", sampler=SamplerConfig(mode="whole", size=(480, 480), max_slices=240,
                                                                      text="report", mask_names=SEGVL_MASKS),
                         tasks=("segmentation", "seg_probe")),  # its paper's evaluation (ctvlp.eval.paper)
-        steps=100_000)
+        steps=2_000_000, grad_accum=2)  # 10^6 steps per stage, accumulation 2

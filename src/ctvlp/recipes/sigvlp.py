@@ -62,9 +62,8 @@ The paper beside ours ([code]: the authors' released code as METHODS.md reads it
 | lr, schedule  | not stated                      | AdamW 1e-4, Muon 0.02 peak; 1000  | [ours] the paper is silent    |
 |               |                                 | warm-up steps, cosine to 0.1 x    |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
-| steps, batch  | up to 230k steps; batch not     | 100,000 steps, batch 32           | [ours] no recorded reason for |
-|               | stated                          |                                   | 100k (flagged); batch: the    |
-|               |                                 |                                   | paper is silent               |
+| steps, batch  | up to 230k steps; batch not     | 230,000 steps, batch 32           | steps =; batch [ours] (the    |
+|               | stated                          |                                   | paper is silent)              |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
 | embedding     | not stated                      | embed_dim 512, mean-pooled        | [ours]                        |
 |               |                                 | tokens, linear projections        |                               |
@@ -75,8 +74,7 @@ The paper beside ours ([code]: the authors' released code as METHODS.md reads it
 |               | across slice counts             |                                   |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
 
-Tags: [paper]/[code]/[reviews] say where the paper's value is stated; [ours]: our decision; "flagged":
-a difference without a recorded reason, kept as it is until the lead decides.
+Tags: [paper]/[code]/[reviews] say where the paper's value is stated; [ours]: our decision, with its reason.
 
 The paper names no text encoder: the packaged all-MiniLM-L6-v2 is our choice, not a stand-in for one."""
 
@@ -111,4 +109,4 @@ def recipe() -> TrainConfig:
         eval=EvalConfig(sampler=SamplerConfig(mode="whole", size=(256, 256), text="report"),
                         tasks=("organs", "seg_probe", "robustness"),  # its paper's evaluation (ctvlp.eval.paper)
                         organ_chunk_depth=32, robustness_depth=train_depth(sampler)),
-        steps=100_000)
+        steps=230_000)  # the paper: up to 230k steps
