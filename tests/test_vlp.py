@@ -138,3 +138,17 @@ def test_projected_attention_pool_replaces_the_image_projection():
     torch.testing.assert_close(model.encode_image(image), torch.nn.functional.normalize(feats["pooled"], dim=-1))
     with pytest.raises(ValueError, match="image_pool_heads"):
         ModelConfig(embed_dim=16, image_pool="projected_attention")  # 12 heads do not divide 16
+
+
+def test_mlp_ln_projection_is_segvls_head():
+    """SegVL's heads: Linear, LeakyReLU, LayerNorm, Linear; the LayerNorm makes the hidden features zero-mean,
+    unit-variance per sample, whatever the input's scale."""
+    torch.manual_seed(0)
+    head = Projection(16, 8, "mlp_ln")
+    assert [type(m).__name__ for m in head.net] == ["Linear", "LeakyReLU", "LayerNorm", "Linear"]
+    x = torch.randn(4, 16)
+    hidden = head.net[:3](x * 1000.0)  # (4, 16)
+    torch.testing.assert_close(hidden.mean(-1), torch.zeros(4), atol=1e-5, rtol=0)
+    manual = torch.nn.functional.leaky_relu(head.net[0](x))
+    manual = (manual - manual.mean(-1, keepdim=True)) / torch.sqrt(manual.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    torch.testing.assert_close(head(x), head.net[3](manual * head.net[2].weight + head.net[2].bias))
