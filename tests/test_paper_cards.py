@@ -186,6 +186,7 @@ def test_colipri_card():
     assert v.rope_split == (24, 24, 24) and v.rope_fraction == 1.0  # [code] all 72 dims (not METHODS.md's 2/3)
     m = cfg.model
     assert (m.image_pool, m.image_pool_heads, m.embed_dim) == ("projected_attention", 12, 768)  # [code] head
+    assert m.text_projection == "none"  # [code] text.py: "We didn't use a projector during pre-training"
     assert m.init_logit_scale == pytest.approx(CLIP_T)  # [ours] CLIP's (the paper is silent)
     assert (m.decoder.depth, m.decoder.width, m.decoder.heads) == (4, 512, 8)  # [ours] report decoder size
     assert (m.mae.depth, m.mae.width) == (2, 256) and m.mae_ratio == 0.75  # [paper] 75 % masking; size [ours]

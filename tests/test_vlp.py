@@ -152,3 +152,14 @@ def test_mlp_ln_projection_is_segvls_head():
     manual = torch.nn.functional.leaky_relu(head.net[0](x))
     manual = (manual - manual.mean(-1, keepdim=True)) / torch.sqrt(manual.var(-1, unbiased=False, keepdim=True) + 1e-5)
     torch.testing.assert_close(head(x), head.net[3](manual * head.net[2].weight + head.net[2].bias))
+
+
+def test_none_projection_keeps_the_features_and_needs_equal_widths():
+    """COLIPRI's text side has no projector: ``text_projection="none"`` passes the pooled features through."""
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(Projection(8, 8, "none")(x), x)
+    with pytest.raises(ValueError, match="width 64 must equal embed_dim 32"):
+        Projection(64, 32, "none")
+    model = VisionLanguageModel(ModelConfig(vision=vit_config("debug", patch=(4, 8, 8)),
+                                            text=TextTowerConfig(name="tiny"), embed_dim=64, text_projection="none"))
+    assert isinstance(model.text_proj.net, torch.nn.Identity) and isinstance(model.image_proj.net, torch.nn.Linear)

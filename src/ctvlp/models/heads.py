@@ -89,7 +89,8 @@ class ProjectedAttentionPool(nn.Module):
 
 
 class Projection(nn.Module):
-    """Map a tower's width to the shared dimension: ``linear``, a two-layer ``mlp`` (GELU), ``mlp_ln``
+    """Map a tower's width to the shared dimension: ``none`` (identity, width = dim), ``linear``, a two-layer
+    ``mlp`` (GELU), ``mlp_ln``
     (Linear, LeakyReLU, LayerNorm, Linear: SegVL's heads) or ``mlp_bn`` (Linear, BatchNorm, GELU, Linear as in
     SimCLR's head). Batch normalisation removes the component
     that every sample shares, which otherwise dominates both towers' features at initialisation (cosine
@@ -98,16 +99,22 @@ class Projection(nn.Module):
 
     def __init__(self, width: int, dim: int, kind: str = "linear"):
         super().__init__()
-        if kind == "linear":
+        if kind == "none":
+            if width != dim:
+                raise ValueError(f"projection 'none' keeps the features as they are, so the tower's width {width} "
+                                 f"must equal embed_dim {dim}")
+            self.net = nn.Identity()
+        elif kind == "linear":
             self.net = nn.Linear(width, dim, bias=False)
         elif kind == "mlp":
             self.net = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, dim))
         elif kind == "mlp_ln":
-            self.net = nn.Sequential(nn.Linear(width, width), nn.LeakyReLU(), nn.LayerNorm(width), nn.Linear(width, dim))
+            self.net = nn.Sequential(nn.Linear(width, width), nn.LeakyReLU(), nn.LayerNorm(width),
+                                     nn.Linear(width, dim))
         elif kind == "mlp_bn":
             self.net = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.GELU(), nn.Linear(width, dim))
         else:
-            raise ValueError(f"projection must be 'linear', 'mlp', 'mlp_ln' or 'mlp_bn', got {kind!r}")
+            raise ValueError(f"projection must be 'none', 'linear', 'mlp', 'mlp_ln' or 'mlp_bn', got {kind!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -55,6 +55,10 @@ class ModelConfig:
     """Attention heads of the ``projected_attention`` pool (COLIPRI: 12; must divide ``embed_dim``)."""
     projection: Literal["linear", "mlp", "mlp_ln", "mlp_bn"] = "linear"
     """Projection head of both towers (see :class:`~ctvlp.models.heads.Projection`)."""
+    text_projection: Literal["linear", "mlp", "mlp_ln", "mlp_bn", "none"] | None = None
+    """The text tower's own projection head when it differs from ``projection`` (None: the same); ``none``
+    uses the pooled text features as they are (COLIPRI's package: CXR-BERT's 768 = ``embed_dim``), so the
+    text width must equal ``embed_dim``."""
     init_logit_scale: float = math.log(10.0)
     """Initial log t; the losses get exp(log t) (SigLIP: log 10; CLIP: log(1/0.07))."""
     init_logit_bias: float = -10.0
@@ -153,7 +157,7 @@ class VisionLanguageModel(nn.Module):
             pooled_width = self.vision.width * (9 if cfg.image_pool == "multiscale" else 1)
             pooled_width = getattr(self.vision, "pooled_width", pooled_width)  # CTViT: CT-CLIP's flattened slab mean
             self.image_proj = Projection(pooled_width, cfg.embed_dim, cfg.projection)
-        self.text_proj = Projection(self.text.width, cfg.embed_dim, cfg.projection)
+        self.text_proj = Projection(self.text.width, cfg.embed_dim, cfg.text_projection or cfg.projection)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
         if cfg.sentence_logits:

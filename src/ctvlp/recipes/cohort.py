@@ -8,14 +8,14 @@ MLP, LayerScale, stem), the image pooling, the projection and the optimiser fami
 the ``demo`` recipe everything that is a matter of size: the vision tower's width, depth, heads and
 patch, the embedding dimension, the MAE decoder's width (half the tower's, as MAE keeps its decoder
 lighter than the encoder; COLIPRI's 256-wide decoder on a 192-wide tower made an MAE step cost as much
-as a full one), the in-plane size and chunk depth, the batch size and gradient accumulation, the frozen packaged
-MiniLM text tower (the recipe's pooling kept) with the demo's token budget, and the learning-rate schedule. Every variant is evaluated
-the same way: whole volumes of at most ``COHORT_MAX_SLICES`` slices at the demo's in-plane size, on the
-recipe's (or the default) prompt style.
+as a full one), the in-plane size and chunk depth, the batch size and gradient accumulation, the frozen
+packaged MiniLM text tower (the recipe's pooling kept; projected like the image side) with the demo's token
+budget, and the learning-rate schedule. Every variant is evaluated the same way: whole volumes of at
+most ``COHORT_MAX_SLICES`` slices at the demo's in-plane size, on the recipe's (or the default) prompt style.
 
-The learning rate is the demo's for every recipe (the papers' rates, e.g. CT-CLIP's 1.25e-5 for a
-ViT-base at batch 8 over 100k+ steps, leave a 4-block model at chance in a few hundred steps); Muon's own
-rate and every other optimiser hyper-parameter stay the recipe's.
+The learning rate and schedule are the demo's for every recipe (the papers' rates, e.g. CT-CLIP's constant
+1.25e-6 over 100k steps or SegVL's 5e-6 over 2M, leave a 4-block model at chance in a few hundred steps; 1.25e-5 was
+measured to); Muon's own rate and every other optimiser hyper-parameter stay the recipe's.
 """
 
 from __future__ import annotations
@@ -94,11 +94,13 @@ def cohort_variant(cfg: TrainConfig) -> TrainConfig:
     fixed = isinstance(vision, CTViTConfig)  # CTViT takes one input depth
     mae = cfg.model.mae and dataclasses.replace(cfg.model.mae, width=vision.width // 2, heads=vision.heads)
     model = dataclasses.replace(cfg.model, vision=vision, text=text, embed_dim=demo.model.embed_dim, mae=mae,
-                                image_pool_heads=4)  # pool kind kept; COLIPRI's 12 heads do not divide 256
+                                image_pool_heads=4,  # pool kind kept; COLIPRI's 12 heads do not divide 256
+                                text_projection=None)  # MiniLM's 384 is not embed_dim: project as the image side
     sampler = dataclasses.replace(cfg.data.sampler, size=size, chunk_depth=chunk_depth,
                                   max_slices=COHORT_MAX_SLICES if whole else None,
                                   min_depth=COHORT_MAX_SLICES if fixed else cfg.data.sampler.min_depth)
-    data = dataclasses.replace(cfg.data, preprocess=demo.data.preprocess, sampler=sampler, batch_size=demo.data.batch_size,
+    data = dataclasses.replace(cfg.data, preprocess=demo.data.preprocess, sampler=sampler,
+                               batch_size=demo.data.batch_size,
                                max_text_tokens=demo.data.max_text_tokens)
     eval_sampler = dataclasses.replace(cfg.eval.sampler, size=size, max_slices=COHORT_MAX_SLICES,
                                        min_depth=COHORT_MAX_SLICES if fixed else cfg.eval.sampler.min_depth)

@@ -39,9 +39,10 @@ The paper beside ours ([code]: the ``colipri`` 0.1.3 package's configs):
 |               | 192^3, padded with the minimum, | slices; 192 at evaluation         |                               |
 |               | at inference [code]             |                                   |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
-| text tower    | CXR-BERT-specialized (hub id    | the paper's (model.text)          | =                             |
-|               | below), attention pooling (12   |                                   |                               |
-|               | heads), 512 tokens [code]       |                                   |                               |
+| text tower    | CXR-BERT-specialized (hub id    | the paper's (model.text; pooling  | =                             |
+|               | below), attention pooling (12   | mean_query), text_projection none |                               |
+|               | heads, mean query), 512 tokens, |                                   |                               |
+|               | no projector [code]             |                                   |                               |
 +---------------+---------------------------------+-----------------------------------+-------------------------------+
 | text          | GPT-4o structured reports:      | text structured: rule-based       | [ours] deterministic, offline |
 |               | organ sections, positive and    | sectioner with negation detection |                               |
@@ -106,6 +107,7 @@ def recipe() -> TrainConfig:
         model=ModelConfig(vision=vision, text=TextTowerConfig(name=CXR_BERT, revision=CXR_BERT_REVISION,
                                                               trust_remote_code=True, pooling="mean_query",
                                                               max_length=512), embed_dim=768,
+                          text_projection="none",  # its package: "We didn't use a projector during pre-training"
                           image_pool="projected_attention", image_pool_heads=12, init_logit_scale=math.log(1 / 0.07),
                           decoder=DecoderConfig(width=512, depth=4, heads=8, max_length=256),
                           mae=MaeDecoderConfig(width=256, depth=2, heads=8), mae_ratio=0.75),

@@ -107,8 +107,8 @@ def recipe() -> TrainConfig:
         model=ModelConfig(vision=vision, text=text, embed_dim=512, init_logit_scale=1.0),
         data=DataConfig(preprocess=PREPROCESS, sampler=sampler, batch_size=8, max_text_tokens=512),
         loss=LossConfig(name="clip"),
-        optim=OptimConfig(name="adamw", lr=1.25e-6, weight_decay=0.0, betas=(0.9, 0.99), warmup_steps=0, min_lr_ratio=1.0,
-                          grad_clip=0.5),  # the authors' Adam (= AdamW without decay), constant lr
+        optim=OptimConfig(name="adamw", lr=1.25e-6, weight_decay=0.0, betas=(0.9, 0.99), warmup_steps=0,
+                          min_lr_ratio=1.0, grad_clip=0.5),  # the authors' Adam (= AdamW, no decay), constant lr
         eval=EvalConfig(prompt_style="ctclip", sampler=SamplerConfig(mode="whole", size=(480, 480), max_slices=240,
                                                                      min_depth=240, padding="zero", text="report")),
         steps=100_000)

@@ -45,11 +45,13 @@ def debug_variant(cfg: TrainConfig) -> TrainConfig:
         seg=cfg.model.seg and VoxelHeadConfig(embed_dim=8, hidden=16),
         decoder=cfg.model.decoder and DecoderConfig(width=32, depth=1, heads=2, max_length=64),
         mae=cfg.model.mae and MaeDecoderConfig(width=32, depth=1, heads=2),
-        image_pool_heads=4)  # the pool kind is kept; COLIPRI's 12 heads do not divide embed_dim 32
+        image_pool_heads=4,  # the pool kind is kept; COLIPRI's 12 heads do not divide embed_dim 32
+        text_projection=None)  # the tiny BERT's 64 is not embed_dim: project as the image side
     sampler = dataclasses.replace(cfg.data.sampler, size=(32, 32), chunk_depth=8,
                                   max_slices=16 if cfg.data.sampler.mode == "whole" else None,
                                   min_depth=fixed_depth or cfg.data.sampler.min_depth)
-    data = dataclasses.replace(cfg.data, preprocess=DEBUG_PREPROCESS, sampler=sampler, batch_size=4, num_workers=0, max_text_tokens=64)
+    data = dataclasses.replace(cfg.data, preprocess=DEBUG_PREPROCESS, sampler=sampler, batch_size=4, num_workers=0,
+                               max_text_tokens=64)
     eval_sampler = dataclasses.replace(cfg.eval.sampler, size=(32, 32), max_slices=16,
                                        min_depth=fixed_depth or cfg.eval.sampler.min_depth)
     evaluation = dataclasses.replace(cfg.eval, sampler=eval_sampler,
