@@ -138,8 +138,6 @@ class EvalConfig:
     """How an evaluation volume is read (whole volume, report text)."""
     batch_size: int = 4
     """Volumes per encoder forward."""
-    every: int = 0
-    """Evaluate every this many steps during training (0: only at the end)."""
     tasks: tuple[str, ...] = ()
     """Evaluations besides zero-shot classification and retrieval: ``organs`` (zero-shot organ
     classification of z-chunks, SigVLP), ``segmentation`` (zero-shot Dice of the mask-name anchors,
