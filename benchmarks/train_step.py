@@ -20,7 +20,7 @@ GPU plan (the same code; nothing here is CPU-specific):
     explicit mask when a batch has no padding, so the flash path is taken);
   * ``torch.compile`` of the blocks to fuse LayerNorm / GELU / RoPE element-wise work;
   * Muon's Newton-Schulz in bf16 (torch's default; ``ns_dtype='auto'`` picks it on CUDA);
-  * gradient checkpointing (``ViT3dConfig.grad_checkpointing``) for long volumes, DDP across GPUs.
+  * gradient checkpointing (``TrainConfig.grad_checkpointing``) for long volumes, DDP across GPUs.
 
 Results: benchmarks/results/train_step-<date>.json (with the machine).
 """

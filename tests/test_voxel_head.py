@@ -10,8 +10,9 @@ from torch import nn
 
 from ctvlp.losses.tversky import TverskyLoss
 from ctvlp.models.vit3d import VisionTransformer3d, vit_config
+from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.models.voxel_head import (AnchorHead, VisualEnhancement, VoxelHead, VoxelHeadConfig,
-                                     anchor_probabilities, anchor_prompts, encode_anchors, resize_masks,
+                                     anchor_probabilities, anchor_prompts, resize_masks,
                                      segmentation_outputs, zero_shot_segment)
 
 
@@ -107,15 +108,16 @@ def test_prompts_anchor_head_and_encode_anchors():
     kinds = [type(m) for m in head.net]
     assert kinds == [nn.Linear, nn.LeakyReLU, nn.LayerNorm, nn.Linear]
 
-    class TextModel:
+    class TextModel:  # the two attributes VisionLanguageModel.encode_anchors reads
         seen: list[str] = []
+        seg = {"anchor": head}
 
         def encode_texts(self, texts):
             self.seen.extend(texts)
             return torch.randn(len(texts), 10)
 
     model = TextModel()
-    assert encode_anchors(model, head, ["lung", "heart"]).shape == (2, 4)
+    assert VisionLanguageModel.encode_anchors(model, ["lung", "heart"]).shape == (2, 4)
     assert model.seen == ["This is lung.", "This is heart."]
 
 

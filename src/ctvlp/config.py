@@ -49,10 +49,27 @@ def _plain(value):
     return value
 
 
+RETIRED_FIELDS: dict[str, frozenset[str]] = {
+    # issue 18: read by nothing (evaluation runs once, at the end of training).
+    "EvalConfig": frozenset({"every"}),
+    # issue 18: TrainConfig.grad_checkpointing (-> the tower's set_grad_checkpointing) is the one switch.
+    "ViT3dConfig": frozenset({"grad_checkpointing"}),
+    "ResNet3dConfig": frozenset({"grad_checkpointing"}),
+    "CTViTConfig": frozenset({"grad_checkpointing"}),
+}
+"""Fields a config class (by class name) no longer has, which :func:`from_dict` drops without a word so
+that checkpoints and exports saved before their removal still load; any other unknown key is refused.
+The one place to list a removed field (an override ``--set eval.every=...`` is still refused: overrides
+only name fields the config has)."""
+
+
 def from_dict(cls, data: dict, where: str = ""):
-    """Build dataclass ``cls`` from a nested dict, checking every key and value type."""
+    """Build dataclass ``cls`` from a nested dict, checking every key and value type (keys of
+    :data:`RETIRED_FIELDS` are dropped)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    retired = RETIRED_FIELDS.get(cls.__name__, frozenset())
+    data = {k: v for k, v in data.items() if k not in retired}
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = set(data) - names

@@ -35,6 +35,7 @@ import torch
 
 from ctvlp.data.loader import Collate
 from ctvlp.data.sampling import report_text
+from ctvlp.eval.config import EvalConfig
 from ctvlp.eval.generation import evaluate_generation
 from ctvlp.losses.caption import caption_loss, next_token_targets
 from ctvlp.models.decoder import DecoderConfig, ReportDecoder, special_token_ids
@@ -44,7 +45,7 @@ HEADS = 8
 """Attention heads of the probe decoder (``gen_probe_width`` is a multiple of it)."""
 
 
-def probe_decoder_config(model, cfg) -> DecoderConfig:
+def probe_decoder_config(model, cfg: EvalConfig) -> DecoderConfig:
     """The decoder of the module docstring for ``model`` (its tokenizer's vocabulary, its tower's width)."""
     return DecoderConfig(vocab_size=len(model.text.tokenizer), width=cfg.gen_probe_width, depth=cfg.gen_probe_depth,
                          heads=HEADS, max_length=cfg.gen_probe_max_length, memory_width=model.vision.width)
@@ -57,9 +58,9 @@ def _tokens(tokenizer, texts: list[str], max_length: int) -> tuple[torch.Tensor,
 
 
 @torch.enable_grad()  # callers may run under no_grad
-def train_decoder(model, cache, cfg, device: torch.device | str = "cpu", seed: int = 0
+def train_decoder(model, cache, cfg: EvalConfig, device: torch.device | str = "cpu", seed: int = 0
                   ) -> tuple[ReportDecoder, dict]:
-    """Train the probe decoder on ``cfg.probe_split`` (``cfg`` an ``EvalConfig``); (decoder in eval mode,
+    """Train the probe decoder on ``cfg.probe_split`` (decoder in eval mode,
     training record: ``steps``, ``lr``, ``batch_size``, ``parameters``, ``split``, ``train_volumes``,
     ``loss_first``, ``loss_last``, ``seconds``)."""
     device = torch.device(device)
@@ -112,7 +113,7 @@ def train_decoder(model, cache, cfg, device: torch.device | str = "cpu", seed: i
     return decoder, info
 
 
-def evaluate_generation_probe(model, cache, cfg, device: torch.device | str = "cpu") -> dict:
+def evaluate_generation_probe(model, cache, cfg: EvalConfig, device: torch.device | str = "cpu") -> dict:
     """Train the probe decoder (:func:`train_decoder`) and score its greedy reports on ``cfg.test_split``
     as the ``generation`` task does; its metrics plus ``decoder`` (the training record) and ``rule``."""
     decoder, info = train_decoder(model, cache, cfg, device)

@@ -1,4 +1,4 @@
-"""What ``ctvlp eval`` and :class:`~ctvlp.train.config.EvalConfig` accept by name -- tasks and prompt
+"""What ``ctvlp eval`` and :class:`~ctvlp.eval.config.EvalConfig` accept by name -- tasks and prompt
 styles -- importable without torch or numpy, so that the CLI lists them in its help at once. The code
 behind each name lives in :mod:`ctvlp.eval.suite` (the core tasks), :mod:`ctvlp.eval.run`
 (``EXTRA_TASKS``, one function per name of :data:`EVAL_TASKS`) and :mod:`ctvlp.eval.prompts`.

@@ -42,6 +42,7 @@ import torch
 
 from ctvlp.data.manifest import label_names_of
 from ctvlp.data.sampling import SamplerConfig
+from ctvlp.eval.config import EvalConfig
 from ctvlp.eval.metrics import auroc, jsonable
 from ctvlp.eval.probe import FittedProbes, Split, fit_probes
 from ctvlp.eval.run import Encoded, encode_split, evaluate_model
@@ -94,7 +95,7 @@ def summary_row(count: int, padding: str, max_slices: int | None, metrics: dict)
 
 
 @torch.no_grad()
-def whole_volume_probes(model, cache, cfg, device: torch.device | str = "cpu") -> FittedProbes:
+def whole_volume_probes(model, cache, cfg: EvalConfig, device: torch.device | str = "cpu") -> FittedProbes:
     """The linear probes of every cache label fitted on ``cfg.probe_split``'s whole-volume embeddings, C on
     ``cfg.val_split``'s (the eval sampler as configured; the model in eval mode, restored)."""
     was_training = model.training
@@ -117,11 +118,12 @@ def probe_metrics(probes: FittedProbes, test: Encoded) -> dict:
 
 
 @torch.no_grad()
-def evaluate_robustness(model, cache, cfg, device: torch.device | str = "cpu", counts: Sequence[int] | None = None,
-                        paddings: Sequence[str] | None = None, depth: int | None = None) -> dict:
+def evaluate_robustness(model, cache, cfg: EvalConfig, device: torch.device | str = "cpu",
+                        counts: Sequence[int] | None = None, paddings: Sequence[str] | None = None,
+                        depth: int | None = None) -> dict:
     """Every metric of :func:`~ctvlp.eval.run.evaluate_model` per (slice count, padding) cell (module docstring).
 
-    ``cfg``: the :class:`~ctvlp.train.config.EvalConfig`; ``counts``, ``paddings``, ``depth`` default to
+    ``cfg``: the :class:`~ctvlp.eval.config.EvalConfig`; ``counts``, ``paddings``, ``depth`` default to
     its ``robustness_counts``, ``robustness_paddings`` and ``robustness_depth`` (None: the tower's smallest depth).
 
     Returns a JSON-able dict: ``counts`` (0 shown as ``"all"``), ``paddings``, ``depth`` (D), ``depth_rule``,

@@ -20,6 +20,7 @@ from ctvlp.data.cache import Cache
 from ctvlp.data.loader import make_loader
 from ctvlp.data.manifest import label_names_of
 from ctvlp.data.sampling import report_text
+from ctvlp.eval.config import EvalConfig
 from ctvlp.eval.generation import evaluate_generation
 from ctvlp.eval.organs import evaluate_organs
 from ctvlp.eval.prompts import prompt_set
@@ -46,7 +47,8 @@ class Encoded:
 
 
 @torch.no_grad()
-def encode_split(model, cache: Cache, cfg, split: str, device: torch.device, num_workers: int = 0) -> Encoded:
+def encode_split(model, cache: Cache, cfg: EvalConfig, split: str, device: torch.device,
+                 num_workers: int = 0) -> Encoded:
     """Encode every volume of ``split`` once (whole volume by default) and its report once."""
     dataset = split_dataset(cache, cfg.sampler, split, seed=0)
     loader = make_loader(dataset, cfg.batch_size, num_workers=num_workers, exact_depth=True)  # batch-independent
@@ -72,7 +74,7 @@ def split_reports(cache: Cache, split: str) -> list[str]:
     return [str(t) for t in index.loc[index["split"] == split, "findings"].fillna("")]
 
 
-def model_prompts(model, cache: Cache, cfg, labels: list[str]):
+def model_prompts(model, cache: Cache, cfg: EvalConfig, labels: list[str]):
     """The PromptSet ``cfg.prompt_style`` is read from (:func:`ctvlp.eval.prompts.prompt_set`: the packaged
     styles, plus for ``corpus`` the model's own mined style, else one mined from ``cfg.corpus_split``'s reports)."""
     return prompt_set(cfg.prompt_style, labels, stored=model.prompts,
@@ -91,38 +93,38 @@ def chance_recall(groups: list[str], k: int) -> float:
     return float(np.mean(1 - miss))
 
 
-def _organs(model, cache: Cache, cfg, device: torch.device) -> dict:
+def _organs(model, cache: Cache, cfg: EvalConfig, device: torch.device) -> dict:
     sampler = dataclasses.replace(cfg.sampler, mode="chunk", chunk_depth=cfg.organ_chunk_depth, max_slices=None)
     return evaluate_organs(model, cache, sampler, cfg.val_split, cfg.test_split, device, batch_size=cfg.batch_size)
 
 
-def _segmentation(model, cache: Cache, cfg, device: torch.device) -> dict:
+def _segmentation(model, cache: Cache, cfg: EvalConfig, device: torch.device) -> dict:
     return evaluate_segmentation(model, cache, cfg.sampler, cfg.test_split, device, max_volumes=cfg.task_volumes,
                                  hd95=cfg.segmentation_hd95, overlays=cfg.overlays)
 
 
-def _generation(model, cache: Cache, cfg, device: torch.device) -> dict:
+def _generation(model, cache: Cache, cfg: EvalConfig, device: torch.device) -> dict:
     return evaluate_generation(model, cache, cfg.sampler, cfg.test_split, device, max_volumes=cfg.task_volumes,
                                batch_size=cfg.batch_size)
 
 
-def _generation_probe(model, cache: Cache, cfg, device: torch.device) -> dict:
+def _generation_probe(model, cache: Cache, cfg: EvalConfig, device: torch.device) -> dict:
     from ctvlp.eval.generation_probe import evaluate_generation_probe
 
     return evaluate_generation_probe(model, cache, cfg, device)
 
 
-def _robustness(model, cache: Cache, cfg, device: torch.device) -> dict:
+def _robustness(model, cache: Cache, cfg: EvalConfig, device: torch.device) -> dict:
     from ctvlp.eval.robustness import evaluate_robustness  # it runs evaluate_model: import on use
 
     return evaluate_robustness(model, cache, cfg, device)
 
 
-def _seg_probe(model, cache: Cache, cfg, device: torch.device) -> dict:
+def _seg_probe(model, cache: Cache, cfg: EvalConfig, device: torch.device) -> dict:
     return evaluate_seg_probe(model, cache, cfg, device)
 
 
-def _real_masks(model, cache: Cache, cfg, device: torch.device) -> dict:
+def _real_masks(model, cache: Cache, cfg: EvalConfig, device: torch.device) -> dict:
     probe = trained_probe(model, cache, cfg, device) if "seg_probe" in cfg.tasks else None
     return evaluate_real_masks(model, cache.config, cfg.sampler, device, cfg.real_dir, probe,
                                hd95=cfg.segmentation_hd95, batch_size=cfg.batch_size, overlays=cfg.overlays > 0)
@@ -135,7 +137,7 @@ EXTRA_TASKS = {"organs": _organs, "segmentation": _segmentation, "generation": _
 
 
 @torch.no_grad()
-def evaluate_model(model, cache: Cache, cfg, device: torch.device | str = "cpu", details: bool = False):
+def evaluate_model(model, cache: Cache, cfg: EvalConfig, device: torch.device | str = "cpu", details: bool = False):
     """Zero-shot classification (thresholds on ``cfg.val_split``) and retrieval on ``cfg.test_split``.
 
     Returns the metrics dict; with ``details=True`` also ``(test Encoded, test scores (N, L), labels)``.

@@ -35,6 +35,7 @@ import torch
 from monai.losses import DiceCELoss
 
 from ctvlp.data.loader import Collate
+from ctvlp.eval.config import EvalConfig
 from ctvlp.eval.metrics import jsonable
 from ctvlp.eval.overlays import OverlayCollector
 from ctvlp.eval.segmentation import (_split_ids, eval_sampler, segment_volumes, split_mask_names, summarise,
@@ -77,8 +78,8 @@ def _check_tower(model) -> None:
 
 
 @torch.enable_grad()  # callers may run under no_grad (evaluate_model does)
-def train_probe(model, cache, cfg, device: torch.device | str = "cpu", seed: int = 0) -> Probe:
-    """Train the probe head of the module docstring on ``cfg.probe_split`` (``cfg`` an ``EvalConfig``)."""
+def train_probe(model, cache, cfg: EvalConfig, device: torch.device | str = "cpu", seed: int = 0) -> Probe:
+    """Train the probe head of the module docstring on ``cfg.probe_split``."""
     _check_tower(model)
     device = torch.device(device)
     start = time.perf_counter()
@@ -133,7 +134,7 @@ def train_probe(model, cache, cfg, device: torch.device | str = "cpu", seed: int
 _PROBES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def trained_probe(model, cache, cfg, device: torch.device | str = "cpu") -> Probe:
+def trained_probe(model, cache, cfg: EvalConfig, device: torch.device | str = "cpu") -> Probe:
     """:func:`train_probe`, once per (model, cache root, probe settings and eval sampler) in this process."""
     key = (str(getattr(cache, "root", id(cache))), cfg.probe_split, cfg.probe_steps, cfg.probe_hidden,
            cfg.probe_lr, cfg.probe_batch_size, repr(cfg.sampler))
@@ -143,7 +144,8 @@ def trained_probe(model, cache, cfg, device: torch.device | str = "cpu") -> Prob
     return known[key]
 
 
-def evaluate_seg_probe(model, cache, cfg, device: torch.device | str = "cpu", probe: Probe | None = None) -> dict:
+def evaluate_seg_probe(model, cache, cfg: EvalConfig, device: torch.device | str = "cpu",
+                       probe: Probe | None = None) -> dict:
     """Train (or reuse) the probe and score it on ``cfg.test_split`` (module docstring).
 
     Returns a JSON-able dict: ``mean_dice``, ``per_structure`` (as ``evaluate_segmentation``), with

@@ -28,6 +28,7 @@ from ctvlp.data.manifest import label_names_of
 from ctvlp.errors import BadDatasetError, CtvlpError
 from ctvlp.eval.aggregate import RULE as SCAN_RULE
 from ctvlp.eval.aggregate import Grouping, scan_embeddings, scan_scores
+from ctvlp.eval.config import EvalConfig
 from ctvlp.eval.probe import Split, linear_probe
 from ctvlp.eval.names import CORE_TASKS, CORPUS, LABEL_HEAD
 from ctvlp.eval.prompts import prompt_set
@@ -101,7 +102,7 @@ MASK_TASKS = ("segmentation", "seg_probe")
 """Tasks scored (and, for the probe, trained) on the cache's organ masks."""
 
 
-def check_masks(cache: Cache, eval_cfg, tasks) -> None:
+def check_masks(cache: Cache, eval_cfg: EvalConfig, tasks) -> None:
     """CtvlpError naming the fix when one of ``tasks`` needs organ masks (:data:`MASK_TASKS`) and a split it
     reads (``test_split``; ``probe_split`` for ``seg_probe``) has no volume with a mask other than the body
     mask (plain CT-RATE has none: SigVLP's segmentation probe then needs RadGenome-ChestCT or
@@ -209,7 +210,7 @@ def retrieval_levels(test: Encoded, cfg: SuiteConfig) -> tuple[dict, list]:
     return metrics, examples
 
 
-def run_suite(model, cache: Cache, eval_cfg, cfg: SuiteConfig, device: torch.device | str = "cpu",
+def run_suite(model, cache: Cache, eval_cfg: EvalConfig, cfg: SuiteConfig, device: torch.device | str = "cpu",
               progress: bool = False) -> SuiteResult:
     """Every task of ``cfg.tasks`` on ``cache`` (splits from ``eval_cfg``; see the module docstring).
 
@@ -283,6 +284,6 @@ def run_suite(model, cache: Cache, eval_cfg, cfg: SuiteConfig, device: torch.dev
     return result
 
 
-def with_overrides(eval_cfg, **changes):
+def with_overrides(eval_cfg: EvalConfig, **changes) -> EvalConfig:
     """``eval_cfg`` with the given fields replaced (None values keep the checkpoint's)."""
     return dataclasses.replace(eval_cfg, **{k: v for k, v in changes.items() if v is not None})

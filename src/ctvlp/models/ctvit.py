@@ -76,8 +76,6 @@ class CTViTConfig:
     """Codes of the cosine vector-quantised codebook."""
     vq_decay: float = 0.8
     """EMA decay of the codebook (vector-quantize-pytorch's default, which CT-CLIP keeps)."""
-    grad_checkpointing: bool = False
-    """Recompute each layer in the backward pass (saves activation memory)."""
 
     def __post_init__(self):
         self.image_size = tuple(int(v) for v in self.image_size)
@@ -220,7 +218,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(CTViTBlock(cfg) for _ in range(depth))
         self.norm_out = nn.LayerNorm(cfg.width, bias=False)
-        self.grad_checkpointing = cfg.grad_checkpointing
+        self.grad_checkpointing = False  # CTViT.set_grad_checkpointing (TrainConfig.grad_checkpointing) turns it on
 
     def forward(self, x, shape, bias=None):
         for block in self.blocks:

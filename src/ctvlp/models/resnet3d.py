@@ -71,8 +71,6 @@ class ResNet3dConfig:
     ``group``: every BatchNorm replaced by a GroupNorm of up to 32 groups (per-sample statistics)."""
     final_norm: bool = True
     """LayerNorm over the channels of the output tokens (the ViT ends with one too)."""
-    grad_checkpointing: bool = False
-    """Recompute each stage in the backward pass (less memory)."""
 
     def __post_init__(self) -> None:
         if self.kind != "resnet":
@@ -131,7 +129,7 @@ class ResNetTower3d(nn.Module):
         self.stem = nn.Sequential(net.conv1, net.bn1, net.act, net.maxpool if cfg.max_pool else nn.Identity())
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
         self.norm = nn.LayerNorm(self.width) if cfg.final_norm else nn.Identity()
-        self.grad_checkpointing = cfg.grad_checkpointing
+        self.grad_checkpointing = False  # set_grad_checkpointing (TrainConfig.grad_checkpointing) turns it on
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each stage in the backward pass. With ``norm="batch"`` in train mode the recompute

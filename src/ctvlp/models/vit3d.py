@@ -78,8 +78,6 @@ class ViT3dConfig:
     """Channels of the conv stem."""
     learned_grid: Triple | None = None
     """``pos=learned``: the largest token grid (gz, gy, gx) the embeddings cover."""
-    grad_checkpointing: bool = False
-    """Recompute each block in the backward pass (less memory)."""
     kind: Literal["vit"] = "vit"
     """Tower marker (``ResNet3dConfig`` has ``kind="resnet"``): which config a saved dict is."""
 
@@ -171,7 +169,7 @@ class VisionTransformer3d(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp, cfg.mlp_ratio, cfg.layerscale, rate,
                                           sub_norms=cfg.sub_norms, k_bias=cfg.k_bias) for rate in rates)
         self.norm = nn.LayerNorm(cfg.width)
-        self.grad_checkpointing = cfg.grad_checkpointing
+        self.grad_checkpointing = False  # set_grad_checkpointing (TrainConfig.grad_checkpointing) turns it on
         self.apply(init_linear)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)

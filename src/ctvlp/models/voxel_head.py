@@ -138,12 +138,6 @@ class AnchorHead(nn.Module):
         return self.net(text_emb)  # (K, E)
 
 
-def encode_anchors(model: nn.Module, anchor_head: AnchorHead, names: Sequence[str]) -> torch.Tensor:
-    """M = f_text(encode_texts("This is <name>.")) (K, E) for a ``VisionLanguageModel``-like ``model``
-    (anything with ``encode_texts(list[str]) -> (K, d_txt)``)."""
-    return anchor_head(model.encode_texts(anchor_prompts(names)))
-
-
 def anchor_probabilities(voxel_emb: torch.Tensor, anchors: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """P = (cos(V, M_k) + 1) / 2: voxel_emb (B, E, D, H, W) and anchors (K, E) -> (B, K, D, H, W) in [0, 1].
 

@@ -81,13 +81,14 @@ import math
 
 from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
+from ctvlp.eval.config import EvalConfig
 from ctvlp.models.decoder import DecoderConfig
 from ctvlp.models.mae import MaeDecoderConfig
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.recipes.common import CXR_BERT, CXR_BERT_REVISION
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
-from ctvlp.train.config import DataConfig, EvalConfig, LossConfig, StageConfig, TrainConfig
+from ctvlp.train.config import DataConfig, LossConfig, StageConfig, TrainConfig
 from ctvlp.train.optim import OptimConfig
 
 

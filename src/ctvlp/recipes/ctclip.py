@@ -80,11 +80,12 @@ from __future__ import annotations
 
 from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
+from ctvlp.eval.config import EvalConfig
 from ctvlp.models.ctvit import ctvit_config
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.recipes.common import CXR_BERT, CXR_BERT_REVISION
 from ctvlp.models.vlp import ModelConfig
-from ctvlp.train.config import DataConfig, EvalConfig, LossConfig, TrainConfig
+from ctvlp.train.config import DataConfig, LossConfig, TrainConfig
 from ctvlp.train.optim import OptimConfig
 
 

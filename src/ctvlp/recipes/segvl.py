@@ -79,13 +79,14 @@ from __future__ import annotations
 import math
 
 from ctvlp.data.sampling import SamplerConfig
+from ctvlp.eval.config import EvalConfig
 from ctvlp.recipes.ctclip import PREPROCESS as CTCLIP_PREPROCESS
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.recipes.common import CXR_BERT, CXR_BERT_REVISION
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.models.voxel_head import VoxelHeadConfig
-from ctvlp.train.config import DataConfig, EvalConfig, LossConfig, StageConfig, TrainConfig
+from ctvlp.train.config import DataConfig, LossConfig, StageConfig, TrainConfig
 from ctvlp.train.optim import OptimConfig
 
 

@@ -63,13 +63,14 @@ from __future__ import annotations
 
 from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
+from ctvlp.eval.config import EvalConfig
 from ctvlp.eval.names import LABEL_HEAD
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.models.voxel_head import VoxelHeadConfig
 from ctvlp.recipes.segvl import SEGVL_MASKS
-from ctvlp.train.config import DataConfig, EvalConfig, LossConfig, TrainConfig
+from ctvlp.train.config import DataConfig, LossConfig, TrainConfig
 from ctvlp.train.optim import OptimConfig
 
 
