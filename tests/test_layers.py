@@ -36,7 +36,6 @@ heavy optional dependency on purpose."""
 
 KNOWN_UPWARD = {
     # issue 18's remaining work: each pair is an import of a higher or sibling layer; remove a pair when fixed.
-    ("ctvlp.data.adapters", "ctvlp.load_volume"),  # data -> the public API (ctvlp/__init__.py)
     ("ctvlp.eval.generation", "ctvlp.train.data"),  # split_dataset: what train and eval share moves down
     ("ctvlp.eval.generation_probe", "ctvlp.train.data"),
     ("ctvlp.eval.run", "ctvlp.train.data"),
@@ -59,9 +58,6 @@ KNOWN_UPWARD = {
 
 KNOWN_LOCAL = {
     # issue 18's remaining work: function-local imports of ctvlp modules outside cli/ with no reason given.
-    ("ctvlp.data.adapters", "ctvlp.data.adapters.fixes"),
-    ("ctvlp.data.adapters", "ctvlp.io.load"),
-    ("ctvlp.data.adapters", "ctvlp.load_volume"),
     ("ctvlp.data.adapters.ctrate", "ctvlp.data.reports"),
     ("ctvlp.data.adapters.generic", "ctvlp.data.reports"),
     ("ctvlp.data.adapters.radgenome", "ctvlp.data.reports"),
