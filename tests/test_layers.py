@@ -36,10 +36,6 @@ heavy optional dependency on purpose."""
 
 KNOWN_UPWARD = {
     # issue 18's remaining work: each pair is an import of a higher or sibling layer; remove a pair when fixed.
-    ("ctvlp.eval.generation", "ctvlp.train.data"),  # split_dataset: what train and eval share moves down
-    ("ctvlp.eval.generation_probe", "ctvlp.train.data"),
-    ("ctvlp.eval.run", "ctvlp.train.data"),
-    ("ctvlp.eval.seg_probe", "ctvlp.train.data"),
     ("ctvlp.inference.export", "ctvlp.train.checkpoint"),  # one checkpoint reader below train and inference
     ("ctvlp.inference.load", "ctvlp.train.restore"),
     ("ctvlp.inference.model", "ctvlp.eval.prompts"),
