@@ -47,7 +47,6 @@ KNOWN_UPWARD = {
     ("ctvlp.train.config", "ctvlp.eval.names"),  # EvalConfig lives in train/config.py
     ("ctvlp.train.loop", "ctvlp.eval.names"),
     ("ctvlp.train.loop", "ctvlp.eval.run"),  # the trainer runs the evaluator
-    ("ctvlp.train.metrics_log", "ctvlp.eval.metrics"),
     ("ctvlp.train.restore", "ctvlp.recipes"),
 }
 """(importer, imported) module pairs that break the layer order today."""

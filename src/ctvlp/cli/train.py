@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
             atomic_write_text(args.out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         summary = trainer.fit()
         if not args.no_eval and trainer.place.is_main:
-            from ctvlp.eval.metrics import jsonable
             from ctvlp.eval.run import evaluate_model
+            from ctvlp.fsutil import jsonable
 
             metrics = evaluate_model(trainer.model, trainer.cache, cfg.eval, device=trainer.place.device)
             summary["eval"] = metrics

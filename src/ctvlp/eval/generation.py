@@ -57,7 +57,7 @@ from ctvlp.data.labels import CTRATE_LABELS
 from ctvlp.data.loader import Collate, split_dataset
 from ctvlp.data.reports import extract_labels
 from ctvlp.data.sampling import SamplerConfig, report_text
-from ctvlp.eval.metrics import jsonable
+from ctvlp.fsutil import jsonable
 from ctvlp.models.decoder import special_token_ids
 
 _WORDS = re.compile(r"[a-z]+|\d+(?:\.\d+)?")

@@ -35,10 +35,10 @@ import torch
 from monai.losses import DiceCELoss
 
 from ctvlp.data.loader import Collate, split_dataset
-from ctvlp.eval.metrics import jsonable
 from ctvlp.eval.overlays import OverlayCollector
 from ctvlp.eval.segmentation import (_split_ids, eval_sampler, segment_volumes, split_mask_names, summarise,
                                      window_depth)
+from ctvlp.fsutil import jsonable
 from ctvlp.models.voxel_head import VoxelHead, VoxelHeadConfig
 
 LOSS = ("MONAI DiceCELoss(sigmoid=True) per structure (single-channel: Dice + BCE with logits) on annotated "
