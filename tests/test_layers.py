@@ -53,23 +53,13 @@ KNOWN_UPWARD = {
 
 KNOWN_LOCAL = {
     # issue 18's remaining work: function-local imports of ctvlp modules outside cli/ with no reason given.
-    ("ctvlp.data.adapters.ctrate", "ctvlp.data.reports"),
-    ("ctvlp.data.adapters.generic", "ctvlp.data.reports"),
-    ("ctvlp.data.adapters.radgenome", "ctvlp.data.reports"),
-    ("ctvlp.data.prepare", "ctvlp.data.adapters"),
-    ("ctvlp.data.prepare", "ctvlp.data.adapters.fixes"),
-    ("ctvlp.data.prepare", "ctvlp.io.load"),
-    ("ctvlp.data.prepare", "ctvlp.progress"),
-    ("ctvlp.data.sampling", "ctvlp.data.reports"),
     ("ctvlp.data.synth.sites", "ctvlp.data.adapters.ctrate"),
     ("ctvlp.eval.generation", "ctvlp.models.text"),
     ("ctvlp.eval.run", "ctvlp.eval.generation_probe"),
     ("ctvlp.eval.run", "ctvlp.eval.robustness"),  # the eval/run <-> eval/robustness circle
     ("ctvlp.eval.suite", "ctvlp.data.sampling"),
-    ("ctvlp.inference.batch", "ctvlp.data.manifest"),
     ("ctvlp.inference.index", "ctvlp.inference.export"),
     ("ctvlp.inference.index", "ctvlp.inference.load"),
-    ("ctvlp.inference.inputs", "ctvlp.io.load"),
     ("ctvlp.inference.load", "ctvlp.train.restore"),
     ("ctvlp.inference.model", "ctvlp.data.sampling"),
     ("ctvlp.inference.model", "ctvlp.eval.prompts"),
@@ -77,16 +67,9 @@ KNOWN_LOCAL = {
     ("ctvlp.inference.model", "ctvlp.eval.zeroshot"),
     ("ctvlp.inference.model", "ctvlp.models.decoder"),
     ("ctvlp.inference.model", "ctvlp.models.voxel_head"),
-    ("ctvlp.io.load", "ctvlp.io.dicom"),
-    ("ctvlp.io.load", "ctvlp.io.itk"),
-    ("ctvlp.io.load", "ctvlp.io.nifti"),
     ("ctvlp.models.vit3d", "ctvlp.models.ctvit"),
     ("ctvlp.models.vit3d", "ctvlp.models.resnet3d"),
     ("ctvlp.models.vlp", "ctvlp.data.reports"),  # the model runs the report parser
-    ("ctvlp.recipes", "ctvlp.config"),
-    ("ctvlp.recipes", "ctvlp.recipes.debug"),
-    ("ctvlp.recipes.cohort", "ctvlp.recipes"),
-    ("ctvlp.recipes.cohort", "ctvlp.recipes.common"),
     ("ctvlp.train.restore", "ctvlp.recipes"),
 }
 """(importer, imported) module pairs imported inside a function today without the DEFERRED marker."""
