@@ -58,15 +58,10 @@ KNOWN_LOCAL = {
     ("ctvlp.eval.run", "ctvlp.eval.generation_probe"),
     ("ctvlp.eval.run", "ctvlp.eval.robustness"),  # the eval/run <-> eval/robustness circle
     ("ctvlp.eval.suite", "ctvlp.data.sampling"),
-    ("ctvlp.inference.index", "ctvlp.inference.export"),
-    ("ctvlp.inference.index", "ctvlp.inference.load"),
     ("ctvlp.inference.load", "ctvlp.train.restore"),
-    ("ctvlp.inference.model", "ctvlp.data.sampling"),
     ("ctvlp.inference.model", "ctvlp.eval.prompts"),
     ("ctvlp.inference.model", "ctvlp.eval.segmentation"),
     ("ctvlp.inference.model", "ctvlp.eval.zeroshot"),
-    ("ctvlp.inference.model", "ctvlp.models.decoder"),
-    ("ctvlp.inference.model", "ctvlp.models.voxel_head"),
     ("ctvlp.models.vit3d", "ctvlp.models.ctvit"),
     ("ctvlp.models.vit3d", "ctvlp.models.resnet3d"),
     ("ctvlp.models.vlp", "ctvlp.data.reports"),  # the model runs the report parser
