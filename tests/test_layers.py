@@ -53,18 +53,14 @@ KNOWN_UPWARD = {
 
 KNOWN_LOCAL = {
     # issue 18's remaining work: function-local imports of ctvlp modules outside cli/ with no reason given.
-    ("ctvlp.data.synth.sites", "ctvlp.data.adapters.ctrate"),
-    ("ctvlp.eval.generation", "ctvlp.models.text"),
     ("ctvlp.eval.run", "ctvlp.eval.generation_probe"),
     ("ctvlp.eval.run", "ctvlp.eval.robustness"),  # the eval/run <-> eval/robustness circle
-    ("ctvlp.eval.suite", "ctvlp.data.sampling"),
     ("ctvlp.inference.load", "ctvlp.train.restore"),
     ("ctvlp.inference.model", "ctvlp.eval.prompts"),
     ("ctvlp.inference.model", "ctvlp.eval.segmentation"),
     ("ctvlp.inference.model", "ctvlp.eval.zeroshot"),
     ("ctvlp.models.vit3d", "ctvlp.models.ctvit"),
     ("ctvlp.models.vit3d", "ctvlp.models.resnet3d"),
-    ("ctvlp.models.vlp", "ctvlp.data.reports"),  # the model runs the report parser
     ("ctvlp.train.restore", "ctvlp.recipes"),
 }
 """(importer, imported) module pairs imported inside a function today without the DEFERRED marker."""

@@ -125,6 +125,7 @@ BERTSCORE_LAYER = 6
 def _bert_scorer():
     from bert_score import BERTScorer
 
+    # deferred on purpose: models.text loads transformers, needed only when BERTScore is computed
     from ctvlp.models.text import minilm_dir
 
     return BERTScorer(model_type=str(minilm_dir()), num_layers=BERTSCORE_LAYER, lang="en")
