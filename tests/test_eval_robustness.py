@@ -13,6 +13,7 @@ import torch
 
 from ctvlp.config import apply_overrides
 from ctvlp.data.cache import Cache
+from ctvlp.data.loader import split_dataset
 from ctvlp.data.manifest import label_names_of
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.config import EvalConfig
@@ -21,7 +22,6 @@ from ctvlp.eval.robustness import evaluate_robustness, robustness_sampler, tower
 from ctvlp.eval.run import encode_split, evaluate_model
 from ctvlp.recipes import get_recipe, list_recipes
 from ctvlp.recipes.cohort import cohort_variant
-from ctvlp.train.data import split_dataset
 from ctvlp.train.loop import Trainer
 from ctvlp.train.restore import load_trained
 from conftest import make_synthetic_cache

@@ -10,6 +10,8 @@
 * :func:`hold_lock` holds an exclusive ``flock`` for the length of a run, so that a second run of the same
   work refuses at once, naming the holder's pid. The kernel drops the lock when its process dies, so a
   killed run never leaves a stale lock.
+* :func:`jsonable` makes a result strict JSON (NaN/inf -> ``null``) before it is written; train, eval and the
+  CLI share it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
+import numbers
 import os
 import re
 import resource
@@ -275,3 +279,21 @@ def lock_fds() -> list[int]:
     """The descriptors of the locks this process holds: a forked worker closes them so that the locks end
     with the process that took them."""
     return list(_LOCKS.values())
+
+
+def jsonable(obj):
+    """``obj`` with NaN/inf floats replaced by None and numpy scalars by Python numbers, so the JSON written is
+    standard (``null``). Numbers are recognised through :mod:`numbers`, where numpy registers its scalar types,
+    so this module stays free of numpy (``ctvlp --help`` loads it)."""
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, bool):
+        return obj
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    return obj

@@ -289,8 +289,7 @@ def finished_runs(path: Path) -> dict[str, dict]:
 
 
 def write_outputs(summary: dict, out: Path) -> None:
-    from ctvlp.eval.metrics import jsonable
-    from ctvlp.fsutil import atomic_write_text
+    from ctvlp.fsutil import atomic_write_text, jsonable
 
     atomic_write_text(out / "compare.json", json.dumps(jsonable(summary), indent=2, allow_nan=False))
     atomic_write_text(out / "compare.md", markdown(summary))

@@ -65,7 +65,7 @@ def prepare_data(args: argparse.Namespace) -> tuple[Path, dict[str, float]]:
 
 def run(args: argparse.Namespace) -> int:
     from ctvlp.config import apply_overrides
-    from ctvlp.eval.metrics import jsonable
+    from ctvlp.fsutil import jsonable
     from ctvlp.recipes import get_recipe
 
     start = time.perf_counter()

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     custom = any(o.startswith("data.preprocess") for o in args.overrides)  # then the recipe's flags are not enough
     check_preprocessing(cfg, Cache(args.data), None if custom else f"--recipe {args.recipe}" + " --debug" * args.debug)
     if not args.no_eval:  # an empty or damaged evaluation split stops the run before step 1, not after the last
-        from ctvlp.train.data import split_dataset
+        from ctvlp.data.loader import split_dataset
 
         cache = Cache(args.data)
         for split in (cfg.eval.val_split, cfg.eval.test_split):
@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
             atomic_write_text(args.out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         summary = trainer.fit()
         if not args.no_eval and trainer.place.is_main:
-            from ctvlp.eval.metrics import jsonable
             from ctvlp.eval.run import evaluate_model
+            from ctvlp.fsutil import jsonable
 
             metrics = evaluate_model(trainer.model, trainer.cache, cfg.eval, device=trainer.place.device)
             summary["eval"] = metrics

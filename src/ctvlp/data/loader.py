@@ -13,15 +13,17 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ctvlp.data.cache import BadVolume, Cache
 from ctvlp.data.manifest import LABEL_PREFIX, label_names_of
 from ctvlp.data.preprocess import AIR_HU, window
 from ctvlp.data.sampling import SamplerConfig, VolumeRecord, draw_sample, pad_index, take_padded
+from ctvlp.errors import BadDatasetError
 
 
 class CTDataset(Dataset):
@@ -75,6 +77,32 @@ class CTDataset(Dataset):
         epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         rng = np.random.default_rng([self.seed, int(epoch), int(i)])
         return draw_sample(self.record(int(i)), self.config, rng, self.hu_window)
+
+
+def require_split(cache: Cache, split: str) -> None:
+    """A clear error when the cache has no volume in ``split``."""
+    if not (cache.index["split"] == split).any():
+        have = cache.index["split"].value_counts().to_dict()
+        raise BadDatasetError(cache.root, f"split {split!r} is empty; the cache has {have}")
+
+
+def listing(bad: Sequence[BadVolume], first: int = 3) -> str:
+    """'file (reason), ...' of the first few bad volumes, and how many more."""
+    shown = ", ".join(f"{b.file} ({b.reason})" for b in bad[:first])
+    return shown + (f" and {len(bad) - first} more" if len(bad) > first else "")
+
+
+def split_dataset(cache: Cache, cfg: SamplerConfig, split: str, seed: int) -> CTDataset:
+    """A :class:`CTDataset` over one split of the cache, or a clear error if the split is empty or one of
+    its cached volumes is missing or damaged (evaluation reads every volume of a split)."""
+    require_split(cache, split)
+    dataset = CTDataset(cache, cfg, split=split, seed=seed)
+    bad = cache.bad_volumes(dataset.index["id"])
+    if bad:
+        raise BadDatasetError(cache.root, f"{len(bad)} cached volume(s) of split {split!r} are missing or damaged: "
+                                          f"{listing(bad)}; evaluation needs every one: delete their folders and "
+                                          f"rerun `ctvlp prepare`")
+    return dataset
 
 
 class LengthBucketBatchSampler(Sampler[list[int]]):

@@ -23,12 +23,16 @@ from pathlib import Path
 import pandas as pd
 
 from ctvlp import __version__
+from ctvlp.data.adapters import load_row
+from ctvlp.data.adapters.fixes import apply_spacing_hint
 from ctvlp.data.cache import CONFIG_FILE, VOLUMES, write_cached_volume
 from ctvlp.data.manifest import Manifest, save_table
 from ctvlp.data.preprocess import PreprocessConfig, preprocess
 from ctvlp.errors import BadDatasetError, BadVolumeError, CtvlpError, WriteError
 from ctvlp.fsutil import LockBusy, atomic_write_text, hold_lock, lock_fds, remove_stale_temps, write_errors
+from ctvlp.io.load import load_volume
 from ctvlp.io.volume import Volume
+from ctvlp.progress import progress_bar
 
 
 CONFIG_LOCK = ".lock-config"
@@ -57,9 +61,6 @@ def _load_mask(spec: str, row: dict) -> Volume:
     The row's ``spacing_hint`` fix is applied as to its volume (a mask made on a CT-RATE volume
     shares its unset header), so both land on the same grid.
     """
-    from ctvlp.data.adapters.fixes import apply_spacing_hint
-    from ctvlp.io.load import load_volume
-
     path, _, value = spec.partition("#")
     try:
         label = float(value) if value else None
@@ -72,8 +73,6 @@ def _load_mask(spec: str, row: dict) -> Volume:
 
 def prepare_one(row: dict, root: str, config_dict: dict) -> dict:
     """Worker task: returns {"id", "status": "done"|"failed", "reason"?, "seconds"}; a failed write raises."""
-    from ctvlp.data.adapters import load_row
-
     start = time.perf_counter()
     try:
         volume = load_row(row)
@@ -171,8 +170,6 @@ def prepare(manifest: Manifest, root: str | Path, config: PreprocessConfig, *, s
 
 def _prepare_shard(manifest: Manifest, root: Path, config: PreprocessConfig, shard: tuple[int, int], workers: int,
                    limit: int | None, progress: bool) -> PrepareReport:
-    from ctvlp.progress import progress_bar
-
     i, n = shard
     rows = [manifest.row(k) for k in range(len(manifest)) if k % n == i][:limit]
     todo = [r for r in rows if not (root / VOLUMES / r["id"] / "meta.json").is_file()]

@@ -34,6 +34,7 @@ from typing import Literal, Protocol, Sequence
 import numpy as np
 
 from ctvlp.data.preprocess import AIR_HU, PreprocessConfig, body_mask, window
+from ctvlp.data.reports import canonical_organ, split_sentences, structure_report
 
 
 ORGAN_Z_PRIOR: dict[str, tuple[float, float]] = {
@@ -237,8 +238,6 @@ def organ_z_extents(volume: VolumeSource, organ_z_prior: bool) -> dict[str, tupl
     masked cohort (the synthetic one, RadGenome-ChestCT) trains exactly as without the prior."""
     if not organ_z_prior or not getattr(volume, "organ_z_prior", True):
         return dict(volume.z_extents)
-    from ctvlp.data.reports import canonical_organ
-
     if any(canonical_organ(n) is not None for n in volume.mask_names):
         return dict(volume.z_extents)
     return {**prior_extents(int(volume.shape[0])), **volume.z_extents}
@@ -246,8 +245,6 @@ def organ_z_extents(volume: VolumeSource, organ_z_prior: bool) -> dict[str, tupl
 
 def structured_report(findings: str, impressions: str) -> str:
     """COLIPRI's text: the findings as organ sections (``reports.structure_report``), then the impressions."""
-    from ctvlp.data.reports import structure_report
-
     lines = structure_report(findings).splitlines()
     if impressions.strip():
         lines.append(f"Impression: {impressions.strip()}")
@@ -264,8 +261,6 @@ def report_text(findings: str, impressions: str, text_mode: str) -> str:
 def choose_text(record: VolumeRecord, text_mode: str, z0: int, z1: int, organ_z_prior: bool = False) -> dict:
     """text, sentences, organs and ``text_source`` ('organs', 'impressions' or 'report'); organs placed by
     the volume's masks, or by :data:`ORGAN_Z_PRIOR` on a volume without organ masks (``organ_z_prior``)."""
-    from ctvlp.data.reports import split_sentences
-
     organs = organs_in(organ_z_extents(record.volume, organ_z_prior), record.organ_sentences, z0, z1)
     if text_mode == "structured":
         lines = structured_report(record.findings, record.impressions).splitlines()

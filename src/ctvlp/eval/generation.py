@@ -54,12 +54,11 @@ from rouge_score.rouge_scorer import RougeScorer
 from sklearn.metrics import f1_score
 
 from ctvlp.data.labels import CTRATE_LABELS
-from ctvlp.data.loader import Collate
+from ctvlp.data.loader import Collate, split_dataset
 from ctvlp.data.reports import extract_labels
 from ctvlp.data.sampling import SamplerConfig, report_text
-from ctvlp.eval.metrics import jsonable
+from ctvlp.fsutil import jsonable
 from ctvlp.models.decoder import special_token_ids
-from ctvlp.train.data import split_dataset
 
 _WORDS = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
 
@@ -126,6 +125,7 @@ BERTSCORE_LAYER = 6
 def _bert_scorer():
     from bert_score import BERTScorer
 
+    # deferred on purpose: models.text loads transformers, needed only when BERTScore is computed
     from ctvlp.models.text import minilm_dir
 
     return BERTScorer(model_type=str(minilm_dir()), num_layers=BERTSCORE_LAYER, lang="en")

@@ -33,13 +33,12 @@ import time
 import numpy as np
 import torch
 
-from ctvlp.data.loader import Collate
+from ctvlp.data.loader import Collate, split_dataset
 from ctvlp.data.sampling import report_text
 from ctvlp.eval.config import EvalConfig
 from ctvlp.eval.generation import evaluate_generation
 from ctvlp.losses.caption import caption_loss, next_token_targets
 from ctvlp.models.decoder import DecoderConfig, ReportDecoder, special_token_ids
-from ctvlp.train.data import split_dataset
 
 HEADS = 8
 """Attention heads of the probe decoder (``gen_probe_width`` is a multiple of it)."""

@@ -171,14 +171,3 @@ def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, n_boot: int =
     return float(lo), float(hi)
 
 
-def jsonable(obj):
-    """``obj`` with NaN/inf floats replaced by None, so the JSON written is standard (``null``)."""
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj

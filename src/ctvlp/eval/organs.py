@@ -43,8 +43,8 @@ from ctvlp.data.reports import ORGANS, canonical_organ
 from ctvlp.data.sampling import SamplerConfig, window_sample
 from ctvlp.errors import BadDatasetError
 from ctvlp.eval.prompts import PromptSet, PromptStyle, build_prompts
-from ctvlp.eval.metrics import jsonable
 from ctvlp.eval.zeroshot import encode_texts, evaluate_zero_shot, zero_shot_scores
+from ctvlp.fsutil import jsonable
 
 DEFAULT_STYLE = "organs"
 """Prompt style in ``prompts.yaml``: "This region contains the {label}." / "... does not contain ..."."""

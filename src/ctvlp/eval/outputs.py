@@ -10,9 +10,8 @@ import pandas as pd
 
 from ctvlp.data.manifest import save_table
 from ctvlp.eval.html import write_eval_report
-from ctvlp.eval.metrics import jsonable
 from ctvlp.eval.zeroshot import METRICS
-from ctvlp.fsutil import atomic_write_text
+from ctvlp.fsutil import atomic_write_text, jsonable
 
 
 def _ci(row: dict, key: str) -> tuple:

@@ -43,9 +43,10 @@ import torch
 from ctvlp.data.manifest import label_names_of
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.config import EvalConfig
-from ctvlp.eval.metrics import auroc, jsonable
+from ctvlp.eval.metrics import auroc
 from ctvlp.eval.probe import FittedProbes, Split, fit_probes
 from ctvlp.eval.run import Encoded, encode_split, evaluate_model
+from ctvlp.fsutil import jsonable
 
 SLICE_TASKS = ("segmentation", "generation", "organs")
 """Extra tasks whose input shrinks with n, repeated in every cell."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ctvlp.data.cache import Cache
-from ctvlp.data.loader import make_loader
+from ctvlp.data.loader import make_loader, split_dataset
 from ctvlp.data.manifest import label_names_of
 from ctvlp.data.sampling import report_text
 from ctvlp.eval.config import EvalConfig
@@ -29,7 +29,6 @@ from ctvlp.eval.real_masks import evaluate_real_masks
 from ctvlp.eval.seg_probe import evaluate_seg_probe, trained_probe
 from ctvlp.eval.segmentation import evaluate_segmentation
 from ctvlp.eval.zeroshot import encode_texts, evaluate_zero_shot, prompt_scorer
-from ctvlp.train.data import split_dataset
 
 
 @dataclass

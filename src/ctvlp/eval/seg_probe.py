@@ -34,14 +34,13 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
-from ctvlp.data.loader import Collate
+from ctvlp.data.loader import Collate, split_dataset
 from ctvlp.eval.config import EvalConfig
-from ctvlp.eval.metrics import jsonable
 from ctvlp.eval.overlays import OverlayCollector
 from ctvlp.eval.segmentation import (_split_ids, eval_sampler, segment_volumes, split_mask_names, summarise,
                                      window_depth)
+from ctvlp.fsutil import jsonable
 from ctvlp.models.voxel_head import VoxelHead, VoxelHeadConfig
-from ctvlp.train.data import split_dataset
 
 LOSS = ("MONAI DiceCELoss(sigmoid=True) per structure (single-channel: Dice + BCE with logits) on annotated "
         "structures and real slices, mean over samples")

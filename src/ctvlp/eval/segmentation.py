@@ -46,8 +46,8 @@ from ctvlp.data.loader import Collate
 from ctvlp.data.preprocess import AIR_HU, window
 from ctvlp.data.sampling import BODY, SamplerConfig, window_sample
 from ctvlp.errors import BadDatasetError
-from ctvlp.eval.metrics import jsonable
 from ctvlp.eval.overlays import OverlayCollector
+from ctvlp.fsutil import jsonable
 from ctvlp.models.voxel_head import zero_shot_segment
 
 RULE = ("P = (cos(voxel embedding, anchor of 'This is <name>.') + 1) / 2 > threshold on the real slices; "

@@ -25,6 +25,7 @@ from ctvlp import __version__
 from ctvlp.data.cache import Cache
 from ctvlp.data.labels import PROTOCOLS
 from ctvlp.data.manifest import label_names_of
+from ctvlp.data.sampling import BODY
 from ctvlp.errors import BadDatasetError, CtvlpError
 from ctvlp.eval.aggregate import RULE as SCAN_RULE
 from ctvlp.eval.aggregate import Grouping, scan_embeddings, scan_scores
@@ -107,8 +108,6 @@ def check_masks(cache: Cache, eval_cfg: EvalConfig, tasks) -> None:
     reads (``test_split``; ``probe_split`` for ``seg_probe``) has no volume with a mask other than the body
     mask (plain CT-RATE has none: SigVLP's segmentation probe then needs RadGenome-ChestCT or
     TotalSegmentator masks)."""
-    from ctvlp.data.sampling import BODY
-
     need = [t for t in tasks if t in MASK_TASKS]
     splits = dict.fromkeys([eval_cfg.test_split] + ([eval_cfg.probe_split] if "seg_probe" in need else []))
     for split in splits if need else ():

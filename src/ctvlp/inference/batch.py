@@ -238,6 +238,7 @@ def write_skipped(result: EmbedResult, out: str | os.PathLike) -> Path:
     """CSV with the columns path, reason (a header only when nothing was skipped), written atomically."""
     import pandas as pd
 
+    # deferred on purpose: pandas (also under data.manifest) only for this list; embedding never loads it
     from ctvlp.data.manifest import save_table
 
     return save_table(pd.DataFrame(result.skipped, columns=["path", "reason"]), out)

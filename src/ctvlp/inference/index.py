@@ -31,6 +31,8 @@ from ctvlp import __version__
 from ctvlp.errors import BadIndexError, InferenceError
 from ctvlp.fsutil import atomic_path, check_replaceable
 from ctvlp.inference.batch import EmbedResult, read_embeddings, write_embeddings, write_skipped
+from ctvlp.inference.export import export_model
+from ctvlp.inference.load import load_model
 from ctvlp.inference.model import CtvlpModel
 
 FORMAT = "ctvlp-index"
@@ -56,8 +58,6 @@ def write_index(result: EmbedResult, model: CtvlpModel, out: str | os.PathLike) 
     """Write the index folder ``out`` (layout: the module docstring) for ``embed_files``' result. The folder
     is written under a temporary name and renamed when complete (it replaces an earlier index there; any
     other non-empty folder is refused), so a killed build leaves no half index under ``out``."""
-    from ctvlp.inference.export import export_model
-
     out = Path(out)
     check_replaceable(out, INDEX_JSON, FORMAT)
     with atomic_path(out) as tmp:
@@ -113,8 +113,6 @@ def query_model(index: EmbeddingIndex, checkpoint: str | os.PathLike | None = No
                 device: torch.device | str = "cpu") -> CtvlpModel:
     """The model that encodes queries, on ``device``: the index's ``model/`` export, or ``checkpoint``;
     refused when its parameters are not those the index was built with."""
-    from ctvlp.inference.load import load_model
-
     source = index.folder / MODEL_DIR if checkpoint is None else Path(checkpoint)
     model = load_model(source, device=device)
     if model_fingerprint(model) != index.meta["model"]["fingerprint"]:

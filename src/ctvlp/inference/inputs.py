@@ -25,6 +25,7 @@ import numpy as np
 from ctvlp.data.preprocess import PreprocessedVolume
 from ctvlp.errors import BadVolumeError
 from ctvlp.io.header import check_voxels, max_voxels
+from ctvlp.io.load import check_ct, load_volume
 from ctvlp.io.volume import Volume
 
 MIN_SLICES = 2
@@ -41,8 +42,6 @@ def check_shape(path: str | Path | None, shape: Sequence[int], limit: int) -> No
 
 def read_ct(source: str | os.PathLike | Volume, limit: int | None = None) -> Volume:
     """A checked CT :class:`Volume` from a path or a Volume (see the module docstring)."""
-    from ctvlp.io.load import check_ct, load_volume
-
     limit = max_voxels(limit)
     if isinstance(source, Volume):
         check_shape(source.path, source.shape, limit)

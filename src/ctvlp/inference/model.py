@@ -26,11 +26,13 @@ import numpy as np
 import torch
 
 from ctvlp.data.preprocess import PreprocessConfig, PreprocessedVolume, preprocess
-from ctvlp.data.sampling import SamplerConfig, VolumeRecord, fit_axis, draw_sample
+from ctvlp.data.sampling import SamplerConfig, VolumeRecord, fit_axis, draw_sample, window_sample
 from ctvlp.errors import InferenceError
 from ctvlp.inference.geometry import inplane_affine, to_grid
 from ctvlp.inference.inputs import PreparedSource, read_ct
 from ctvlp.io.volume import Volume
+from ctvlp.models.decoder import special_token_ids
+from ctvlp.models.voxel_head import zero_shot_segment
 
 VolumeInput = str | os.PathLike | Volume
 
@@ -161,9 +163,7 @@ class CtvlpModel:
     @torch.no_grad()
     def segment(self, volume: VolumeInput, prompts: Sequence[str]) -> dict[str, Volume]:
         """{prompt: float32 probability Volume on the input's own grid and affine} (0 outside the field of view)."""
-        from ctvlp.data.sampling import window_sample
         from ctvlp.eval.segmentation import volume_windows, window_depth
-        from ctvlp.models.voxel_head import zero_shot_segment
 
         if self.model.cfg.seg is None:
             raise InferenceError(self.spec.path, f"recipe {self.spec.recipe!r} has no voxel head: zero-shot "
@@ -191,8 +191,6 @@ class CtvlpModel:
     @torch.no_grad()
     def generate_report(self, volume: VolumeInput, beam: int = 1, max_new_tokens: int | None = None) -> str:
         """The report decoder's text for ``volume`` (greedy for ``beam=1``, else beam search)."""
-        from ctvlp.models.decoder import special_token_ids
-
         decoder = getattr(self.model, "decoder", None)
         if self.model.cfg.decoder is None or decoder is None:
             raise InferenceError(self.spec.path, f"recipe {self.spec.recipe!r} has no report decoder: report "

@@ -9,7 +9,10 @@ import numpy as np
 
 from ctvlp.errors import BadVolumeError
 from ctvlp.io._convert import error_text
+from ctvlp.io.dicom import read_dicom_series
 from ctvlp.io.header import check_dicom_header, max_voxels as voxel_limit
+from ctvlp.io.itk import read_itk
+from ctvlp.io.nifti import read_nifti
 from ctvlp.io.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -70,16 +73,10 @@ def load_volume(path: str | PathLike, *, require_ct: bool = True, series_uid: st
     kind = volume_format(path)
     limit = voxel_limit(max_voxels)
     if kind == "nifti":
-        from ctvlp.io.nifti import read_nifti
-
         volume = read_nifti(path, limit)
     elif kind == "itk":
-        from ctvlp.io.itk import read_itk
-
         volume = read_itk(path, limit)
     else:
-        from ctvlp.io.dicom import read_dicom_series
-
         check_dicom_header(path, limit)
         volume = read_dicom_series(path, series_uid)
     volume.meta["format"] = kind

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctvlp.data.reports import sentence_findings
+from ctvlp.data.reports import sentence_findings, split_sentences
 from ctvlp.losses.caption import next_token_targets
 from ctvlp.models.decoder import DecoderConfig, ReportDecoder
 from ctvlp.models.heads import AttentionPool, ProjectedAttentionPool, Projection, masked_max, multiscale_pool
@@ -292,8 +292,6 @@ class VisionLanguageModel(nn.Module):
     def encode_texts(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
         """Plain strings -> (B, embed_dim), split into sentences when ``text_input="sentences"``."""
         if self.cfg.text_input == "sentences":
-            from ctvlp.data.reports import split_sentences
-
             return self.encode_sentences([split_sentences(t) for t in texts], normalize)
         tokens = self.text.tokenize(texts)
         device = self.logit_scale.device

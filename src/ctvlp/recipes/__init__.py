@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 
+from ctvlp.config import ConfigError
+
 NAMES: tuple[str, ...] = ("demo", "ctclip", "sigvlp", "scalevlp", "segvl", "uniferum", "colipri")
 """The recipes: module ``ctvlp.recipes.<name>`` each."""
 
@@ -21,12 +23,11 @@ def list_recipes() -> list[str]:
 def get_recipe(name: str, debug: bool = False):
     """The recipe's TrainConfig (its debug variant with ``debug=True``); ConfigError naming the recipes
     for an unknown name."""
-    from ctvlp.config import ConfigError
-
     if name not in NAMES:
         raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(list_recipes())}")
     cfg = importlib.import_module(f"ctvlp.recipes.{name}").recipe()
     if debug:
+        # deferred on purpose: the debug variants import the model configs (torch); the registry stays torch-free
         from ctvlp.recipes.debug import debug_variant
 
         cfg = debug_variant(cfg)

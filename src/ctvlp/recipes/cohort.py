@@ -26,6 +26,8 @@ import math
 from ctvlp.models.ctvit import CTViTConfig, ctvit_config
 from ctvlp.models.resnet3d import ResNet3dConfig
 from ctvlp.models.vit3d import ViT3dConfig
+from ctvlp.recipes import get_recipe
+from ctvlp.recipes.common import train_depth
 from ctvlp.train.config import TrainConfig
 
 COHORT_MAX_SLICES = 32
@@ -53,8 +55,6 @@ demo ViT's cost per sample."""
 
 
 def _demo() -> TrainConfig:
-    from ctvlp.recipes import get_recipe  # the registry imports nothing from here
-
     return get_recipe("demo")
 
 
@@ -83,8 +83,6 @@ def cohort_variant(cfg: TrainConfig) -> TrainConfig:
 
     Returns a new config; ``cfg`` is not changed. ``steps`` is the demo's: `ctvlp compare` sets it from
     the wall-clock budget."""
-    from ctvlp.recipes.common import train_depth
-
     demo = _demo()
     size, chunk_depth = demo.data.sampler.size, demo.data.sampler.chunk_depth
     whole = cfg.data.sampler.mode == "whole"

@@ -6,14 +6,14 @@ headers and sizes (``Cache.bad_volumes``; the same answer on every process, so e
 the same volumes and the batches stay a function of (seed, epoch, index)); up to
 ``DataConfig.max_bad_samples`` are left out and listed, more stop the run. A read that still fails
 later (a file deleted during training) ends the run with an error naming the file, also when it happens
-in a loader worker (:data:`READ_ERROR`). Evaluation splits (:func:`split_dataset`) are refused instead:
+in a loader worker (:data:`READ_ERROR`). Evaluation splits (:func:`ctvlp.data.loader.split_dataset`) are refused instead:
 a metric over part of a test split is not the number it claims to be.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ctvlp.data.cache import BadVolume, Cache
-from ctvlp.data.loader import Collate, CTDataset, LengthBucketBatchSampler, seed_worker
+from ctvlp.data.loader import Collate, CTDataset, LengthBucketBatchSampler, listing, require_split, seed_worker
 from ctvlp.data.manifest import save_table
 from ctvlp.errors import BadDatasetError, CtvlpError
 from ctvlp.train.config import DataConfig
@@ -98,32 +98,6 @@ def checked(batch: dict) -> dict:
     if READ_ERROR in batch:
         raise BadDatasetError(*batch[READ_ERROR])
     return batch
-
-
-def require_split(cache: Cache, split: str) -> None:
-    """A clear error when the cache has no volume in ``split``."""
-    if not (cache.index["split"] == split).any():
-        have = cache.index["split"].value_counts().to_dict()
-        raise BadDatasetError(cache.root, f"split {split!r} is empty; the cache has {have}")
-
-
-def listing(bad: Sequence[BadVolume], first: int = 3) -> str:
-    """'file (reason), ...' of the first few bad volumes, and how many more."""
-    shown = ", ".join(f"{b.file} ({b.reason})" for b in bad[:first])
-    return shown + (f" and {len(bad) - first} more" if len(bad) > first else "")
-
-
-def split_dataset(cache: Cache, cfg, split: str, seed: int) -> CTDataset:
-    """A :class:`CTDataset` over one split of the cache, or a clear error if the split is empty or one of
-    its cached volumes is missing or damaged (evaluation reads every volume of a split)."""
-    require_split(cache, split)
-    dataset = CTDataset(cache, cfg, split=split, seed=seed)
-    bad = cache.bad_volumes(dataset.index["id"])
-    if bad:
-        raise BadDatasetError(cache.root, f"{len(bad)} cached volume(s) of split {split!r} are missing or damaged: "
-                                          f"{listing(bad)}; evaluation needs every one: delete their folders and "
-                                          f"rerun `ctvlp prepare`")
-    return dataset
 
 
 def drop_bad_samples(cache: Cache, cfg: DataConfig, out: Path | None) -> list[BadVolume]:

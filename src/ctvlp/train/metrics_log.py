@@ -11,8 +11,7 @@ import json
 import math
 from pathlib import Path
 
-from ctvlp.eval.metrics import jsonable
-from ctvlp.fsutil import atomic_write_text, write_errors
+from ctvlp.fsutil import atomic_write_text, jsonable, write_errors
 
 
 class MetricsLog:

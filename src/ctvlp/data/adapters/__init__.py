@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from ctvlp.data.adapters.fixes import apply_spacing_hint, to_hu
+from ctvlp.io.load import check_ct, load_volume
 from ctvlp.io.volume import Volume
 
 
@@ -25,13 +27,8 @@ def load_row(row: dict) -> Volume:
     metadata's rescale pair is applied only when the data show raw stored values (see
     :mod:`ctvlp.data.adapters.fixes`); load_volume's CT check runs after these fixes, not before.
     """
-    from ctvlp import load_volume
-
     if row.get("source") != "ct-rate":
         return load_volume(row["path"])
-    from ctvlp.data.adapters.fixes import apply_spacing_hint, to_hu
-    from ctvlp.io.load import check_ct
-
     volume = load_volume(row["path"], require_ct=False)
     volume = apply_spacing_hint(volume, row.get("spacing_hint") or None)
     volume = to_hu(volume, _number(row.get("rescale_slope")), _number(row.get("rescale_intercept")))

@@ -29,6 +29,7 @@ from ctvlp.data.adapters import radgenome as rgdata
 from ctvlp.data.adapters.common import Skipped, read_table, split_by_patient, strip_nifti_suffix, text
 from ctvlp.data.labels import CTRATE_LABELS
 from ctvlp.data.manifest import Manifest
+from ctvlp.data.reports import organ_sentences
 from ctvlp.errors import BadDatasetError
 
 SOURCE = "ct-rate"
@@ -188,8 +189,6 @@ def _row(stem: str, split: str, files: dict[str, Path], tables: _Tables) -> dict
 
 
 def _parser_organ_sentences(findings: str) -> dict[str, list[str]]:
-    from ctvlp.data.reports import organ_sentences  # lazy: the parser is optional at import time
-
     return organ_sentences(findings)
 
 

@@ -36,6 +36,7 @@ from ctvlp.data.adapters import labelmap
 from ctvlp.data.adapters.common import Skipped, read_table, split_by_patient, strip_nifti_suffix, text, utf8_error
 from ctvlp.data.labels import CTRATE_LABELS
 from ctvlp.data.manifest import LABEL_PREFIX, REPORT_SECTIONS, Manifest, unsafe_ids
+from ctvlp.data.reports import organ_sentences, split_sections
 from ctvlp.errors import BadDatasetError
 
 MASK_PREFIX = "mask:"
@@ -91,8 +92,6 @@ def _text_field(record: dict, key: str) -> str:
 
 def _sections(record: dict) -> dict[str, str]:
     if "report" in record and not _blank(record["report"]):
-        from ctvlp.data.reports import split_sections  # lazy: the parser is optional at import time
-
         found = split_sections(_text_field(record, "report"))
         return {s: text(found.get(s)) for s in REPORT_SECTIONS}
     return {s: _text_field(record, s) for s in REPORT_SECTIONS}
@@ -216,7 +215,5 @@ def build_manifest(csv_or_jsonl: str | Path, *, root: str | Path | None = None, 
 
 
 def _add_organ_sentences(rows: list[dict]) -> None:
-    from ctvlp.data.reports import organ_sentences  # lazy: the parser is optional at import time
-
     for row in rows:
         row["organ_sentences"] = json.dumps(organ_sentences(row["findings"]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ctvlp.data.adapters.common import read_table, strip_nifti_suffix, text
+from ctvlp.data.reports import canonical_organ
 from ctvlp.errors import BadDatasetError
 
 REGION_COLUMNS: tuple[str, ...] = ("Volumename", "Anatomy", "Sentence")
@@ -35,8 +36,6 @@ def region_csv(rg: Path, split: str) -> Path:
 
 
 def _canonical(name: str) -> str | None:
-    from ctvlp.data.reports import canonical_organ  # lazy: the parser is optional at import time
-
     return canonical_organ(name)
 
 

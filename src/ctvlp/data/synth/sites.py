@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from ctvlp.data.adapters import labelmap
+from ctvlp.data.adapters.ctrate import build_manifest
 from ctvlp.data.manifest import LABEL_PREFIX, save_table
 
 SECTIONS = ("clinical", "technique", "findings", "impressions")
@@ -83,8 +84,6 @@ def write_site_table(out: str | Path, site: str = "rad_chestct", val_fraction: f
     Splits are the CT-RATE adapter's (the cohort's ``valid`` becomes ``test``; ``val_fraction`` of the
     train patients, by a ``seed``-ed hash, become ``valid``) and are written explicitly.
     """
-    from ctvlp.data.adapters.ctrate import build_manifest
-
     if site not in SITES:
         raise ValueError(f"unknown site {site!r}; known: {sorted(SITES)}")
     out = Path(out).absolute()
