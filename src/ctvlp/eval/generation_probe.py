@@ -30,13 +30,13 @@ import dataclasses
 import math
 import time
 
-import numpy as np
 import torch
 
 from ctvlp.data.loader import Collate, split_dataset
 from ctvlp.data.sampling import report_text
 from ctvlp.eval.config import EvalConfig
 from ctvlp.eval.generation import evaluate_generation
+from ctvlp.eval.probe import shuffled_batches
 from ctvlp.losses.caption import caption_loss, next_token_targets
 from ctvlp.models.decoder import DecoderConfig, ReportDecoder, special_token_ids
 
@@ -78,16 +78,13 @@ def train_decoder(model, cache, cfg: EvalConfig, device: torch.device | str = "c
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=cfg.gen_probe_lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.gen_probe_steps) / cfg.gen_probe_steps)))
-    rng = np.random.default_rng(seed)
-    order: list[int] = []
+    batches = shuffled_batches(len(dataset), cfg.gen_probe_batch_size, seed)
     losses = []
     was_training = model.training
     model.eval()
     try:
         for step in range(cfg.gen_probe_steps):
-            while len(order) < cfg.gen_probe_batch_size:
-                order.extend(rng.permutation(len(dataset)).tolist())
-            rows, order = order[:cfg.gen_probe_batch_size], order[cfg.gen_probe_batch_size:]
+            rows = next(batches)
             batch = collate([dataset[(step, i)] for i in rows])
             with torch.no_grad():
                 feats = model.image_features(batch["image"].to(device), batch["slice_mask"].to(device))

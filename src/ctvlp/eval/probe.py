@@ -17,7 +17,7 @@ fit) or its test split has a single class (AUROC undefined).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +35,18 @@ RULE = ("per label: StandardScaler + LogisticRegression(L2, lbfgs, max_iter=2000
         "image embeddings; C from the grid by validation AUROC (ties: smaller C; DEFAULT_C when validation has "
         "one class); AUROC on test")
 
+
+
+def shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless batches of row indices 0..n-1 in a seeded random order, reshuffled each pass (a batch may span
+    two passes): how the trained probes (segmentation, report generation) draw their training samples."""
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    while True:
+        while len(order) < batch_size:
+            order.extend(rng.permutation(n).tolist())
+        rows, order = order[:batch_size], order[batch_size:]
+        yield rows
 
 @dataclass
 class Split:

@@ -30,12 +30,12 @@ import time
 import weakref
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
 from ctvlp.data.loader import Collate, split_dataset
 from ctvlp.eval.config import EvalConfig
+from ctvlp.eval.probe import shuffled_batches
 from ctvlp.eval.overlays import OverlayCollector
 from ctvlp.eval.segmentation import (_split_ids, eval_sampler, segment_volumes, split_mask_names, summarise,
                                      window_depth)
@@ -92,16 +92,13 @@ def train_probe(model, cache, cfg: EvalConfig, device: torch.device | str = "cpu
     probe = Probe(head=head, names=names, info={})
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.probe_lr, weight_decay=0.0)
     loss_fn = DiceCELoss(sigmoid=True)
-    rng = np.random.default_rng(seed)
-    order: list[int] = []
+    batches = shuffled_batches(len(dataset), cfg.probe_batch_size, seed)
     losses = []
     was_training = model.training
     model.eval()
     try:
         for step in range(cfg.probe_steps):
-            while len(order) < cfg.probe_batch_size:
-                order.extend(rng.permutation(len(dataset)).tolist())
-            rows, order = order[:cfg.probe_batch_size], order[cfg.probe_batch_size:]
+            rows = next(batches)
             batch = collate([dataset[(step, i)] for i in rows])
             slice_mask = batch["slice_mask"].to(device)
             logits = probe.logits(model, batch["image"].to(device), slice_mask)  # (B, K, D, H, W)
