@@ -11,7 +11,7 @@ how busy the shared machine is between runs. The optimiser's step (Muon on the b
 AdamW on the rest, ``ns_dtype='auto'``) is timed on the same model and reported as a share of the
 forward + backward time.
 
-Sizes: ``demo`` is the demo recipe's tower and batch (32 x 1 x 16 x 32 x 40, 80 tokens);
+Sizes: ``demo`` is the demo recipe's tower and batch (its channels, chunk depth and size);
 ``base`` is ViT-base (768 wide, 12 blocks) on 2 x 1 x 64 x 128 x 128 with 16^3 patches (256 tokens).
 
 GPU plan (the same code; nothing here is CPU-specific):
@@ -52,7 +52,8 @@ def towers() -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
     demo = get_recipe("demo")
     d, (h, w) = demo.data.sampler.chunk_depth, demo.data.sampler.size
     base = vit_config("base", patch=(16, 16, 16), pos="rope")
-    return {"demo": (VisionTransformer3d(demo.model.vision), (demo.data.batch_size, 1, d, h, w)),
+    c = demo.model.vision.in_chans  # the demo reads several CT windows as channels
+    return {"demo": (VisionTransformer3d(demo.model.vision), (demo.data.batch_size, c, d, h, w)),
             "base": (VisionTransformer3d(base), (2, 1, 64, 128, 128))}
 
 
