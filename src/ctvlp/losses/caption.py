@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from ctvlp.losses.base import Loss
 
 
 def next_token_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -57,10 +58,13 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int | None
     return total / count
 
 
-class CaptionLoss(nn.Module):
+class CaptionLoss(Loss):
     """:func:`caption_loss` on the model's output dict: ``caption_logits`` (B, L, V) and
     ``caption_targets`` (B, L), already shifted. A per-token loss: ``gather`` is accepted for a uniform
     constructor and ignored (each rank averages over its own real tokens)."""
+
+    reads = ("caption",)
+    data = ("report text",)
 
     def __init__(self, pad_id: int | None = None, ignore_index: int = -100, gather: bool = True):
         super().__init__()

@@ -15,7 +15,8 @@ with M, and the mean, over the whole batch. With no masked patch the loss is 0 (
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from ctvlp.losses.base import Loss
 
 Triple = tuple[int, int, int]
 
@@ -91,9 +92,11 @@ def mae_loss(pred: torch.Tensor, target_patches: torch.Tensor, mask: torch.Tenso
     return (per_patch * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-class MaeLoss(nn.Module):
+class MaeLoss(Loss):
     """:func:`mae_loss` on the model's output dict: ``mae_pred`` and ``mae_target`` (B, N, P), ``mae_mask``
     (B, N). A per-sample loss: ``gather`` is accepted for a uniform constructor and ignored."""
+
+    reads = ("mae",)
 
     def __init__(self, norm_pix: bool = True, gather: bool = True):
         super().__init__()
