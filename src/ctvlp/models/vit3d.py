@@ -227,7 +227,7 @@ class VisionTransformer3d(nn.Module):
         """The encoder pass of a masked autoencoder: only the tokens ``keep_idx`` go through the blocks.
 
         x (B, C, D, H, W), keep_idx (B, N_keep) long indices into the z-major token grid (as
-        ``ctvlp.losses.mae.random_masking`` returns them), slice_mask (B, D) or None. The whole volume is
+        ``ctvlp.models.mae.random_masking`` returns them), slice_mask (B, D) or None. The whole volume is
         patch-embedded (a conv stem therefore runs on every voxel, masked or not), then the kept tokens
         are gathered and get the positions of their own (z, y, x) patch index: RoPE rows of the grid's
         cos/sin tables gathered by ``keep_idx`` (B, N_keep, r), learned embedding rows gathered likewise,

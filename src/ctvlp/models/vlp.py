@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctvlp.data.reports import sentence_findings, split_sentences
-from ctvlp.losses.caption import next_token_targets
-from ctvlp.models.decoder import DecoderConfig, ReportDecoder
+from ctvlp.models.decoder import DecoderConfig, ReportDecoder, next_token_targets
 from ctvlp.models.heads import AttentionPool, ProjectedAttentionPool, Projection, masked_max, multiscale_pool
 from ctvlp.models.mae import MaeDecoder, MaeDecoderConfig, masked_autoencoder_step
 from ctvlp.models.ctvit import CTViTConfig
