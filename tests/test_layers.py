@@ -56,8 +56,6 @@ KNOWN_LOCAL = {
     ("ctvlp.inference.model", "ctvlp.eval.prompts"),
     ("ctvlp.inference.model", "ctvlp.eval.segmentation"),
     ("ctvlp.inference.model", "ctvlp.eval.zeroshot"),
-    ("ctvlp.models.vit3d", "ctvlp.models.ctvit"),
-    ("ctvlp.models.vit3d", "ctvlp.models.resnet3d"),
     ("ctvlp.train.restore", "ctvlp.recipes"),
 }
 """(importer, imported) module pairs imported inside a function today without the DEFERRED marker."""

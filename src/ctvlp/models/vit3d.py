@@ -26,8 +26,10 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ctvlp.models.ctvit import CTViT
 from ctvlp.models.heads import masked_mean
 from ctvlp.models.layers import Block, PatchEmbed3d, Triple, as_triple, init_linear
+from ctvlp.models.resnet3d import create_resnet_tower
 from ctvlp.models.rope import Rope3d, rope_split
 
 
@@ -145,12 +147,8 @@ def create_vision_tower(cfg) -> nn.Module:
     """The tower a vision config describes: :class:`VisionTransformer3d` for a :class:`ViT3dConfig`,
     MONAI's 3D ResNet (:mod:`ctvlp.models.resnet3d`) for a ``ResNet3dConfig``; both return the same dict."""
     if getattr(cfg, "kind", "vit") == "ctvit":
-        from ctvlp.models.ctvit import CTViT
-
         return CTViT(cfg)
     if getattr(cfg, "kind", "vit") == "resnet":
-        from ctvlp.models.resnet3d import create_resnet_tower
-
         return create_resnet_tower(cfg)
     return VisionTransformer3d(cfg)
 
