@@ -48,7 +48,8 @@ def test_the_registry_keeps_the_facts_of_before():
 def test_option_dependent_needs_and_batch_keys():
     assert loss_class("swca").needs({"knowledge": "labels"}) == ("report text", "labels")
     assert loss_class("swca").needs({}) == ("report text",)
-    objective = Objective(LossConfig(name="swca", weights={"masked_bce": 1.0}, options={"swca": {"knowledge": "labels"}}))
+    labels = {"swca": {"knowledge": "labels"}}
+    objective = Objective(LossConfig(name="swca", weights={"masked_bce": 1.0}, options=labels))
     assert objective.batch_keys == ("labels", "label_targets", "label_available")
     assert Objective(LossConfig(name="clip", weights={"osl": 0.5})).batch_keys == ()
     assert reads(["clip", "osl", "siglip", "mae"]) == ("pairs", "osl", "mae")

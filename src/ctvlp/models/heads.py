@@ -53,12 +53,12 @@ class AttentionPool(nn.Module):
         q = masked_mean(x) | a learned token                                  (``query``)
         out = MHA(q, x, x) = W_o [softmax(q_h K_h^T / sqrt(d)) V_h]_h
 
-    | use                                               | ``dim`` | ``norm`` | ``query`` |
-    |---------------------------------------------------|---------|----------|-----------|
-    | image ``attention``                               |         | yes      | mean      |
-    | image ``projected_attention`` (COLIPRI's head)    | embed   |          | mean      |
-    | text ``attention``                                |         | yes      | learned   |
-    | text ``mean_query`` (COLIPRI's ``AttentionPool1D``) |       |          | mean      |
+    | use                                                 | ``dim`` | ``norm`` | ``query`` |
+    |-----------------------------------------------------|---------|----------|-----------|
+    | image ``attention``                                 |         | yes      | mean      |
+    | image ``projected_attention`` (COLIPRI's head)      | embed   |          | mean      |
+    | text ``attention``                                  |         | yes      | learned   |
+    | text ``mean_query`` (COLIPRI's ``AttentionPool1D``) |         |          | mean      |
 
     COLIPRI's image head projects with the authors' 1x1x1 Conv3d with bias (here the same map as a Linear on
     tokens) and its output is already in the shared space (no projection follows it); padded tokens are
@@ -97,7 +97,8 @@ class AttentionPool(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = tokens if self.proj is None else self.proj(tokens)  # (B, N, dim)
         x = x if self.norm is None else self.norm(x)
-        q = masked_mean(x, mask)[:, None] if self.query is None else self.query.expand(x.shape[0], -1, -1)  # (B, 1, dim)
+        learned = self.query is not None
+        q = self.query.expand(x.shape[0], -1, -1) if learned else masked_mean(x, mask)[:, None]  # (B, 1, dim)
         padding = None if mask is None else ~mask.bool()  # (B, N), True = ignore
         pooled, _ = self.attn(q, x, x, key_padding_mask=padding, need_weights=False)  # (B, 1, dim)
         return pooled[:, 0]
