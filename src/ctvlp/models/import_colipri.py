@@ -133,7 +133,10 @@ def load_colipri_image_encoder(vision: VisionTransformer3d, pool: AttentionPool,
 
     ValueError naming the key on a shape mismatch or a parameter the mapping does not fill."""
     if not isinstance(pool, AttentionPool) or pool.proj is None or pool.norm is not None or pool.query is not None:
-        raise ValueError(f"COLIPRI's image head needs image_pool='projected_attention', got {pool!r}")
+        got = type(pool).__name__
+        if isinstance(pool, AttentionPool):
+            got = "an AttentionPool " + ("without a projection" if pool.proj is None else "with a LayerNorm or a learned query")
+        raise ValueError(f"COLIPRI's image head needs image_pool='projected_attention', got {got}")
     mapped = colipri_state_dict(theirs, vision)
     for prefix, module in (("vision.", vision), ("image_pool.", pool)):
         part = {k.removeprefix(prefix): v for k, v in mapped.items() if k.startswith(prefix)}
