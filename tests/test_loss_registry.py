@@ -28,7 +28,8 @@ def test_every_loss_declares_its_facts_in_known_words(name):
 
 
 def test_the_registry_keeps_the_facts_of_before():
-    """The six lists the registry replaced (LOSS_NAMES, CONTRASTIVE, READS, TEXT_TERMS, the logit-bias rule)."""
+    """The lists the registry replaced (LOSS_NAMES, CONTRASTIVE, READS, TEXT_TERMS, the logit-bias rule and
+    TrainConfig's sentence-input check)."""
     assert LOSS_NAMES == ("siglip", "clip", "sentence_sigmoid", "swca", "tversky", "masked_bce", "osl", "caption",
                           "mae")
     assert CONTRASTIVE == ("siglip", "clip", "sentence_sigmoid", "swca")
@@ -38,6 +39,7 @@ def test_the_registry_keeps_the_facts_of_before():
     text = tuple(n for n in LOSSES if "report text" in LOSSES[n].needs({}))
     assert text == ("siglip", "clip", "sentence_sigmoid", "swca", "osl", "caption")
     assert set(PROVIDERS) == set(NEEDS)
+    assert {n: LOSSES[n].text_input for n in LOSSES if LOSSES[n].text_input} == {"sentence_sigmoid": "sentences"}
     for k in range(1, 4):  # the trainer's old rule, on every objective with an image-report term
         for terms in combinations(LOSS_NAMES, k):
             if set(terms) & set(CONTRASTIVE):

@@ -10,6 +10,7 @@ validation, the objective, the data-requirement check and the trainer read them 
 - ``data``: what the cache must provide for it (:data:`NEEDS`): report text, labels, segmentation masks.
 - ``contrastive``: an image-text term, which may be the main term of the image-report objective.
 - ``uses_logit_bias``: reads the model's ``logit_bias`` (a run none of whose terms does freezes it).
+- ``text_input``: the ``model.text_input`` it needs (``sentences`` for the sentence-level loss), or None.
 
 Where a fact depends on the loss's options (SWCA reads labels only with ``knowledge: labels``), the
 class overrides :meth:`Loss.needs` / :meth:`Loss.batch_inputs`, which take the options of the config.
@@ -28,7 +29,7 @@ NEEDS = ("report text", "labels", "masks")
 
 class Loss(nn.Module):
     """Base class of the registered losses: the facts above as class attributes (defaults: reads nothing,
-    needs nothing, not contrastive, no logit bias)."""
+    needs nothing, not contrastive, no logit bias, any text input)."""
 
     reads: ClassVar[tuple[str, ...]] = ()
     """Model output groups its ``forward`` reads."""
@@ -40,6 +41,8 @@ class Loss(nn.Module):
     """An image-text term: may be the main term of the image-report objective."""
     uses_logit_bias: ClassVar[bool] = False
     """Reads the model's ``logit_bias`` parameter."""
+    text_input: ClassVar[str | None] = None
+    """The ``model.text_input`` its inputs need (None: either)."""
 
     @classmethod
     def needs(cls, options: Mapping[str, Any]) -> tuple[str, ...]:

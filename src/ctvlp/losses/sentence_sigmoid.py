@@ -83,6 +83,7 @@ class SentenceSigmoidLoss(Loss):
     data = ("report text",)
     contrastive = True
     uses_logit_bias = True
+    text_input = "sentences"
 
     def __init__(self, gather: bool = True):
         super().__init__()

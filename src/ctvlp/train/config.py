@@ -8,7 +8,7 @@ from typing import Any, Literal
 from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.config import EvalConfig
-from ctvlp.losses.registry import CONTRASTIVE, LOSS_NAMES
+from ctvlp.losses.registry import CONTRASTIVE, LOSS_NAMES, loss_class
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.train.optim import OptimConfig
 
@@ -177,8 +177,9 @@ class TrainConfig:
             raise ValueError("stages: the fractions add up to more than 1")
         if "pairs" in self.tasks:
             raise ValueError("tasks: 'pairs' is the name of the image-report objective (loss)")
-        if "sentence_sigmoid" in self.all_terms and self.model.text_input != "sentences":
-            raise ValueError("the sentence_sigmoid loss needs model.text_input='sentences'")
+        for term in self.all_terms:
+            if loss_class(term).text_input not in (None, self.model.text_input):
+                raise ValueError(f"the {term} loss needs model.text_input={loss_class(term).text_input!r}")
 
     @property
     def objectives(self) -> dict[str, LossConfig]:
