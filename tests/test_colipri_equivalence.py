@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ctvlp.models import import_colipri
-from ctvlp.models.heads import ProjectedAttentionPool
+from ctvlp.models.heads import AttentionPool
 from ctvlp.models.import_colipri import colipri_state_dict, load_colipri_image_encoder
 from ctvlp.models.vit3d import VisionTransformer3d, vit_config
 
@@ -39,14 +39,14 @@ def _fixture() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     return theirs, data, overrides
 
 
-def _ours(overrides: dict) -> tuple[VisionTransformer3d, ProjectedAttentionPool]:
+def _ours(overrides: dict) -> tuple[VisionTransformer3d, AttentionPool]:
     """Our Primus-M at the fixture's reduced size (their patch (x, y, z) becomes our (z, y, x))."""
     width, heads = overrides["image_embed_dim"], overrides["model.image_encoder.backbone.eva_numheads"]
     px, py, pz = overrides["model.image_encoder.backbone.patch_embed_size"]
     third = width // heads // 3
     cfg = vit_config("primus-m", width=width, heads=heads, depth=overrides["model.image_encoder.backbone.eva_depth"],
                      patch=(pz, py, px), rope_split=(third, third, third))
-    pool = ProjectedAttentionPool(width, overrides["projection_dim"], overrides["model.image_encoder.pooler.num_heads"])
+    pool = AttentionPool(width, overrides["model.image_encoder.pooler.num_heads"], dim=overrides["projection_dim"])
     return VisionTransformer3d(cfg).eval(), pool.eval()
 
 
@@ -127,7 +127,7 @@ def test_full_primus_m_matches_the_installed_colipri_package():
     with torch.no_grad():
         tokens, pooled = model.encode_image(image), model.encode_image(image, project=True, pool=True)
     vision = VisionTransformer3d(vit_config("primus-m")).eval()
-    pool = ProjectedAttentionPool(864, 768, 12).eval()
+    pool = AttentionPool(864, 12, dim=768).eval()
     load_colipri_image_encoder(vision, pool, model.image_encoder.state_dict())
     ours, ours_pooled = _run(vision, pool, image)
     assert (ours - _their_tokens(tokens)).abs().max().item() <= TOL

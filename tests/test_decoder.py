@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctvlp.losses.caption import caption_loss, next_token_targets
-from ctvlp.models.decoder import DecoderConfig, ReportDecoder, special_token_ids
+from ctvlp.losses.caption import caption_loss
+from ctvlp.models.decoder import DecoderConfig, ReportDecoder, next_token_targets, special_token_ids
 
 MEM_WIDTH = 24
 

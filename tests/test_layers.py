@@ -41,9 +41,6 @@ KNOWN_UPWARD = {
     ("ctvlp.inference.model", "ctvlp.eval.prompts"),
     ("ctvlp.inference.model", "ctvlp.eval.segmentation"),
     ("ctvlp.inference.model", "ctvlp.eval.zeroshot"),
-    ("ctvlp.models.mae", "ctvlp.losses.mae"),  # targets computed in the model from a loss file
-    ("ctvlp.models.vlp", "ctvlp.losses.caption"),
-    ("ctvlp.models.voxel_head", "ctvlp.losses.mae"),
     ("ctvlp.train.config", "ctvlp.eval.config"),  # TrainConfig composes eval/config.py's EvalConfig
     ("ctvlp.train.loop", "ctvlp.eval.names"),
     ("ctvlp.train.loop", "ctvlp.eval.run"),  # the trainer runs the evaluator
@@ -59,8 +56,6 @@ KNOWN_LOCAL = {
     ("ctvlp.inference.model", "ctvlp.eval.prompts"),
     ("ctvlp.inference.model", "ctvlp.eval.segmentation"),
     ("ctvlp.inference.model", "ctvlp.eval.zeroshot"),
-    ("ctvlp.models.vit3d", "ctvlp.models.ctvit"),
-    ("ctvlp.models.vit3d", "ctvlp.models.resnet3d"),
     ("ctvlp.train.restore", "ctvlp.recipes"),
 }
 """(importer, imported) module pairs imported inside a function today without the DEFERRED marker."""

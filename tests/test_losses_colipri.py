@@ -12,10 +12,12 @@ import torch.nn.functional as F
 
 from ctvlp.data.osl_pairs import build_osl_pairs, positive_findings
 from ctvlp.data.reports import is_negated, organ_sentences
-from ctvlp.losses.caption import CaptionLoss, caption_loss, next_token_targets
-from ctvlp.losses.mae import MaeLoss, mae_loss, patchify3d, random_masking, unpatchify3d
+from ctvlp.losses.caption import CaptionLoss, caption_loss
+from ctvlp.losses.mae import MaeLoss, mae_loss
 from ctvlp.losses.opposite_sentence import OppositeSentenceLoss, opposite_sentence_loss
-from ctvlp.models.layers import PatchEmbed3d
+from ctvlp.models.decoder import next_token_targets
+from ctvlp.models.layers import PatchEmbed3d, patchify3d, unpatchify3d
+from ctvlp.models.mae import random_masking
 from ctvlp.models.vit3d import VisionTransformer3d, vit_config
 
 

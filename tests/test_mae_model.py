@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctvlp.losses.mae import MaeLoss, mae_loss, random_masking
-from ctvlp.models.mae import MaeDecoder, MaeDecoderConfig, masked_autoencoder_step
+from ctvlp.losses.mae import MaeLoss, mae_loss
+from ctvlp.models.mae import MaeDecoder, MaeDecoderConfig, masked_autoencoder_step, random_masking
 from ctvlp.models.vit3d import VisionTransformer3d, vit_config
 
 POS = {"rope": {}, "learned": {"learned_grid": (4, 2, 3)}, "none": {}}

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctvlp.models.text import QueryPool, TextTower, TextTowerConfig, minilm_dir
+from ctvlp.models.heads import AttentionPool
+from ctvlp.models.text import TextTower, TextTowerConfig, minilm_dir
 
 SENTENCES = ["The lungs are clear.", "Small left pleural effusion with adjacent atelectasis of the lower lobe.",
              "No pericardial effusion; the heart size is normal."]
@@ -54,7 +55,7 @@ def test_tiny_forward_backward_and_truncation():
 
 def test_attention_pooling_respects_mask():
     torch.manual_seed(0)
-    pool = QueryPool(16, heads=2)
+    pool = AttentionPool(16, heads=2, norm=True, query="learned")  # the text tower's "attention" pool
     tokens, mask = torch.randn(2, 5, 16), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     changed = tokens.clone()
     changed[0, 3:] = 100.0  # padded positions of row 0 only

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ctvlp.losses import SigLipLoss
 from ctvlp.models.heads import AttentionPool, Projection, masked_max, masked_mean
@@ -89,7 +91,7 @@ def test_heads():
     golden = torch.tensor([[[1.0, -5.0], [3.0, -2.0], [9.0, 9.0]]])  # (1, 3, 2); third token padded
     assert masked_max(golden, torch.tensor([[True, True, False]])).tolist() == [[3.0, -2.0]]
     assert masked_max(golden, None).tolist() == [[9.0, 9.0]]
-    pool = AttentionPool(8, heads=2)
+    pool = AttentionPool(8, heads=2, norm=True, init="linear")  # the image "attention" pool
     changed = tokens.clone()
     changed[0, 3:] = 100.0  # padded tokens must not matter
     assert torch.allclose(pool(tokens, mask), pool(changed, mask), atol=1e-6)
@@ -103,10 +105,8 @@ def test_heads():
 def test_projected_attention_pool_matches_a_plain_reference_and_ignores_padding():
     """COLIPRI's head: Linear to dim, then one query (mean of the projected valid tokens) attending over them
     per head (softmax(q k / sqrt(d)) v), heads joined by the output projection; padded tokens change nothing."""
-    from ctvlp.models.heads import ProjectedAttentionPool
-
     torch.manual_seed(0)
-    pool = ProjectedAttentionPool(6, 8, heads=2)
+    pool = AttentionPool(6, heads=2, dim=8)  # COLIPRI's projected_attention
     with torch.no_grad():
         pool.attn.in_proj_bias.normal_(), pool.attn.out_proj.bias.normal_()
     tokens, mask = torch.randn(2, 5, 6), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
@@ -123,7 +123,34 @@ def test_projected_attention_pool_matches_a_plain_reference_and_ignores_padding(
     torch.testing.assert_close(pool(changed, mask), out)
     torch.testing.assert_close(pool(tokens[1:]), out[1:])  # no mask: every token
     with pytest.raises(ValueError, match="image_pool_heads"):
-        ProjectedAttentionPool(6, 8, heads=3)
+        AttentionPool(6, heads=3, dim=8)
+
+
+def test_image_attention_pool_keeps_its_former_weights_and_layout():
+    """The image ``attention`` pool was written with its own q, kv and out linears: ``init="linear"`` draws
+    the same numbers in the same order, a state dict of that layout loads, and the output equals the plain
+    computation from those linears (LayerNorm, mean query, softmax(q k / sqrt(d)) v per head, out)."""
+    torch.manual_seed(0)
+    q, kv, out = nn.Linear(8, 8), nn.Linear(8, 16), nn.Linear(8, 8)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    pool = AttentionPool(8, heads=2, norm=True, init="linear")
+    assert torch.equal(torch.rand(3), after)  # the same draws, so every later module starts the same too
+    assert torch.equal(pool.attn.in_proj_weight, torch.cat((q.weight, kv.weight)))
+    assert torch.equal(pool.attn.out_proj.bias, out.bias)
+    old = {"norm.weight": torch.rand(8), "norm.bias": torch.randn(8), "q.weight": torch.randn(8, 8),
+           "q.bias": torch.randn(8), "kv.weight": torch.randn(16, 8), "kv.bias": torch.randn(16),
+           "out.weight": torch.randn(8, 8), "out.bias": torch.randn(8)}
+    pool.load_state_dict(old)
+    tokens, mask = torch.randn(2, 5, 8), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    got = pool(tokens, mask)
+    for b, n in ((0, 3), (1, 5)):
+        x = F.layer_norm(tokens[b, :n], (8,), old["norm.weight"], old["norm.bias"])  # (n, 8)
+        query = x.mean(0) @ old["q.weight"].T + old["q.bias"]  # (8,)
+        k, v = (x @ old["kv.weight"].T + old["kv.bias"]).split(8, dim=1)  # 2 x (n, 8)
+        heads = [torch.softmax(k[:, h] @ query[h] / 2.0, dim=0) @ v[:, h] for h in (slice(0, 4), slice(4, 8))]
+        want = torch.cat(heads) @ old["out.weight"].T + old["out.bias"]
+        torch.testing.assert_close(got[b], want, atol=1e-6, rtol=1e-5)
 
 
 def test_projected_attention_pool_replaces_the_image_projection():

@@ -27,6 +27,7 @@ import pandas as pd
 
 from ctvlp.data.manifest import unsafe_ids
 from ctvlp.data.preprocess import PreprocessConfig
+from ctvlp.data.volumes import check_mask_names, spacing_of
 from ctvlp.errors import BadDatasetError
 from ctvlp.io._convert import error_text
 from ctvlp.fsutil import atomic_path
@@ -54,7 +55,7 @@ def _write_files(directory: Path, vid: str, image_zyx: np.ndarray, affine_zyx: n
     stacked = np.stack([masks[n] for n in names], axis=1) if names else np.zeros((z, 0, y, x), bool)
     np.save(directory / "masks.npy", np.packbits(stacked, axis=-1))  # (Z, M, Y, ceil(X/8))
     meta = {"id": vid, "shape": [z, y, x],
-            "spacing_zyx": np.linalg.norm(affine_zyx[:3, :3], axis=0).round(6).tolist(),
+            "spacing_zyx": spacing_of(affine_zyx).tolist(),
             "affine_zyx": np.asarray(affine_zyx).tolist(), "mask_names": names,
             "z_extents": z_extents(masks), **(extra_meta or {})}
     (directory / "meta.json").write_text(json.dumps(meta))
@@ -131,7 +132,8 @@ def check_volume(directory: Path) -> tuple[Path, str] | None:
 
 
 class CachedVolume:
-    """One cached volume; arrays are memory-mapped on first use (safe to create before forking)."""
+    """One cached volume, the sampler's :class:`~ctvlp.data.volumes.VolumeSource` backed by its folder; arrays
+    are memory-mapped on first use (safe to create before forking)."""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -169,10 +171,7 @@ class CachedVolume:
 
     def mask_slab(self, z0: int, z1: int, names: Sequence[str] | None = None) -> np.ndarray:
         """bool (M, z1 - z0, Y, X) for ``names`` (default: all, in ``mask_names`` order)."""
-        names = self.mask_names if names is None else list(names)
-        unknown = set(names) - set(self.mask_names)
-        if unknown:
-            raise KeyError(f"{self.vid} has no mask(s) {sorted(unknown)}; it has {self.mask_names}")
+        names = check_mask_names(self.vid, self.mask_names, names)
         packed = np.asarray(self._arrays()[1][z0:z1])  # (z, M, Y, Xb)
         picked = packed[:, [self.mask_names.index(n) for n in names]]
         bits = np.unpackbits(picked, axis=-1, count=self.shape[2]).astype(bool)  # (z, M', Y, X)

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence
+from typing import Literal
 
 import numpy as np
 
 from ctvlp.data.preprocess import AIR_HU, PreprocessConfig, body_mask, window
 from ctvlp.data.reports import canonical_organ, split_sentences, structure_report
+from ctvlp.data.volumes import VolumeSource, ZWindow
 
 
 ORGAN_Z_PRIOR: dict[str, tuple[float, float]] = {
@@ -59,20 +60,6 @@ fills the lower half of the thorax, the trachea its upper half down to the carin
 top slices; the aorta (descending into the abdomen, arch and great vessels near the top), the
 oesophagus and the bones run through. Bounds are generous: an organ counts where a chunk may hold it.
 ``other`` has no place and gets no prior."""
-
-
-class VolumeSource(Protocol):
-    """What the sampler needs from a cached volume (``ctvlp.data.cache.CachedVolume`` fits)."""
-
-    vid: str
-    shape: tuple[int, int, int]
-    spacing_zyx: np.ndarray
-    mask_names: list[str]
-    z_extents: dict[str, tuple[int, int]]
-
-    def slab(self, z0: int, z1: int) -> np.ndarray: ...
-
-    def mask_slab(self, z0: int, z1: int, names: Sequence[str] | None = None) -> np.ndarray: ...
 
 
 @dataclass
@@ -146,28 +133,6 @@ class SamplerConfig:
     def hu_windows(self, cache_window: tuple[float, float]) -> tuple[tuple[float, float], ...]:
         """The windows, or the cache's one when none are set."""
         return self.windows or (tuple(cache_window),)
-
-
-class ZWindow:
-    """Slices ``[z0, z1)`` of a volume, masks included, seen as a volume of its own (evaluation draws
-    fixed windows of a volume through :func:`draw_sample`; no z-extents, so text is the whole report's)."""
-
-    organ_z_prior = False
-    """A window is no whole scan: the prior's fractions of the depth do not apply to it."""
-
-    def __init__(self, volume, z0: int, z1: int):
-        self._volume, self._z0 = volume, z0
-        self.vid = volume.vid
-        self.shape = (z1 - z0, *tuple(volume.shape)[1:])
-        self.spacing_zyx = volume.spacing_zyx
-        self.mask_names: list[str] = list(volume.mask_names)
-        self.z_extents: dict[str, tuple[int, int]] = {}
-
-    def slab(self, a: int, b: int) -> np.ndarray:
-        return self._volume.slab(self._z0 + a, self._z0 + b)
-
-    def mask_slab(self, a: int, b: int, names: Sequence[str] | None = None) -> np.ndarray:
-        return self._volume.mask_slab(self._z0 + a, self._z0 + b, names)
 
 
 @dataclass

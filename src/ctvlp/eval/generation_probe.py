@@ -37,8 +37,8 @@ from ctvlp.data.sampling import report_text
 from ctvlp.eval.config import EvalConfig
 from ctvlp.eval.generation import evaluate_generation
 from ctvlp.eval.probe import shuffled_batches
-from ctvlp.losses.caption import caption_loss, next_token_targets
-from ctvlp.models.decoder import DecoderConfig, ReportDecoder, special_token_ids
+from ctvlp.losses.caption import caption_loss
+from ctvlp.models.decoder import DecoderConfig, ReportDecoder, next_token_targets, special_token_ids
 
 HEADS = 8
 """Attention heads of the probe decoder (``gen_probe_width`` is a multiple of it)."""

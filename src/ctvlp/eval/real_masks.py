@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch
 
 from ctvlp.data.preprocess import PreprocessConfig, preprocess
 from ctvlp.data.sampling import SamplerConfig
+from ctvlp.data.volumes import MemoryVolume
 from ctvlp.errors import BadDatasetError
 from ctvlp.eval.overlays import OverlayCollector
 from ctvlp.eval.segmentation import anchor_predictor, check_voxel_head, segment_volumes, summarise, window_depth
@@ -52,25 +52,6 @@ ABDOMEN_PROMPTS: dict[str, tuple[str, ...]] = {
 CHEST = ("chest_ct_angio_1p5mm.nii.gz", "chest_ct_angio_1p5mm_aorta_mask.nii.gz")
 ABDOMEN = ("abdomen_ct_3mm_30slices.nii.gz", "abdomen_ct_3mm_30slices_totalseg.nii.gz")
 LABELS = "totalsegmentator_total_labels.json"
-
-
-class MemoryVolume:
-    """A preprocessed volume in memory with the sampler's :class:`~ctvlp.data.sampling.VolumeSource` API."""
-
-    def __init__(self, vid: str, image: np.ndarray, affine_zyx: np.ndarray, masks: dict[str, np.ndarray]):
-        self.vid, self._image, self._masks = vid, image, masks
-        self.shape = tuple(int(s) for s in image.shape)
-        self.affine_zyx = np.asarray(affine_zyx, np.float64)
-        self.spacing_zyx = np.linalg.norm(self.affine_zyx[:3, :3], axis=0)  # mm along z, y, x
-        self.mask_names = list(masks)
-        self.z_extents: dict[str, tuple[int, int]] = {}
-
-    def slab(self, z0: int, z1: int) -> np.ndarray:
-        return self._image[z0:z1]
-
-    def mask_slab(self, z0: int, z1: int, names: Sequence[str] | None = None) -> np.ndarray:
-        names = self.mask_names if names is None else list(names)
-        return np.stack([self._masks[n][z0:z1] for n in names])  # (M, z1 - z0, Y, X)
 
 
 def _read(path: Path, **kw) -> Volume:

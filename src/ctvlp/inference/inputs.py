@@ -10,8 +10,9 @@ and refuses, with the file and the reason:
   model is a 3-D encoder;
 * intensities that are not CT in HU (an MR scan): :func:`ctvlp.io.load.check_ct`, as ``load_volume`` does.
 
-:class:`PreparedSource` shows a preprocessed volume to the sampler as a cached volume looks
-(``ctvlp.data.sampling.VolumeSource``), so inference draws its input with the evaluation's own code.
+The checked volume, preprocessed, reaches the sampler as a :class:`~ctvlp.data.volumes.MemoryVolume`
+(the in-memory :class:`~ctvlp.data.volumes.VolumeSource`), so inference draws its input with the
+evaluation's own code.
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from ctvlp.data.preprocess import PreprocessedVolume
 from ctvlp.errors import BadVolumeError
 from ctvlp.io.header import check_voxels, max_voxels
 from ctvlp.io.load import check_ct, load_volume
@@ -50,23 +48,3 @@ def read_ct(source: str | os.PathLike | Volume, limit: int | None = None) -> Vol
     volume = load_volume(source, max_voxels=limit)  # the voxel limit checked on the header first
     check_shape(source, volume.shape, limit)
     return volume
-
-
-class PreparedSource:
-    """A :class:`~ctvlp.data.preprocess.PreprocessedVolume` seen as a cached volume by the sampler
-    (same spacing rounding as the cache's meta.json; masks: the body)."""
-
-    def __init__(self, prepared: PreprocessedVolume, vid: str = "input"):
-        self.prepared = prepared
-        self.vid = vid
-        self.shape: tuple[int, int, int] = tuple(int(s) for s in prepared.image.shape)  # type: ignore[assignment]
-        self.spacing_zyx = np.linalg.norm(prepared.affine_zyx[:3, :3], axis=0).round(6)
-        self.mask_names: list[str] = list(prepared.masks)
-        self.z_extents: dict[str, tuple[int, int]] = {}
-
-    def slab(self, z0: int, z1: int) -> np.ndarray:
-        return np.array(self.prepared.image[z0:z1])
-
-    def mask_slab(self, z0: int, z1: int, names: Sequence[str] | None = None) -> np.ndarray:
-        names = self.mask_names if names is None else list(names)
-        return np.stack([self.prepared.masks[n][z0:z1] for n in names])  # (M, z1 - z0, Y, X)

@@ -27,9 +27,10 @@ import torch
 
 from ctvlp.data.preprocess import PreprocessConfig, PreprocessedVolume, preprocess
 from ctvlp.data.sampling import SamplerConfig, VolumeRecord, fit_axis, draw_sample, window_sample
+from ctvlp.data.volumes import MemoryVolume
 from ctvlp.errors import InferenceError
 from ctvlp.inference.geometry import inplane_affine, to_grid
-from ctvlp.inference.inputs import PreparedSource, read_ct
+from ctvlp.inference.inputs import read_ct
 from ctvlp.io.volume import Volume
 from ctvlp.models.decoder import special_token_ids
 from ctvlp.models.voxel_head import zero_shot_segment
@@ -80,7 +81,7 @@ class InputPipeline:
 
     def sample(self, prepared: PreprocessedVolume) -> dict:
         """The evaluation sample of a preprocessed volume (``draw_sample``, seeded as evaluation's first volume)."""
-        record = VolumeRecord(volume=PreparedSource(prepared))
+        record = VolumeRecord(volume=MemoryVolume.from_prepared(prepared))
         return draw_sample(record, self.sampler, np.random.default_rng([0, 0, 0]), tuple(self.preprocess.hu_window))
 
 
@@ -170,7 +171,7 @@ class CtvlpModel:
                                                  "segmentation needs one (recipes segvl, uniferum)")
         prompts = _distinct(prompts, "prompts")
         original, prepared = self.prepare(volume)
-        source = PreparedSource(prepared)
+        source = MemoryVolume.from_prepared(prepared)
         anchors = self.model.encode_anchors(prompts).float()  # (K, E)
         z_count, y_count, x_count = source.shape
         size = self.sampler.size or (y_count, x_count)

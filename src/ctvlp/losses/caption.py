@@ -3,8 +3,9 @@
 Shift convention: the caller passes **already shifted** targets. The decoder reads token ids
 x (B, L) and emits logits (B, L, V); position l predicts the *next* token, so targets[:, l] =
 x[:, l + 1] and the last position (and every padding position) holds ``ignore_index``.
-:func:`next_token_targets` builds such targets from x and its attention mask; this function never
-shifts. With the real positions R = {(b, l): targets_bl != ignore_index (and != pad_id)}:
+``ctvlp.models.decoder.next_token_targets`` builds such targets from x and its attention mask (the
+model puts them in its output dict as ``caption_targets``); this loss never shifts. With the real
+positions R = {(b, l): targets_bl != ignore_index (and != pad_id)}:
 
     L = (1/|R|) sum_{(b,l) in R} -log softmax(logits_bl)[targets_bl]
 
@@ -16,26 +17,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-
-def next_token_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                       ignore_index: int = -100) -> torch.Tensor:
-    """(B, L) decoder input ids (and optional (B, L) mask, nonzero on real tokens) -> (B, L) targets
-    with targets[:, l] = input_ids[:, l + 1]; ``ignore_index`` at the last position and wherever the
-    next token is padding."""
-    if input_ids.ndim != 2:
-        raise ValueError(f"input_ids must be (B, L); got {tuple(input_ids.shape)}")
-    targets = torch.full_like(input_ids, ignore_index)  # (B, L)
-    targets[:, :-1] = input_ids[:, 1:]
-    if attention_mask is not None:
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask must be (B, L) = {tuple(input_ids.shape)}; "
-                             f"got {tuple(attention_mask.shape)}")
-        real_next = torch.zeros_like(input_ids, dtype=torch.bool)  # (B, L)
-        real_next[:, :-1] = attention_mask[:, 1:].bool()
-        targets = targets.masked_fill(~real_next, ignore_index)
-    return targets
+from ctvlp.losses.base import Loss
 
 
 def caption_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int | None = None,
@@ -43,7 +26,7 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int | None
     """``logits`` (B, L, V) of a causal decoder, ``targets`` (B, L) already-shifted next-token ids
     (see the module docstring). Positions whose target is ``ignore_index`` or, when given, ``pad_id``
     are ignored (do not pass ``pad_id`` when it is also a real token, e.g. a pad = EOS tokenizer: use
-    :func:`next_token_targets` with the attention mask instead). Returns a scalar: the mean over real
+    ``next_token_targets`` with the attention mask instead). Returns a scalar: the mean over real
     tokens."""
     if logits.ndim != 3 or targets.shape != logits.shape[:2]:
         raise ValueError(f"expected logits (B, L, V) and targets (B, L) with the same B and L; "
@@ -57,10 +40,13 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int | None
     return total / count
 
 
-class CaptionLoss(nn.Module):
+class CaptionLoss(Loss):
     """:func:`caption_loss` on the model's output dict: ``caption_logits`` (B, L, V) and
     ``caption_targets`` (B, L), already shifted. A per-token loss: ``gather`` is accepted for a uniform
     constructor and ignored (each rank averages over its own real tokens)."""
+
+    reads = ("caption",)
+    data = ("report text",)
 
     def __init__(self, pad_id: int | None = None, ignore_index: int = -100, gather: bool = True):
         super().__init__()

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from ctvlp.losses.base import Loss
 from ctvlp.losses.gather import gather_features, is_distributed, rank_offset
 
 
@@ -50,7 +50,7 @@ def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torc
     return local_clip_loss(image_emb, text_emb, image_emb, text_emb, logit_scale, 0)
 
 
-class ClipLoss(nn.Module):
+class ClipLoss(Loss):
     """CLIP loss over the global batch when ``gather`` is on and torch.distributed runs.
 
     Each rank scores its local images against all gathered texts and its local texts against all
@@ -60,6 +60,10 @@ class ClipLoss(nn.Module):
     and DDP's average over ranks of the parameter gradients gives exactly the single-process
     gradient. With ``gather`` off each rank uses only its local batch (CT-CLIP's behaviour).
     """
+
+    reads = ("pairs",)
+    data = ("report text",)
+    contrastive = True
 
     def __init__(self, gather: bool = True):
         super().__init__()

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from ctvlp.losses.base import Loss
 
 
 def masked_bce_loss(logits: torch.Tensor, targets: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
@@ -37,9 +38,13 @@ def masked_bce_loss(logits: torch.Tensor, targets: torch.Tensor, available: torc
     return terms.sum() / keep.sum().clamp(min=1)
 
 
-class MaskedBCELoss(nn.Module):
+class MaskedBCELoss(Loss):
     """:func:`masked_bce_loss` on the model's output dict: ``label_logits`` (t cos(v, u_k) + b),
     ``label_targets`` and ``label_available``, all (B, K)."""
+
+    reads = ("labels",)
+    batch_keys = ("label_targets", "label_available")
+    data = ("labels",)
 
     def forward(self, label_logits: torch.Tensor, label_targets: torch.Tensor, label_available: torch.Tensor,
                 **unused) -> torch.Tensor:

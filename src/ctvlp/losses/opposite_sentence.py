@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from ctvlp.losses.base import Loss
 from ctvlp.losses.clip import check_scalar
 
 
@@ -53,7 +53,7 @@ def opposite_sentence_loss(image_emb: torch.Tensor, pos_emb: torch.Tensor, neg_e
     return (per_pair * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-class OppositeSentenceLoss(nn.Module):
+class OppositeSentenceLoss(Loss):
     """:func:`opposite_sentence_loss` on the model's output dict: ``image_emb``, ``logit_scale`` and the
     OSL entries ``osl_pos_emb``, ``osl_neg_emb`` (B, K, D), ``osl_is_true`` (B, K) and optional
     ``osl_mask`` (B, K) (the ``valid`` of :func:`~ctvlp.data.osl_pairs.build_osl_pairs`).
@@ -62,6 +62,9 @@ class OppositeSentenceLoss(nn.Module):
     accepted for a uniform constructor and ignored. Each rank averages over its own real pairs (with
     masks the mean over ranks weights ranks equally, not pairs).
     """
+
+    reads = ("osl",)
+    data = ("report text",)
 
     def __init__(self, gather: bool = True):
         super().__init__()

@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 
+from ctvlp.losses.base import Loss
 from ctvlp.losses.clip import check_scalar
 from ctvlp.losses.gather import gather_features, is_distributed
 
@@ -72,12 +72,18 @@ def _gather_sentences(sentence_emb: torch.Tensor, sentence_ids: torch.Tensor, se
     return emb, (sentence_targets @ match).clamp(max=1)
 
 
-class SentenceSigmoidLoss(nn.Module):
+class SentenceSigmoidLoss(Loss):
     """Sentence-level sigmoid loss over the global batch when ``gather`` is on and torch.distributed
     runs: each rank gathers every rank's distinct sentences (identified by ``sentence_ids``, a stable
     hash of the text, so a sentence on two ranks is one column; matched to images by ``sentence_keys``,
     default the ids), scores its local images against them and divides by the local batch size; the
     mean over ranks equals the loss on the global batch."""
+
+    reads = ("pairs",)
+    data = ("report text",)
+    contrastive = True
+    uses_logit_bias = True
+    text_input = "sentences"
 
     def __init__(self, gather: bool = True):
         super().__init__()

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from ctvlp.losses.base import Loss
 from ctvlp.losses.clip import check_pair, check_scalar
 from ctvlp.losses.gather import gather_features, is_distributed, rank_offset
 
@@ -42,7 +42,7 @@ def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: to
     return local_siglip_loss(image_emb, text_emb, logit_scale, logit_bias, 0)
 
 
-class SigLipLoss(nn.Module):
+class SigLipLoss(Loss):
     """SigLIP loss over the global batch when ``gather`` is on and torch.distributed runs.
 
     Each rank scores its local images against all gathered texts (every pair (i, j) of the global
@@ -52,6 +52,11 @@ class SigLipLoss(nn.Module):
     average of parameter gradients equals the single-process gradient. With ``gather`` off each rank
     uses only its local batch.
     """
+
+    reads = ("pairs",)
+    data = ("report text",)
+    contrastive = True
+    uses_logit_bias = True
 
     def __init__(self, gather: bool = True):
         super().__init__()

@@ -67,12 +67,13 @@ are the single-process W's rows and the mean over ranks of the loss is the singl
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Mapping
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from ctvlp.losses.base import Loss
 from ctvlp.losses.clip import check_pair, check_scalar
 from ctvlp.losses.gather import gather_features, is_distributed, rank_offset
 
@@ -316,7 +317,7 @@ def _rows(name: str, x: torch.Tensor | None, b: int) -> torch.Tensor:
     return x
 
 
-class SwcaLoss(nn.Module):
+class SwcaLoss(Loss):
     """SWCA with the affinities built from the batch: K^spa from the vision tower's ``tokens`` (B, N, C)
     and ``token_mask`` (B, N) (needed when alpha > 0), K^kn from ``report_emb`` (B, E) of a frozen text
     model (``knowledge="report_emb"``) or multi-hot ``labels`` (B, L) (``knowledge="labels"``), needed
@@ -327,6 +328,21 @@ class SwcaLoss(nn.Module):
     embeddings or labels are gathered detached, so each rank holds its rows of the global W and the
     mean over ranks equals :func:`swca_loss` on the global batch (with fixed kappas).
     """
+
+    reads = ("pairs",)
+    data = ("report text",)
+    contrastive = True
+    uses_logit_bias = True
+
+    @classmethod
+    def needs(cls, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """Report text; labels too with ``knowledge: labels`` (K^kn from the batch's labels)."""
+        return cls.data + ("labels",) * (options.get("knowledge") == "labels")
+
+    @classmethod
+    def batch_inputs(cls, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """The batch's multi-hot ``labels`` with ``knowledge: labels``."""
+        return ("labels",) * (options.get("knowledge") == "labels")
 
     def __init__(self, alpha: float = 0.5, variant: str = DEFAULT_VARIANT, eps: float = DEFAULT_EPS,
                  weight: float = 1.0, kappa_mu: float | None = None, kappa_s: float | None = None,

@@ -21,7 +21,8 @@ targets are never read, and with no pair kept the loss is 0 (not NaN) with zero 
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from ctvlp.losses.base import Loss
 
 
 def check_weight(name: str, value: torch.Tensor | float, num_classes: int) -> None:
@@ -74,11 +75,14 @@ def tversky_loss(probs: torch.Tensor, targets: torch.Tensor, alpha: torch.Tensor
     return score.sum() / keep.sum().clamp(min=1)
 
 
-class TverskyLoss(nn.Module):
+class TverskyLoss(Loss):
     """:func:`tversky_loss` with fixed ``alpha``/``beta`` (per-class tensors kept as buffers, so they
     follow ``.to(device)``) and ``eps``; SegVL uses (0.3, 0.7) for nodules, (0.4, 0.6) for effusion and
     (0.5, 0.5) otherwise. ``forward`` reads ``seg_probs``, ``seg_targets`` and optionally
     ``seg_available`` from the model's output dict."""
+
+    reads = ("seg",)
+    data = ("masks",)
 
     def __init__(self, alpha: torch.Tensor | list[float] | float = 0.5, beta: torch.Tensor | list[float] | float = 0.5,
                  eps: float = 1e-5):

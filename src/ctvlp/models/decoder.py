@@ -70,6 +70,25 @@ def special_token_ids(tokenizer) -> dict[str, int]:
     return ids
 
 
+def next_token_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       ignore_index: int = -100) -> torch.Tensor:
+    """(B, L) decoder input ids (and optional (B, L) mask, nonzero on real tokens) -> (B, L) targets
+    with targets[:, l] = input_ids[:, l + 1]; ``ignore_index`` at the last position and wherever the
+    next token is padding."""
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be (B, L); got {tuple(input_ids.shape)}")
+    targets = torch.full_like(input_ids, ignore_index)  # (B, L)
+    targets[:, :-1] = input_ids[:, 1:]
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask must be (B, L) = {tuple(input_ids.shape)}; "
+                             f"got {tuple(attention_mask.shape)}")
+        real_next = torch.zeros_like(input_ids, dtype=torch.bool)  # (B, L)
+        real_next[:, :-1] = attention_mask[:, 1:].bool()
+        targets = targets.masked_fill(~real_next, ignore_index)
+    return targets
+
+
 class DecoderCache:
     """Keys/values for incremental decoding.
 

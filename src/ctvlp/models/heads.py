@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -41,51 +45,82 @@ def multiscale_pool(tokens: torch.Tensor, mask: torch.Tensor | None, grid: tuple
 
 
 class AttentionPool(nn.Module):
-    """Multi-head attention pooling with the masked mean token as the query, after a LayerNorm
-    (``image_pool="attention"``): out = softmax(q K^T / sqrt(d)) V over the valid tokens,
-    q = masked_mean(tokens). COLIPRI's own image head is :class:`ProjectedAttentionPool`."""
+    """Multi-head attention pooling, the one pooling head of both towers: one query attends over the real
+    tokens (torch's ``nn.MultiheadAttention``, padding masked out as keys) and its output is the pooled
+    vector. tokens (B, N, width), mask (B, N) bool (True = real) or None -> (B, dim):
 
-    def __init__(self, width: int, heads: int = 8):
+        x = LN(proj(tokens))           (each optional: ``dim`` adds the Linear, ``norm`` the LayerNorm)
+        q = masked_mean(x) | a learned token                                  (``query``)
+        out = MHA(q, x, x) = W_o [softmax(q_h K_h^T / sqrt(d)) V_h]_h
+
+    | use                                                 | ``dim`` | ``norm`` | ``query`` |
+    |-----------------------------------------------------|---------|----------|-----------|
+    | image ``attention``                                 |         | yes      | mean      |
+    | image ``projected_attention`` (COLIPRI's head)      | embed   |          | mean      |
+    | text ``attention``                                  |         | yes      | learned   |
+    | text ``mean_query`` (COLIPRI's ``AttentionPool1D``) |         |          | mean      |
+
+    COLIPRI's image head projects with the authors' 1x1x1 Conv3d with bias (here the same map as a Linear on
+    tokens) and its output is already in the shared space (no projection follows it); padded tokens are
+    neither keys nor part of the query's mean (the authors pool whole fixed-size crops without a mask).
+
+    ``init="linear"`` draws the attention's weights as three ``nn.Linear`` (query; key and value; output)
+    in that order, as the image ``attention`` pool did when it was written with its own linears, so that
+    configuration starts from the same numbers as before; ``"torch"``: ``nn.MultiheadAttention``'s own
+    initialisation. State dicts of that former pool (``q.*``, ``kv.*``, ``out.*``) load into this one.
+    """
+
+    def __init__(self, width: int, heads: int = 8, dim: int | None = None, norm: bool = False,
+                 query: Literal["mean", "learned"] = "mean", init: Literal["torch", "linear"] = "torch"):
         super().__init__()
-        if width % heads:
-            raise ValueError(f"width {width} is not divisible by heads {heads}")
-        self.heads = heads
-        self.norm = nn.LayerNorm(width)
-        self.q = nn.Linear(width, width)
-        self.kv = nn.Linear(width, 2 * width)
-        self.out = nn.Linear(width, width)
+        d = width if dim is None else dim
+        if d % heads:
+            raise ValueError(f"attention pool dimension {d} is not divisible by heads {heads} (the image pool's "
+                             f"heads: model.image_pool_heads)")
+        if query not in ("mean", "learned") or init not in ("torch", "linear"):
+            raise ValueError(f"query must be 'mean' or 'learned' and init 'torch' or 'linear'; got {query!r}, {init!r}")
+        self.query = nn.Parameter(torch.randn(1, 1, d) * d**-0.5) if query == "learned" else None
+        self.proj = None if dim is None else nn.Linear(width, dim)
+        self.norm = nn.LayerNorm(d) if norm else None
+        if init == "torch":
+            self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        else:
+            self.attn = skip_init(nn.MultiheadAttention, d, heads, batch_first=True)
+            w, b = self.attn.in_proj_weight, self.attn.in_proj_bias
+            for weight, bias in ((w[:d], b[:d]), (w[d:], b[d:]), (self.attn.out_proj.weight, self.attn.out_proj.bias)):
+                _linear_init(weight, bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """A learned query is a token, not a weight matrix (timm's convention for cls tokens)."""
+        return set() if self.query is None else {"query"}
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, c = tokens.shape
-        x = self.norm(tokens)
-        q = self.q(masked_mean(x, mask)).view(b, self.heads, 1, c // self.heads)  # (B, h, 1, d)
-        k, v = self.kv(x).view(b, n, 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)  # 2 x (B, h, N, d)
-        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, N)
-        pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, 1, d)
-        return self.out(pooled.reshape(b, c))
-
-
-class ProjectedAttentionPool(nn.Module):
-    """COLIPRI's image head: tokens projected to the shared dimension (the authors' 1x1x1 Conv3d with bias,
-    here the same map as a Linear on tokens), then torch's ``nn.MultiheadAttention`` whose one query is the
-    masked mean of the projected tokens; no LayerNorm. tokens (B, N, width), mask (B, N) -> (B, dim).
-
-    The output is already in the shared space (no projection follows it). Padded tokens are neither keys
-    nor part of the query's mean (the authors pool whole fixed-size crops without a mask)."""
-
-    def __init__(self, width: int, dim: int, heads: int = 12):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"image pool dimension {dim} is not divisible by image_pool_heads {heads}")
-        self.proj = nn.Linear(width, dim)
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.proj(tokens)  # (B, N, dim)
-        query = masked_mean(x, mask)[:, None]  # (B, 1, dim)
+        x = tokens if self.proj is None else self.proj(tokens)  # (B, N, dim)
+        x = x if self.norm is None else self.norm(x)
+        learned = self.query is not None
+        q = self.query.expand(x.shape[0], -1, -1) if learned else masked_mean(x, mask)[:, None]  # (B, 1, dim)
         padding = None if mask is None else ~mask.bool()  # (B, N), True = ignore
-        pooled, _ = self.attn(query, x, x, key_padding_mask=padding, need_weights=False)  # (B, 1, dim)
+        pooled, _ = self.attn(q, x, x, key_padding_mask=padding, need_weights=False)  # (B, 1, dim)
         return pooled[:, 0]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """The former image ``attention`` pool's separate ``q``, ``kv`` and ``out`` linears -> ``attn``."""
+        if prefix + "q.weight" in state_dict:
+            old = {name: state_dict.pop(f"{prefix}{name}") for name in
+                   ("q.weight", "q.bias", "kv.weight", "kv.bias", "out.weight", "out.bias")}
+            state_dict[prefix + "attn.in_proj_weight"] = torch.cat((old["q.weight"], old["kv.weight"]))  # (3C, C)
+            state_dict[prefix + "attn.in_proj_bias"] = torch.cat((old["q.bias"], old["kv.bias"]))  # (3C,)
+            state_dict[prefix + "attn.out_proj.weight"] = old["out.weight"]
+            state_dict[prefix + "attn.out_proj.bias"] = old["out.bias"]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _linear_init(weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """``nn.Linear.reset_parameters`` on a (out, in) weight and its bias (views of a larger tensor allowed)."""
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        bound = 1 / math.sqrt(weight.shape[1])
+        nn.init.uniform_(bias, -bound, bound)
 
 
 class Projection(nn.Module):

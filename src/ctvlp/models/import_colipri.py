@@ -4,7 +4,7 @@ Theirs: ``colipri.get_model(...).image_encoder`` = ``backbone`` (``dynamic_netwo
 ``down_projection.proj`` Conv3d patch embedding, ``eva`` = timm Eva blocks and final norm), ``projector``
 (1x1x1 Conv3d width -> 768 with bias) and ``pooler`` (``nn.MultiheadAttention`` with the mean token as
 query). Ours: :class:`~ctvlp.models.vit3d.VisionTransformer3d` with ``vit_config("primus-m")`` and
-:class:`~ctvlp.models.heads.ProjectedAttentionPool`.
+:class:`~ctvlp.models.heads.AttentionPool` with ``dim``.
 
 Axis order: their volumes are (B, C, X, Y, Z) in RAS and their tokens x-major; ours (B, C, Z, Y, X) and
 z-major. So (1) the patch kernel (C_out, C_in, kx, ky, kz) is transposed to (.., kz, ky, kx), and (2) in
@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ctvlp.models.heads import ProjectedAttentionPool
+from ctvlp.models.heads import AttentionPool
 from ctvlp.models.vit3d import VisionTransformer3d
 
 IGNORED_PREFIXES = ("backbone.mask_token", "backbone.up_projection.", "backbone.eva.rope.", "text_encoder.",
@@ -95,7 +95,7 @@ def _used_keys(depth: int) -> set[str]:
 
 def colipri_state_dict(theirs: Mapping[str, torch.Tensor], vision: VisionTransformer3d) -> dict[str, torch.Tensor]:
     """Their image-encoder (or whole-model) state dict -> ours: ``vision.*`` (the tower) and
-    ``image_pool.*`` (:class:`ProjectedAttentionPool`), the keys of a ``VisionLanguageModel``.
+    ``image_pool.*`` (:class:`AttentionPool` with ``dim``), the keys of a ``VisionLanguageModel``.
 
     ``vision`` gives the head count (not in the weights) and is checked for COLIPRI's RoPE and blocks.
     ValueError naming the keys when theirs has keys nothing maps (after ``IGNORED_PREFIXES``) or lacks
@@ -127,13 +127,16 @@ def colipri_state_dict(theirs: Mapping[str, torch.Tensor], vision: VisionTransfo
     return {k: v.detach().clone().contiguous() for k, v in ours.items()}
 
 
-def load_colipri_image_encoder(vision: VisionTransformer3d, pool: ProjectedAttentionPool,
+def load_colipri_image_encoder(vision: VisionTransformer3d, pool: AttentionPool,
                                theirs: Mapping[str, torch.Tensor]) -> None:
     """Load their image encoder's weights into our tower and pool (in place; every parameter is set).
 
     ValueError naming the key on a shape mismatch or a parameter the mapping does not fill."""
-    if not isinstance(pool, ProjectedAttentionPool):
-        raise ValueError(f"COLIPRI's image head needs image_pool='projected_attention', got {type(pool).__name__}")
+    if not isinstance(pool, AttentionPool) or pool.proj is None or pool.norm is not None or pool.query is not None:
+        got = type(pool).__name__
+        if isinstance(pool, AttentionPool):
+            got = "an AttentionPool " + ("without a projection" if pool.proj is None else "with a LayerNorm or a learned query")
+        raise ValueError(f"COLIPRI's image head needs image_pool='projected_attention', got {got}")
     mapped = colipri_state_dict(theirs, vision)
     for prefix, module in (("vision.", vision), ("image_pool.", pool)):
         part = {k.removeprefix(prefix): v for k, v in mapped.items() if k.startswith(prefix)}

@@ -74,6 +74,34 @@ class PatchEmbed3d(nn.Module):
         return self.proj(self.stem(x))  # (B, width, gz, gy, gx)
 
 
+def patchify3d(volume: torch.Tensor, patch: Triple) -> torch.Tensor:
+    """(B, C, D, H, W) -> (B, N, pz * py * px * C), N = (D/pz)(H/py)(W/px) z-major; each patch's values in
+    (z, y, x, C) order. D, H, W must be multiples of the patch (pad the depth first, as the ViT does)."""
+    pz, py, px = patch
+    if volume.ndim != 5:
+        raise ValueError(f"expected a volume (B, C, D, H, W), got {tuple(volume.shape)}")
+    b, c, d, h, w = volume.shape
+    if d % pz or h % py or w % px:
+        raise ValueError(f"volume (D, H, W) = ({d}, {h}, {w}) is not divisible by the patch {tuple(patch)}")
+    gz, gy, gx = d // pz, h // py, w // px
+    x = volume.reshape(b, c, gz, pz, gy, py, gx, px)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, gz, gy, gx, pz, py, px, C)
+    return x.reshape(b, gz * gy * gx, pz * py * px * c)
+
+
+def unpatchify3d(patches: torch.Tensor, patch: Triple, grid: Triple) -> torch.Tensor:
+    """Inverse of :func:`patchify3d`: (B, N, pz * py * px * C) with N = gz * gy * gx -> (B, C, D, H, W)."""
+    pz, py, px = patch
+    gz, gy, gx = grid
+    if patches.ndim != 3 or patches.shape[1] != gz * gy * gx or patches.shape[2] % (pz * py * px):
+        raise ValueError(f"expected patches (B, N = {gz * gy * gx}, pz * py * px * C) for patch {tuple(patch)} "
+                         f"and grid {tuple(grid)}; got {tuple(patches.shape)}")
+    b, c = patches.shape[0], patches.shape[2] // (pz * py * px)
+    x = patches.reshape(b, gz, gy, gx, pz, py, px, c)
+    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, gz, pz, gy, py, gx, px)
+    return x.reshape(b, c, gz * pz, gy * py, gx * px)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention; RoPE on q and k; ``F.scaled_dot_product_attention`` (flash/efficient
     kernels on GPU). ``key_mask`` (B, N) bool, True on tokens that may be attended to, or None.

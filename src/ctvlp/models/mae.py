@@ -1,6 +1,6 @@
 """Masked-autoencoder decoder and training step for COLIPRI's image-only batches (He et al. 2022, in 3D).
 
-One MAE step: mask 75 % of the tokens at random (``ctvlp.losses.mae.random_masking``), encode only
+One MAE step: mask 75 % of the tokens at random (:func:`random_masking`), encode only
 the visible ones (``VisionTransformer3d.forward_visible``: the blocks see N/4 tokens, which is what
 makes the step cheap), then :class:`MaeDecoder`
 
@@ -25,10 +25,29 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ctvlp.losses.mae import patchify3d, random_masking
-from ctvlp.models.layers import Block, Triple, init_linear
+from ctvlp.models.layers import Block, Triple, init_linear, patchify3d
 from ctvlp.models.rope import Rope3d, rope_split
 
+
+def random_masking(batch: int, num_tokens: int, ratio: float, generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MAE's per-sample random masking by argsort of uniform noise.
+
+    Returns ``keep_idx`` (B, N_keep) long, the kept (visible) token indices of each sample in ascending
+    order (gather the encoder's input with it), N_keep = max(1, int(N * (1 - ratio))), and ``mask``
+    (B, N) bool, True on masked tokens (where :func:`mae_loss` is computed). ``generator`` must live on
+    ``device`` (CPU by default).
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
+    if batch < 1 or num_tokens < 1:
+        raise ValueError(f"need batch >= 1 and num_tokens >= 1, got ({batch}, {num_tokens})")
+    keep = max(1, int(num_tokens * (1.0 - ratio)))
+    noise = torch.rand(batch, num_tokens, generator=generator, device=device)  # (B, N)
+    keep_idx = noise.argsort(dim=1)[:, :keep].sort(dim=1).values  # (B, N_keep)
+    mask = torch.ones(batch, num_tokens, dtype=torch.bool, device=noise.device)  # (B, N)
+    mask.scatter_(1, keep_idx, False)
+    return keep_idx, mask
 
 
 @dataclass

@@ -47,7 +47,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ctvlp.errors import CtvlpError
-from ctvlp.models.heads import masked_mean
+from ctvlp.models.heads import AttentionPool, masked_mean
 
 TINY_BERT = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128,
              "max_position_embeddings": 512}
@@ -253,43 +253,6 @@ def load_encoder(cfg: TextTowerConfig) -> tuple[nn.Module, object]:
     return model, tokenizer
 
 
-class QueryPool(nn.Module):
-    """One learned query attending over the real tokens (multi-head; padding masked out):
-    out = MHA(q, LN(h), LN(h)) with key_padding_mask = ~mask."""
-
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        self.query = nn.Parameter(torch.randn(1, 1, width) * width**-0.5)
-        self.norm = nn.LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-
-    def no_weight_decay(self) -> set[str]:
-        """The learned query is a token, not a weight matrix (timm's convention for cls tokens)."""
-        return {"query"}
-
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """tokens (B, L, C), mask (B, L) bool (True = real token) -> (B, C)."""
-        x = self.norm(tokens)
-        q = self.query.expand(tokens.shape[0], -1, -1)  # (B, 1, C)
-        out, _ = self.attn(q, x, x, key_padding_mask=~mask, need_weights=False)  # (B, 1, C)
-        return out[:, 0]
-
-
-class MeanQueryPool(nn.Module):
-    """COLIPRI's text pooling (``AttentionPool1D`` of its package): torch's ``nn.MultiheadAttention`` whose one
-    query is the masked mean of the tokens, keys and values the real tokens; no LayerNorm, no learned query."""
-
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """tokens (B, L, C), mask (B, L) bool (True = real token) -> (B, C)."""
-        query = masked_mean(tokens, mask)[:, None]  # (B, 1, C)
-        out, _ = self.attn(query, tokens, tokens, key_padding_mask=~mask, need_weights=False)  # (B, 1, C)
-        return out[:, 0]
-
-
 def _layers(model: nn.Module) -> nn.ModuleList:
     """The encoder's stack of transformer layers (its longest ModuleList)."""
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
@@ -327,8 +290,8 @@ class TextTower(nn.Module):
         if positions is not None and cfg.max_length > positions:
             raise ValueError(f"max_length={cfg.max_length} exceeds the encoder's {positions} positions")
         heads = self.model.config.num_attention_heads
-        pools = {"attention": QueryPool, "mean_query": MeanQueryPool}
-        self.pool = pools[cfg.pooling](self.width, heads) if cfg.pooling in pools else None
+        pools = {"attention": dict(norm=True, query="learned"), "mean_query": {}}  # see heads.AttentionPool
+        self.pool = AttentionPool(self.width, heads, **pools[cfg.pooling]) if cfg.pooling in pools else None
         apply_freeze(self.model, cfg.freeze, cfg.trainable_layers)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:

@@ -26,8 +26,10 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ctvlp.models.ctvit import CTViT
 from ctvlp.models.heads import masked_mean
 from ctvlp.models.layers import Block, PatchEmbed3d, Triple, as_triple, init_linear
+from ctvlp.models.resnet3d import create_resnet_tower
 from ctvlp.models.rope import Rope3d, rope_split
 
 
@@ -145,12 +147,8 @@ def create_vision_tower(cfg) -> nn.Module:
     """The tower a vision config describes: :class:`VisionTransformer3d` for a :class:`ViT3dConfig`,
     MONAI's 3D ResNet (:mod:`ctvlp.models.resnet3d`) for a ``ResNet3dConfig``; both return the same dict."""
     if getattr(cfg, "kind", "vit") == "ctvit":
-        from ctvlp.models.ctvit import CTViT
-
         return CTViT(cfg)
     if getattr(cfg, "kind", "vit") == "resnet":
-        from ctvlp.models.resnet3d import create_resnet_tower
-
         return create_resnet_tower(cfg)
     return VisionTransformer3d(cfg)
 
@@ -227,7 +225,7 @@ class VisionTransformer3d(nn.Module):
         """The encoder pass of a masked autoencoder: only the tokens ``keep_idx`` go through the blocks.
 
         x (B, C, D, H, W), keep_idx (B, N_keep) long indices into the z-major token grid (as
-        ``ctvlp.losses.mae.random_masking`` returns them), slice_mask (B, D) or None. The whole volume is
+        ``ctvlp.models.mae.random_masking`` returns them), slice_mask (B, D) or None. The whole volume is
         patch-embedded (a conv stem therefore runs on every voxel, masked or not), then the kept tokens
         are gathered and get the positions of their own (z, y, x) patch index: RoPE rows of the grid's
         cos/sin tables gathered by ``keep_idx`` (B, N_keep, r), learned embedding rows gathered likewise,

@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctvlp.data.reports import sentence_findings, split_sentences
-from ctvlp.losses.caption import next_token_targets
-from ctvlp.models.decoder import DecoderConfig, ReportDecoder
-from ctvlp.models.heads import AttentionPool, ProjectedAttentionPool, Projection, masked_max, multiscale_pool
+from ctvlp.models.decoder import DecoderConfig, ReportDecoder, next_token_targets
+from ctvlp.models.heads import AttentionPool, Projection, masked_max, multiscale_pool
 from ctvlp.models.mae import MaeDecoder, MaeDecoderConfig, masked_autoencoder_step
 from ctvlp.models.ctvit import CTViTConfig
 from ctvlp.models.resnet3d import ResNet3dConfig
@@ -50,7 +49,7 @@ class ModelConfig:
     diluted by the volume's size), attention pooling, the global mean concatenated with the
     means of a 2 x 2 x 2 grid of cells (Uniferum; 9 x the width into the projection), or COLIPRI's head
     (``projected_attention``: tokens projected to ``embed_dim``, then multi-head attention with the mean
-    as the query; it replaces the image projection, see ``heads.ProjectedAttentionPool``)."""
+    as the query; it replaces the image projection, see ``heads.AttentionPool``)."""
     image_pool_heads: int = 12
     """Attention heads of the ``projected_attention`` pool (COLIPRI: 12; must divide ``embed_dim``)."""
     projection: Literal["linear", "mlp", "mlp_ln", "mlp_bn"] = "linear"
@@ -150,10 +149,11 @@ class VisionLanguageModel(nn.Module):
         self.vision = create_vision_tower(cfg.vision)
         self.text = TextTower(cfg.text)
         if cfg.image_pool == "projected_attention":  # COLIPRI: the pool projects; nothing follows it
-            self.image_pool = ProjectedAttentionPool(self.vision.width, cfg.embed_dim, cfg.image_pool_heads)
+            self.image_pool = AttentionPool(self.vision.width, cfg.image_pool_heads, dim=cfg.embed_dim)
             self.image_proj = nn.Identity()
         else:
-            self.image_pool = AttentionPool(self.vision.width) if cfg.image_pool == "attention" else None
+            attention = cfg.image_pool == "attention"
+            self.image_pool = AttentionPool(self.vision.width, norm=True, init="linear") if attention else None
             pooled_width = self.vision.width * (9 if cfg.image_pool == "multiscale" else 1)
             pooled_width = getattr(self.vision, "pooled_width", pooled_width)  # CTViT: CT-CLIP's flattened slab mean
             self.image_proj = Projection(pooled_width, cfg.embed_dim, cfg.projection)

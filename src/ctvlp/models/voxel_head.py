@@ -41,9 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctvlp.losses.mae import unpatchify3d
-from ctvlp.models.layers import Triple, as_triple
-
+from ctvlp.models.layers import Triple, as_triple, unpatchify3d
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.config import EvalConfig
+from ctvlp.losses.registry import CONTRASTIVE, LOSS_NAMES, loss_class
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.train.optim import OptimConfig
 
@@ -46,26 +47,18 @@ class DataConfig:
                              "max_text_tokens >= 8")
 
 
-LOSS_NAMES = ("siglip", "clip", "sentence_sigmoid", "swca", "tversky", "masked_bce", "osl", "caption", "mae")
-"""Terms a :class:`LossConfig` can name (``ctvlp.train.objective.LOSSES`` maps them to ``ctvlp.losses``)."""
-
-
-CONTRASTIVE = ("siglip", "clip", "sentence_sigmoid", "swca")
-"""Image-text terms; one of them is the main term of the image-report objective (``TrainConfig.loss``)."""
-
-
 @dataclass
 class LossConfig:
     """An objective: a main term plus weighted extra terms, each a loss of ``ctvlp.losses``."""
 
-    name: Literal["siglip", "clip", "sentence_sigmoid", "swca", "tversky", "masked_bce", "osl", "caption",
-                  "mae"] = "siglip"
-    """Main term: ``siglip`` pairwise sigmoid, ``clip`` symmetric InfoNCE, ``sentence_sigmoid`` images
-    against the batch's distinct report sentences, ``swca`` SCALE-VLP; the objectives of other kinds of
-    step (``TrainConfig.tasks``) may have a non-contrastive main term (``tversky``, ``mae``, ...)."""
+    name: str = "siglip"
+    """Main term, a name of ``ctvlp.losses.registry.LOSSES``: ``siglip`` pairwise sigmoid, ``clip``
+    symmetric InfoNCE, ``sentence_sigmoid`` images against the batch's distinct report sentences, ``swca``
+    SCALE-VLP; the objectives of other kinds of step (``TrainConfig.tasks``) may have a non-contrastive main
+    term (``tversky``, ``mae``, ...)."""
     weights: dict[str, float] = field(default_factory=dict)
-    """Term weights, e.g. ``{sentence_sigmoid: 1.0}`` (names from ``LOSS_NAMES``); the main term has
-    weight 1 unless listed here (SegVL's mask steps: ``{tversky: 0.75}``)."""
+    """Term weights, e.g. ``{sentence_sigmoid: 1.0}`` (names from ``ctvlp.losses.registry.LOSSES``); the
+    main term has weight 1 unless listed here (SegVL's mask steps: ``{tversky: 0.75}``)."""
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Keyword arguments of a term's loss module, e.g. ``{swca: {alpha: 0.3, variant: soft_targets}}``."""
     gather: bool = True
@@ -184,8 +177,9 @@ class TrainConfig:
             raise ValueError("stages: the fractions add up to more than 1")
         if "pairs" in self.tasks:
             raise ValueError("tasks: 'pairs' is the name of the image-report objective (loss)")
-        if "sentence_sigmoid" in self.all_terms and self.model.text_input != "sentences":
-            raise ValueError("the sentence_sigmoid loss needs model.text_input='sentences'")
+        for term in self.all_terms:
+            if loss_class(term).text_input not in (None, self.model.text_input):
+                raise ValueError(f"the {term} loss needs model.text_input={loss_class(term).text_input!r}")
 
     @property
     def objectives(self) -> dict[str, LossConfig]:

@@ -23,6 +23,7 @@ from ctvlp.data.osl_pairs import build_osl_pairs
 from ctvlp.errors import CtvlpError
 from ctvlp.eval.names import CORPUS
 from ctvlp.eval.run import model_prompts
+from ctvlp.losses.registry import uses_logit_bias
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.train import distributed
 from ctvlp.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -83,8 +84,8 @@ class Trainer:
             self.model.prompts = {CORPUS: style.to_dict()}
         self.objectives = {kind: Objective(loss) for kind, loss in cfg.objectives.items()}
         self.loss_terms = cfg.all_terms
-        if not {"siglip", "swca", "sentence_sigmoid"} & set(self.loss_terms) and "clip" in self.loss_terms:
-            self.model.logit_bias.requires_grad_(False)  # the softmax loss has no bias
+        if not uses_logit_bias(self.loss_terms):
+            self.model.logit_bias.requires_grad_(False)  # no term reads it (the softmax loss has no bias)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
         self.frozen: tuple[str, ...] | None = None

@@ -19,9 +19,10 @@ from ctvlp.data.manifest import LABEL_PREFIX
 from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.reports import canonical_organ
 from ctvlp.errors import BadDatasetError
+from ctvlp.losses.registry import loss_class
 from ctvlp.train.config import TrainConfig
 
-PROVIDERS = {
+PROVIDERS = {  # one entry per ctvlp.losses.base.NEEDS
     "report text": "CT-RATE (findings/impressions), RadGenome-ChestCT region reports, a generic CSV/JSONL "
                    "with a report column, or `ctvlp synth`",
     "labels": "CT-RATE's multi_abnormality_labels.csv, RAD-ChestCT or any CSV with label columns "
@@ -29,20 +30,17 @@ PROVIDERS = {
     "masks": "RadGenome-ChestCT region masks, TotalSegmentator outputs listed in the manifest's masks "
              "column, or `ctvlp synth`",
 }
-TEXT_TERMS = ("siglip", "clip", "sentence_sigmoid", "swca", "osl", "caption")
 
 
 def needs(cfg: TrainConfig) -> dict[str, list[str]]:
-    """What the config's objective needs -> the terms that need it."""
+    """What the config's objectives need (each loss says, ``ctvlp.losses.base.Loss.needs``) -> the terms
+    that need it, in first-use order."""
     out: dict[str, list[str]] = {}
-    label_affinity = any(loss.options.get("swca", {}).get("knowledge") == "labels" for loss in cfg.objectives.values())
     for term in cfg.all_terms:
-        if term in TEXT_TERMS:
-            out.setdefault("report text", []).append(term)
-        if term == "masked_bce" or (term == "swca" and label_affinity):
-            out.setdefault("labels", []).append(term)
-        if term == "tversky":
-            out.setdefault("masks", []).append(term)
+        wanted = dict.fromkeys(what for loss in cfg.objectives.values() if term in loss.terms
+                               for what in loss_class(term).needs(loss.options.get(term, {})))
+        for what in wanted:
+            out.setdefault(what, []).append(term)
     return out
 
 
