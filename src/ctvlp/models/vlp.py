@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctvlp.data.text import OSL_CHUNK, sentence_tensors, text_sentences
+from ctvlp.data.text import OSL_CHUNK, OSL_INPUTS, SENTENCE_INPUTS, sentence_tensors, text_sentences
 from ctvlp.losses.caption import next_token_targets
 from ctvlp.models.decoder import DecoderConfig, ReportDecoder
 from ctvlp.models.heads import AttentionPool, ProjectedAttentionPool, Projection, masked_max, multiscale_pool
@@ -210,13 +210,22 @@ class VisionLanguageModel(nn.Module):
 
     def encode_anchors(self, names: list[str]) -> torch.Tensor:
         """SegVL's mask-name anchors M = f_text(text embedding of "This is <name>.") (K, E)."""
-        return self.seg["anchor"](self.encode_texts(anchor_prompts(names)))
+        return self.seg["anchor"](self._encode_prompts(anchor_prompts(names)))
 
     def label_logits(self, image_emb: torch.Tensor, label_names: list[str]) -> torch.Tensor:
         """Uniferum's label logits t_l cos(v, u_k) + b_l (B, K), u_k the embedding of "<label>."."""
-        prompts = self.encode_texts([f"{name}." for name in label_names])  # (K, E)
+        prompts = self._encode_prompts([f"{name}." for name in label_names])  # (K, E)
         scale = self.label_logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
         return scale * image_emb @ prompts.T + self.label_logit_bias
+
+    def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Name prompts ("This is <name>.", "<label>.") -> (K, E), as ``encode_texts`` embeds them but
+        without the report parser (they run inside ``forward``): with ``text_input="sentences"`` each
+        prompt is one sentence."""
+        if self.cfg.text_input != "sentences":
+            return self.encode_texts(prompts)
+        tensors = sentence_tensors([[p] for p in prompts], self.text.tokenizer, self.text.cfg.max_length)
+        return self._sentence_outputs(**tensors)["text_emb"]
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     normalize: bool = True) -> torch.Tensor:
@@ -332,13 +341,13 @@ class VisionLanguageModel(nn.Module):
             out["caption_logits"] = self.decoder(input_ids, vision["tokens"], vision["token_mask"], attention_mask)
             out["caption_targets"] = next_token_targets(input_ids, attention_mask)
         if "osl" in outputs:
-            out.update(self._osl_outputs(**{k: v for k, v in text.items() if k.startswith("osl_")}))
+            out.update(self._osl_outputs(**_group(text, OSL_INPUTS, "osl")))
         return out
 
     def _pair_outputs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
                       text: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.cfg.text_input == "sentences":
-            out = self._sentence_outputs(**{k: v for k, v in text.items() if k.startswith("sentence_")})
+            out = self._sentence_outputs(**_group(text, SENTENCE_INPUTS, "pairs"))
         else:
             features = self.text(input_ids, attention_mask)  # (B, width)
             out = {"text_emb": F.normalize(self.text_proj(features), dim=-1), "report_emb": features.detach()}
@@ -382,6 +391,14 @@ class VisionLanguageModel(nn.Module):
             return F.normalize(self.text_proj(self._tower(input_ids, attention_mask, ids)), dim=-1)
         device = self.logit_scale.device
         return self.encode_text(input_ids.to(device), attention_mask.to(device))
+
+
+def _group(text: dict[str, torch.Tensor], keys: tuple[str, ...], group: str) -> dict[str, torch.Tensor]:
+    """The collate's tensors ``keys`` of one output group, or a ValueError naming the missing ones."""
+    missing = [k for k in keys if k not in text]
+    if missing:
+        raise ValueError(f"the {group!r} outputs need the collate's text tensors {missing} (ctvlp.data.text)")
+    return {k: text[k] for k in keys}
 
 
 def _trimmed(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
