@@ -210,7 +210,7 @@ class VisionLanguageModel(nn.Module):
 
     def encode_anchors(self, names: list[str]) -> torch.Tensor:
         """SegVL's mask-name anchors M = f_text(text embedding of "This is <name>.") (K, E)."""
-        return self.seg["anchor"](self._encode_prompts(anchor_prompts(names)))
+        return self.seg["anchor"](self.encode_texts(anchor_prompts(names)))
 
     def label_logits(self, image_emb: torch.Tensor, label_names: list[str]) -> torch.Tensor:
         """Uniferum's label logits t_l cos(v, u_k) + b_l (B, K), u_k the embedding of "<label>."."""
@@ -333,8 +333,8 @@ class VisionLanguageModel(nn.Module):
         if "pairs" in outputs:
             out.update(self._pair_outputs(input_ids, attention_mask, text))
         if "seg" in outputs:
-            out.update(segmentation_outputs(vision["voxel_emb"], self.encode_anchors(mask_names), masks,
-                                            mask_available, slice_mask))
+            anchors = self.seg["anchor"](self._encode_prompts(anchor_prompts(mask_names)))  # encode_anchors, unparsed
+            out.update(segmentation_outputs(vision["voxel_emb"], anchors, masks, mask_available, slice_mask))
         if "labels" in outputs:
             out["label_logits"] = self.label_logits(image_emb, label_names)
         if "caption" in outputs:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ctvlp.config import to_dict
 from ctvlp.data.cache import Cache
 from ctvlp.data.manifest import label_names_of
+from ctvlp.data.text import TextProducts
 from ctvlp.errors import CtvlpError
 from ctvlp.eval.names import CORPUS
 from ctvlp.eval.run import model_prompts
@@ -25,7 +26,6 @@ from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.train import distributed
 from ctvlp.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ctvlp.train.config import TrainConfig
-from ctvlp.data.text import TextProducts
 from ctvlp.train.data import (BATCH_TARGETS, MODEL_INPUTS, checked, drop_bad_samples, require_split, set_epoch,
                               train_loader)
 from ctvlp.train.metrics_log import MetricsLog
