@@ -154,6 +154,9 @@ class TextProducts:
         else:  # the caption decoder reads these too
             out.update(text_tokens(self.tokenizer, batch["text"], self.max_text_tokens))
         if self.osl_pairs:  # from the plain findings, never the structured text ("Heart: positive: ...")
+            if index < 0:
+                raise ValueError("OSL pairs are seeded by the batch's position in its epoch; the batch sampler "
+                                 "gave none (yield ctvlp.data.loader.SampleKey with its batch)")
             rng = np.random.default_rng([self.seed, int(epoch), int(index), OSL_STREAM])
             out.update(osl_tensors(build_osl_pairs(batch["findings"], self.osl_pairs, rng), self.tokenizer,
                                    self.max_sentence_tokens))
