@@ -12,8 +12,9 @@ objective reads, the objective, backward, gradient clipping at 1.0, ``optimizer.
 
 * ``clip``: ``LossConfig(name="clip")``: the model computes only ``pairs``;
 * ``clip_osl``: ``LossConfig(name="clip", weights={"osl": 0.5})``: ``pairs`` + ``osl``, with K = 8 pairs
-  per image drawn by ``build_osl_pairs`` from the batch's reports (inside the timed step, seeded by the
-  step, as the trainer does); the caption term is left out of both (it would only make the ratio smaller);
+  per image drawn by ``build_osl_pairs`` from the batch's reports and tokenised (``data.text.osl_tensors``:
+  the trainer's collate does this in the loader's workers; timed inside the step here, an upper bound); the
+  caption term is left out of both (it would only make the ratio smaller);
 * ``clip_osl_per_slot`` (``--per-slot``): ``clip_osl`` with the OSL sentences encoded the way
   ``VisionLanguageModel._osl_outputs`` did up to commit a712969: every valid slot through the text tower,
   repeated sentences included (a batch's pairs repeat: a false pair's s+ is another patient's finding);
@@ -55,6 +56,7 @@ from machine import median_seconds, save_result
 
 from ctvlp.data.cache import Cache
 from ctvlp.data.osl_pairs import build_osl_pairs
+from ctvlp.data.text import TextProducts, osl_tensors
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import get_recipe
 from ctvlp.recipes.cohort import cohort_variant
@@ -97,7 +99,8 @@ def alternate(fns: dict[str, Callable[[int], object]], repeats: int) -> dict[str
 
 def first_batch(cfg, data: Path, batch: int, tokenizer) -> dict:
     data_cfg = dataclasses.replace(cfg.data, batch_size=batch, num_workers=0)
-    loader = train_loader(Cache(data), data_cfg, tokenizer, cfg.seed)
+    text = TextProducts(tokenizer, cfg.model.text_input, data_cfg.max_text_tokens, cfg.model.text.max_length)
+    loader = train_loader(Cache(data), data_cfg, text, cfg.seed)
     set_epoch(loader, 0, 0)
     return next(iter(loader))
 
@@ -118,12 +121,13 @@ def bench(text: str, data: Path, batch_size: int, repeats: int, per_slot: bool) 
 
     def step(kind: str, r: int, osl_fn=None) -> None:
         objective = objectives[kind]
-        extra = {}
-        if "osl" in objective.outputs:
+        extra, pairs = {}, None
+        if "osl" in objective.outputs:  # the collate's work (data.text.TextProducts), timed inside the step here
             rng = np.random.default_rng([cfg.seed, r + 1, 0])
-            extra["osl"] = build_osl_pairs(batch["text"], K, rng)._asdict()
+            pairs = build_osl_pairs(batch["text"], K, rng)
+            extra = osl_tensors(pairs, model.text.tokenizer, model.text.cfg.max_length)
         if osl_fn is not None:
-            model._osl_outputs = lambda osl: osl_fn(model, osl)  # instance attribute shadows the method
+            model._osl_outputs = lambda **_: osl_fn(model, pairs._asdict())  # instance attribute shadows the method
         try:
             out = model(**inputs, **extra, outputs=objective.outputs)
         finally:

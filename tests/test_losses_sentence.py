@@ -17,7 +17,13 @@ from torch import nn
 from ctvlp.losses import SentenceSigmoidLoss, sentence_sigmoid_loss, siglip_loss
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
-from ctvlp.models.vlp import ModelConfig, VisionLanguageModel, sentence_id
+from ctvlp.data.text import sentence_id, sentence_tensors
+from ctvlp.models.vlp import ModelConfig, VisionLanguageModel
+
+
+def _sentences(model: VisionLanguageModel, groups: list[list[str]]) -> dict[str, torch.Tensor]:
+    """The collate's sentence tensors of ``groups`` for ``model``."""
+    return sentence_tensors(groups, model.text.tokenizer, model.text.cfg.max_length, model.cfg.sentence_match)
 
 
 def test_golden_numbers():
@@ -69,14 +75,17 @@ def model() -> VisionLanguageModel:
 
 def test_model_returns_the_batch_distinct_sentences(model):
     groups = [["No effusion.", "Heart is normal."], ["Heart is normal.", "Nodule.", "Nodule."], []]
-    out = model(torch.zeros(3, 1, 8, 16, 16), sentences=groups)
+    out = model(torch.zeros(3, 1, 8, 16, 16), **_sentences(model, groups))
     distinct = sorted({"No effusion.", "Heart is normal.", "Nodule.", ""})
     assert out["sentence_emb"].shape == (4, 8) and out["sentence_targets"].shape == (3, 4)
     expected = torch.tensor([[t in (g or [""]) for t in distinct] for g in groups], dtype=torch.float32)
     torch.testing.assert_close(out["sentence_targets"], expected)
     assert out["sentence_ids"].tolist() == [sentence_id(t) for t in distinct]
     # a sample's text embedding is the normalised mean of its sentences' projections (repeats counted)
-    proj = model.text_proj(model._tower(["Heart is normal.", "Nodule.", "Nodule."]))
+    texts = ["Heart is normal.", "Nodule.", "Nodule."]
+    tokens = model.tokenize(texts)
+    proj = model.text_proj(model._tower(tokens["input_ids"], tokens["attention_mask"],
+                                        torch.tensor([sentence_id(t) for t in texts])))
     torch.testing.assert_close(out["text_emb"][1], F.normalize(proj.mean(0), dim=0))
     torch.testing.assert_close(out["sentence_emb"].norm(dim=1), torch.ones(4))
 
@@ -89,7 +98,7 @@ def test_findings_matching_pairs_sentences_that_state_the_same_findings():
     groups = [["A 12 mm solid nodule is seen in the right lung upper lobe.", "Heart size is normal."],
               ["Nodule of 7 mm in the left lower lobe.", "No pleural effusion."],
               ["There is no nodule in either lung.", "Heart size is normal."]]
-    out = model(torch.zeros(3, 1, 8, 16, 16), sentences=groups)
+    out = model(torch.zeros(3, 1, 8, 16, 16), **_sentences(model, groups))
     distinct = sorted({t for g in groups for t in g})
     positives = [{distinct[n] for n in range(len(distinct)) if out["sentence_targets"][i, n]} for i in range(3)]
     nodules = {groups[0][0], groups[1][0]}
@@ -170,7 +179,7 @@ def test_own_sentence_logits_are_used_by_the_sentence_loss_only():
     model = VisionLanguageModel(cfg)
     with torch.no_grad():
         model.sentence_logit_bias.fill_(-3.0)
-    out = model(torch.zeros(2, 1, 8, 16, 16), sentences=[["A."], ["B.", "A."]])
+    out = model(torch.zeros(2, 1, 8, 16, 16), **_sentences(model, [["A."], ["B.", "A."]]))
     expected = sentence_sigmoid_loss(out["image_emb"], out["sentence_emb"], out["sentence_targets"],
                                      out["sentence_logit_scale"], torch.tensor(-3.0))
     torch.testing.assert_close(SentenceSigmoidLoss()(**out), expected)

@@ -16,7 +16,9 @@ import torch
 
 from ctvlp.config import apply_overrides
 from ctvlp.data.cache import Cache
+from ctvlp.data.osl_pairs import OslPairs
 from ctvlp.data.reports import structure_report
+from ctvlp.data.text import osl_tensors
 from ctvlp.eval.run import evaluate_model
 from ctvlp.models.heads import masked_mean, multiscale_pool
 from ctvlp.models.vlp import VisionLanguageModel
@@ -67,6 +69,7 @@ def test_segvl_stage_two_is_one_adamw_update_of_the_summed_loss(cache, tmp_path)
     written out: p <- p (1 - lr wd) - lr g / (|g| + eps) (m_hat = g, v_hat = g^2 after one step)."""
     import copy
 
+    from ctvlp.train.data import MODEL_INPUTS
     from ctvlp.train.loop import batches
     from ctvlp.train.objective import Objective
 
@@ -85,9 +88,8 @@ def test_segvl_stage_two_is_one_adamw_update_of_the_summed_loss(cache, tmp_path)
     for kind in ("pairs", "masks"):
         batch = next(stream)[2]
         objective = Objective(cfg.objectives[kind])
-        inputs = {k: batch[k] for k in ("image", "slice_mask", "input_ids", "attention_mask", "masks",
-                                        "mask_available") if k in batch}
-        out = model(**inputs, sentences=batch["sentences"], mask_names=batch.get("mask_names"),
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        out = model(**inputs, mask_names=batch.get("mask_names"),
                     label_names=trainer.label_names(), outputs=objective.outputs)
         total = total + objective(**out)["loss"]
     total.backward()
@@ -158,7 +160,7 @@ def test_colipri_alternates_image_report_and_mae_steps(cache, tmp_path):
 def test_colipri_osl_pairs_come_from_the_plain_findings(cache, tmp_path, monkeypatch):
     """COLIPRI's towers read the structured text ("Heart: positive: ..."); the trainer draws its OSL pairs
     from the samples' plain findings, so no s+ carries a section prefix."""
-    from ctvlp.train import loop
+    from ctvlp.data import text as loop  # the collate draws the pairs (ctvlp.data.text.TextProducts)
 
     seen: list[list[str]] = []
     drawn: list[str] = []
@@ -185,7 +187,8 @@ def test_model_output_groups_have_the_losses_shapes(cache):
     tokens = model.tokenize(["Lungs are clear.", "A 7 mm nodule in the left lung. No pleural effusion."])
     osl = {"pos_texts": [["a", ""], ["b", "c"]], "neg_texts": [["No a.", ""], ["No b.", "No c."]],
            "is_true": [[True, False], [True, False]], "valid": [[True, False], [True, True]]}
-    out = model(image, input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], osl=osl,
+    osl = osl_tensors(OslPairs(**osl), model.text.tokenizer, model.text.cfg.max_length)
+    out = model(image, input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], **osl,
                 label_names=["Emphysema", "Cardiomegaly", "Lung nodule"], outputs=("pairs", "labels", "caption", "osl"))
     length = tokens["input_ids"].shape[1]
     assert out["label_logits"].shape == (2, 3) and out["caption_logits"].shape[:2] == (2, length)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctvlp.data.osl_pairs import build_osl_pairs
+from ctvlp.data.osl_pairs import OslPairs, build_osl_pairs
+from ctvlp.data.text import osl_tensors
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig, VisionLanguageModel
@@ -35,6 +36,11 @@ def per_slot_osl_outputs(model: VisionLanguageModel, osl: dict) -> dict[str, tor
             "osl_is_true": torch.tensor(osl["is_true"], dtype=torch.bool)}
 
 
+def _tensors(model: VisionLanguageModel, osl: dict) -> dict[str, torch.Tensor]:
+    """The collate's OSL tensors of the pairs ``osl`` for ``model``."""
+    return osl_tensors(OslPairs(**osl), model.text.tokenizer, model.text.cfg.max_length)
+
+
 def _pairs(n_reports: int = 8, k: int = 8, seed: int = 0) -> dict:
     return build_osl_pairs((REPORTS * n_reports)[:n_reports], k=k, rng=seed)._asdict()
 
@@ -55,7 +61,7 @@ def test_outputs_and_gradients_equal_per_slot_encoding(text_input, freeze, pooli
     osl = _pairs()
     weights = torch.randn(2, 8, 8, 16, generator=torch.Generator().manual_seed(1))
     results = []
-    for fn in (model._osl_outputs, lambda o: per_slot_osl_outputs(model, o)):
+    for fn in (lambda o: model._osl_outputs(**_tensors(model, o)), lambda o: per_slot_osl_outputs(model, o)):
         model.zero_grad(set_to_none=True)
         out = fn(osl)
         (weights[0] * out["osl_pos_emb"] + weights[1] * out["osl_neg_emb"]).sum().backward()
@@ -80,7 +86,7 @@ def test_no_valid_pair_gives_zeros():
     model = _model()
     osl = build_osl_pairs([REPORTS[2]], k=4, rng=0)._asdict()  # one normal scan: no pair at all
     assert not any(v for row in osl["valid"] for v in row)
-    out = model._osl_outputs(osl)
+    out = model._osl_outputs(**_tensors(model, osl))
     assert out["osl_pos_emb"].shape == out["osl_neg_emb"].shape == (1, 4, 16)
     assert torch.all(out["osl_pos_emb"] == 0) and torch.all(out["osl_neg_emb"] == 0)
     assert not out["osl_mask"].any()

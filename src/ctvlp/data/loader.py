@@ -3,9 +3,11 @@
 Reproducibility: a sample's randomness (chunk start, random crop) comes only from
 ``np.random.default_rng([seed, epoch, index])`` and the batch order only from ``(seed, epoch)``, so the
 same seed and epoch give the same batches in the same order whatever ``num_workers`` is. Call
-:func:`set_epoch` before each epoch (as with ``DistributedSampler``); workers are not persistent,
-so each epoch's workers receive the dataset with its new epoch. ``worker_init_fn`` also seeds numpy's
-and Python's global generators per worker and per epoch, for transforms that use them.
+:func:`set_epoch` before each epoch (as with ``DistributedSampler``): it is the one way to move a loader
+(evaluation's here, training's in ``ctvlp.train.data``) to an epoch; see its docstring for what it sets.
+A batch sampler may yield :class:`SampleKey` tuples instead of indices, which carry the epoch to
+persistent workers, the batch's position (for the collate's seeded text products) and the depth to pad
+to (the batch's deepest member, so that a sample is padded once, by the sampler).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import random
 from dataclasses import dataclass
 from collections.abc import Collection, Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,9 +24,21 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ctvlp.data.cache import BadVolume, Cache
 from ctvlp.data.manifest import LABEL_PREFIX, label_names_of
-from ctvlp.data.preprocess import AIR_HU, window
-from ctvlp.data.sampling import SamplerConfig, VolumeRecord, draw_sample, pad_index, take_padded
+from ctvlp.data.sampling import SamplerConfig, VolumeRecord, air_values, draw_sample, pad_depth
 from ctvlp.errors import BadDatasetError
+
+
+class SampleKey(NamedTuple):
+    """What a batch sampler may hand the dataset for one sample instead of a bare index."""
+
+    epoch: int
+    """The epoch (persistent workers' copies of the dataset never see :func:`set_epoch`)."""
+    index: int
+    """The sample's row in the dataset."""
+    batch: int = -1
+    """Its batch's position in the epoch (over all processes; -1: not given), for seeded batch-level work."""
+    depth: int = 0
+    """Pad the sample to at least this many slices (its batch's deepest member; 0: its own depth)."""
 
 
 class CTDataset(Dataset):
@@ -71,12 +86,13 @@ class CTDataset(Dataset):
                             organ_sentences=json.loads(row.get("organ_sentences") or "{}"),
                             labels=self.labels[i], label_mask=self.label_mask[i])
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        """Sample ``i`` of the current epoch, or ``(epoch, i)``: a sampler that yields pairs carries the
-        epoch to persistent workers, whose copy of the dataset never sees :meth:`set_epoch`."""
-        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
-        rng = np.random.default_rng([self.seed, int(epoch), int(i)])
-        return draw_sample(self.record(int(i)), self.config, rng, self.hu_window)
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict:
+        """Sample ``i`` of the current epoch, or of a :class:`SampleKey` (or a plain ``(epoch, i)``): a
+        sampler that yields keys carries the epoch to persistent workers, whose copy of the dataset never
+        sees :meth:`set_epoch`, and the depth of the sample's batch."""
+        key = SampleKey(*key) if isinstance(key, tuple) else SampleKey(self.epoch, key)
+        rng = np.random.default_rng([self.seed, int(key.epoch), int(key.index)])
+        return draw_sample(self.record(int(key.index)), self.config, rng, self.hu_window, int(key.depth))
 
 
 def require_split(cache: Cache, split: str) -> None:
@@ -124,10 +140,11 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         self.depths = np.asarray(depths)
         self.batch_size, self.seed, self.pool_batches = batch_size, seed, pool_batches
         self.bucket, self.drop_last, self.exact_depth = bucket, drop_last, exact_depth
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Yield ``epoch``'s batches from its batch ``start`` on (resume)."""
+        self.epoch, self.start = epoch, start
 
     def batches(self) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch, 1])
@@ -147,7 +164,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         return [cuts[k] for k in rng.permutation(len(cuts))]
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
+        return iter(self.batches()[self.start:])
 
     def __len__(self) -> int:
         b = self.batch_size
@@ -157,7 +174,8 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
 
 @dataclass
 class Collate:
-    """Stack samples into a batch, padding depth to the deepest sample (repeat or air, see sampling)."""
+    """Stack samples into a batch, padding unpadded samples to the deepest one (``sampling.pad_depth``:
+    repeat or air); samples drawn at their batch's depth (:class:`SampleKey`) are only stacked."""
 
     padding: str = "repeat"
     """``repeat`` or ``zero`` (air), as in :class:`SamplerConfig`."""
@@ -168,24 +186,11 @@ class Collate:
     @classmethod
     def for_dataset(cls, dataset: CTDataset) -> Collate:
         """The collate for ``dataset``'s padding mode, with air at the dataset's HU window."""
-        air = tuple(float(window(np.array(AIR_HU), lo, hi)) for lo, hi in dataset.config.hu_windows(dataset.hu_window))
-        return cls(dataset.config.padding, air + ((-1.0,) if dataset.config.body_channel else ()))  # body: outside
-
-    def _pad(self, sample: dict, depth: int) -> dict:
-        n = int(sample["slice_mask"].sum())
-        if sample["image"].shape[1] == depth:
-            return sample
-        if n != sample["image"].shape[1]:
-            raise ValueError(f"{sample['id']}: cannot re-pad a sample that is already padded")
-        idx, real = pad_index(n, depth, self.padding)
-        out = {**sample, "image": take_padded(sample["image"], idx, 1, np.asarray(self.air, np.float32)[:, None, None, None]), "slice_mask": real}
-        if "masks" in sample:
-            out["masks"] = take_padded(sample["masks"], idx, 1, False)
-        return out
+        return cls(dataset.config.padding, air_values(dataset.config, dataset.hu_window))
 
     def __call__(self, samples: list[dict]) -> dict:
         depth = max(s["image"].shape[1] for s in samples)
-        samples = [self._pad(s, depth) for s in samples]
+        samples = [pad_depth(s, depth, self.padding, self.air) for s in samples]
         batch = {k: torch.from_numpy(np.stack([s[k] for s in samples]))
                  for k in ("image", "slice_mask", "labels", "label_mask", "spacing")}  # image (B, 1, D, H, W)
         for key in ("id", "text", "findings", "sentences", "organs", "text_source", "z0", "z1"):
@@ -226,8 +231,18 @@ def make_loader(dataset: CTDataset, batch_size: int, *, num_workers: int = 0, se
     return loader
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Set the epoch of the loader's dataset, batch sampler and worker-seed generator."""
+def set_epoch(loader: DataLoader, epoch: int, start: int = 0) -> None:
+    """Move ``loader`` (:func:`make_loader`'s or ``ctvlp.train.data.train_loader``'s) to ``epoch``, from its
+    batch ``start`` on (resume): the dataset's and the batch sampler's epoch, and the generator that seeds
+    the workers, reseeded from ``(seed, epoch)``.
+
+    What each reaches: the batch order is a function of (seed, epoch); a sample's content of (seed, epoch,
+    index), through the dataset's epoch or, with persistent workers (training), the epoch in the sampler's
+    :class:`SampleKey`. Workers started after this call (non-persistent ones: every epoch) seed numpy's
+    and Python's global generators (:func:`seed_worker`) from the reseeded generator, so they too are a
+    function of (seed, epoch); persistent workers keep the seeds they started with, which nothing of a
+    sample reads. The generator is the loader's own, never torch's global one, so the training process's
+    RNG (dropout) does not depend on how many epochs were started."""
     loader.dataset.set_epoch(epoch)
-    loader.batch_sampler.set_epoch(epoch)
+    loader.batch_sampler.set_epoch(epoch, start)
     loader.generator.manual_seed(int(np.random.default_rng([loader.batch_sampler.seed, epoch]).integers(2**62)))

@@ -9,7 +9,11 @@ Two modes (:class:`SamplerConfig`):
   the volume has organ masks, else (``SamplerConfig.organ_z_prior``) from :data:`ORGAN_Z_PRIOR`,
   METHODS.md's z-prior (SigVLP) for a dataset without organ masks such as plain CT-RATE.
 
-Depth padding (:func:`pad_index`), used by the sampler and by the collate alike:
+Depth padding: one function, :func:`pad_depth` (index map :func:`pad_index`), run once per sample. The
+sampler pads a sample to its depth (``chunk_depth``, ``min_depth``) or, when the batch sampler asks
+(training: :class:`ctvlp.data.loader.SampleKey`'s ``depth``), to its batch's deepest member, so that the
+training collate only stacks; the collate pads the samples of callers that batch unpadded samples of
+several depths (evaluation) with the same function, and refuses to pad a sample twice.
 
 * ``repeat``: index map ``floor(arange(C) * n / C)``: the order is kept and each slice appears about
   ``C / n`` times (one slice becomes C copies).
@@ -167,6 +171,31 @@ def pad_index(n: int, depth: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
     return idx, idx >= 0
 
 
+def air_values(config: SamplerConfig, hu_window: tuple[float, float]) -> tuple[float, ...]:
+    """Each input channel's value of air (-1000 HU): the windowed air per HU window, then -1 (outside)
+    for the body channel."""
+    air = tuple(float(window(np.array(AIR_HU), lo, hi)) for lo, hi in config.hu_windows(hu_window))
+    return air + ((-1.0,) if config.body_channel else ())
+
+
+def pad_depth(sample: dict, depth: int, padding: str, air: Sequence[float]) -> dict:
+    """``sample`` with its ``image`` (C, n, H, W) (and ``masks`` (M, n, H, W)) padded along depth from its
+    n real slices to ``depth`` (:func:`pad_index`; air per channel in ``air``, masks False) and its
+    ``slice_mask`` marking the real slices; the sample itself when it already has ``depth`` slices. A
+    sample padded before (``slice_mask`` not all True) cannot be padded again: ValueError."""
+    n = int(sample["slice_mask"].sum())
+    if sample["image"].shape[1] == depth:
+        return sample
+    if n != sample["image"].shape[1]:
+        raise ValueError(f"{sample['id']}: cannot re-pad a sample that is already padded")
+    idx, real = pad_index(n, depth, padding)
+    fill = np.asarray(air, np.float32)[:, None, None, None]  # (C, 1, 1, 1)
+    out = {**sample, "image": take_padded(sample["image"], idx, 1, fill), "slice_mask": real}  # (C, depth, H, W)
+    if "masks" in sample:
+        out["masks"] = take_padded(sample["masks"], idx, 1, False)  # (M, depth, H, W)
+    return out
+
+
 def take_padded(array: np.ndarray, idx: np.ndarray, axis: int, fill) -> np.ndarray:
     """``array`` indexed by ``idx`` along ``axis``; entries -1 become ``fill``."""
     out = np.take(array, np.maximum(idx, 0), axis=axis)
@@ -298,32 +327,31 @@ def body_slab(volume: VolumeSource, z0: int, z1: int, hu: np.ndarray | None = No
 
 
 def draw_sample(record: VolumeRecord, config: SamplerConfig, rng: np.random.Generator,
-                hu_window: tuple[float, float] = (-1000.0, 1000.0)) -> dict:
-    """One sample dict (numpy arrays); see docs/architecture.md for the keys."""
+                hu_window: tuple[float, float] = (-1000.0, 1000.0), depth: int = 0) -> dict:
+    """One sample dict (numpy arrays), padded once (:func:`pad_depth`) to its own depth or to ``depth``
+    (a batch's deepest member) when that is larger; see docs/architecture.md for the keys."""
     volume = record.volume
     z_count, y_count, x_count = volume.shape
-    z0, z1, depth = _depth_range(config, z_count, rng)
-    idx, real = pad_index(z1 - z0, depth, config.padding)
+    z0, z1, own_depth = _depth_range(config, z_count, rng)
     crop_rng = rng if config.random_crop else None
     offsets = None if config.size is None else (fit_axis(y_count, config.size[0], crop_rng),
                                                 fit_axis(x_count, config.size[1], crop_rng))
-    slab = volume.slab(z0, z1)  # (z1 - z0, Y, X)
-    hu = fit_inplane(take_padded(slab, idx, 0, AIR_HU), config.size, AIR_HU, offsets)  # (D, H, W)
+    slab = volume.slab(z0, z1)  # (n, Y, X), n = z1 - z0 real slices
+    hu = fit_inplane(slab, config.size, AIR_HU, offsets)  # (n, H, W)
     channels = [window(hu, lo, hi) for lo, hi in config.hu_windows(hu_window)]
     if config.body_channel:
-        body = fit_inplane(take_padded(body_slab(volume, z0, z1, slab), idx, 0, False), config.size, False, offsets)
-        channels.append(np.where(body, np.float32(1.0), np.float32(-1.0)))  # (D, H, W)
-    image = np.stack(channels)  # (C, D, H, W)
-    sample = {"id": volume.vid, "image": image, "slice_mask": real, "z0": z0, "z1": z1,
-              "spacing": np.asarray(volume.spacing_zyx, np.float32),
+        body = fit_inplane(body_slab(volume, z0, z1, slab), config.size, False, offsets)
+        channels.append(np.where(body, np.float32(1.0), np.float32(-1.0)))  # (n, H, W)
+    sample = {"id": volume.vid, "image": np.stack(channels), "slice_mask": np.ones(z1 - z0, bool),  # (C, n, H, W)
+              "z0": z0, "z1": z1, "spacing": np.asarray(volume.spacing_zyx, np.float32),
               "labels": np.asarray(record.labels, np.float32), "label_mask": np.asarray(record.label_mask, bool),
               **choose_text(record, config.text, z0, z1, config.organ_z_prior),
               "findings": str(record.findings or "")}  # plain findings, whatever ``text``: COLIPRI's OSL pairs
     if config.include_masks:
         names, masks, available = _masks(volume, config, z0, z1)
-        masks = fit_inplane(take_padded(masks, idx, 1, False), config.size, False, offsets)  # (M, D, H, W)
+        masks = fit_inplane(masks, config.size, False, offsets)  # (M, n, H, W)
         sample.update(masks=masks, mask_names=names, mask_available=available)
-    return sample
+    return pad_depth(sample, max(own_depth, depth), config.padding, air_values(config, hu_window))
 
 
 def window_sample(volume, sampler: SamplerConfig, z0: int, z1: int, hu_window: tuple[float, float]) -> dict:

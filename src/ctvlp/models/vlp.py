@@ -1,15 +1,14 @@
 """The two-tower vision-language model: a 3D vision tower and a text tower projected into one space.
 
-``forward`` returns a dict whose keys are the contrastive losses' keyword arguments
-(``image_emb``, ``text_emb``, ``logit_scale``, ``logit_bias``), so ``loss_fn(**model(**batch))`` works
-(open_clip's convention).
+``forward`` takes a training batch's tensors (the collate made every text-derived one, see
+``ctvlp.data.text``) and returns a dict whose keys are the losses' keyword arguments (``image_emb``,
+``text_emb``, ``logit_scale``, ``logit_bias``, ...), so ``loss_fn(**model(**batch))`` works (open_clip's
+convention); it parses no report. ``encode_texts`` is the inference API for plain strings.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctvlp.data.reports import sentence_findings, split_sentences
+from ctvlp.data.text import OSL_CHUNK, OSL_INPUTS, SENTENCE_INPUTS, sentence_tensors, text_sentences
 from ctvlp.models.decoder import DecoderConfig, ReportDecoder, next_token_targets
 from ctvlp.models.heads import AttentionPool, Projection, masked_max, multiscale_pool
 from ctvlp.models.mae import MaeDecoder, MaeDecoderConfig, masked_autoencoder_step
@@ -126,19 +125,6 @@ class ModelConfig:
             raise ValueError("need 0 < exp(init_logit_scale) <= max_logit_scale")
 
 
-def sentence_id(text: str) -> int:
-    """A stable 62-bit hash of a sentence (the same on every process and run)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 2
-
-
-@functools.lru_cache(maxsize=65536)
-def sentence_key(text: str, match: str) -> int:
-    """Id of what a sentence counts as in the sentence-level loss: its text, or (``match="findings"``)
-    the findings it states when it states any."""
-    findings = sentence_findings(text) if match == "findings" else ()
-    return sentence_id(repr(findings) if findings else text)
-
-
 class VisionLanguageModel(nn.Module):
     """3D CT vision tower + text tower + projections + learnable logit scale and bias."""
 
@@ -163,7 +149,7 @@ class VisionLanguageModel(nn.Module):
         if cfg.sentence_logits:
             self.sentence_logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
             self.sentence_logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
-        self._sentence_features: dict[str, torch.Tensor] = {}  # memo of the frozen tower, sentence -> (width,)
+        self._sentence_features: dict[int, torch.Tensor] = {}  # memo of the frozen tower, sentence id -> (width,)
         # prompt styles made for this model (name -> style dict, ctvlp.eval.prompts.prompt_set): the style
         # mined from its training reports; checkpoints and exports carry it
         self.prompts: dict[str, dict] = {}
@@ -228,9 +214,18 @@ class VisionLanguageModel(nn.Module):
 
     def label_logits(self, image_emb: torch.Tensor, label_names: list[str]) -> torch.Tensor:
         """Uniferum's label logits t_l cos(v, u_k) + b_l (B, K), u_k the embedding of "<label>."."""
-        prompts = self.encode_texts([f"{name}." for name in label_names])  # (K, E)
+        prompts = self._encode_prompts([f"{name}." for name in label_names])  # (K, E)
         scale = self.label_logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
         return scale * image_emb @ prompts.T + self.label_logit_bias
+
+    def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Name prompts ("This is <name>.", "<label>.") -> (K, E), as ``encode_texts`` embeds them but
+        without the report parser (they run inside ``forward``): with ``text_input="sentences"`` each
+        prompt is one sentence."""
+        if self.cfg.text_input != "sentences":
+            return self.encode_texts(prompts)
+        tensors = sentence_tensors([[p] for p in prompts], self.text.tokenizer, self.text.cfg.max_length)
+        return self._sentence_outputs(**tensors)["text_emb"]
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     normalize: bool = True) -> torch.Tensor:
@@ -241,58 +236,58 @@ class VisionLanguageModel(nn.Module):
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return self.text.tokenize(texts)
 
-    def _tower(self, texts: list[str]) -> torch.Tensor:
-        """(T, width) text-tower features, through the memo when the tower is frozen."""
+    def _tower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokenised sentences (T, L) -> (T, width) text-tower features; with a frozen tower and the
+        sentences' ``ids`` (T,) (``data.text.sentence_id``), through the memo: each sentence not seen
+        before is encoded once per process, in chunks of 256 trimmed to their longest sentence."""
         device = self.logit_scale.device
-        if not self.text_frozen:
-            tokens = self.text.tokenize(texts)
-            return self.text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
-        missing = sorted({t for t in texts if t not in self._sentence_features})
+        if not self.text_frozen or ids is None:
+            return self.text(input_ids.to(device), attention_mask.to(device))
+        keys = ids.tolist()
+        missing = [n for n, key in enumerate(keys) if key not in self._sentence_features]
         with torch.no_grad():
             for start in range(0, len(missing), 256):
-                chunk = missing[start:start + 256]
-                tokens = self.text.tokenize(chunk)
-                feats = self.text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device)).float()
-                self._sentence_features.update(zip(chunk, feats))
-        return torch.stack([self._sentence_features[t] for t in texts])
+                rows = missing[start:start + 256]
+                chunk_ids, chunk_mask = _trimmed(input_ids[rows], attention_mask[rows])  # (C, L')
+                feats = self.text(chunk_ids.to(device), chunk_mask.to(device)).float()  # (C, width)
+                self._sentence_features.update(zip((keys[n] for n in rows), feats))
+        return torch.stack([self._sentence_features[key] for key in keys])
 
     def encode_sentences(self, sentences: list[list[str]], normalize: bool = True) -> torch.Tensor:
         """One text per sample given as its sentences -> (B, embed_dim): the mean of the projected
         sentence features (an empty list gets the projection of the empty string)."""
-        return self._sentence_outputs(sentences, normalize)["text_emb"]
+        tensors = sentence_tensors(sentences, self.text.tokenizer, self.text.cfg.max_length, self.cfg.sentence_match)
+        return self._sentence_outputs(**tensors, normalize=normalize)["text_emb"]
 
-    def _sentence_outputs(self, sentences: list[list[str]], normalize: bool = True) -> dict[str, torch.Tensor]:
-        """Each sample's text embedding (the mean of its projected sentences) and the batch's distinct
-        sentences: ``text_emb`` (B, E), ``sentence_emb`` (N, E), ``sentence_targets`` (B, N) (1 where
-        the sentence matches one of the sample's, see ``ModelConfig.sentence_match``), ``sentence_ids``
-        (N,) (a stable hash of each sentence), ``sentence_keys`` (N,) (the hash of what it matches by)
-        and ``report_emb`` (B, width): the mean of the sample's text-tower sentence features, detached
-        (SWCA's knowledge affinity)."""
-        groups = [s if s else [""] for s in sentences]
-        distinct = sorted({t for g in groups for t in g})
-        column = {t: n for n, t in enumerate(distinct)}
-        features = self._tower(distinct)  # (N, width)
+    def _sentence_outputs(self, sentence_input_ids: torch.Tensor, sentence_attention_mask: torch.Tensor,
+                          sentence_ids: torch.Tensor, sentence_keys: torch.Tensor, sentence_owner: torch.Tensor,
+                          sentence_index: torch.Tensor, sentence_targets: torch.Tensor,
+                          normalize: bool = True) -> dict[str, torch.Tensor]:
+        """The batch's N distinct sentences, tokenised by the collate (``data.text.sentence_tensors``),
+        -> each sample's text embedding (the mean of its projected sentences) ``text_emb`` (B, E), the
+        sentences' ``sentence_emb`` (N, E), ``report_emb`` (B, width): the mean of the sample's
+        text-tower sentence features, detached (SWCA's knowledge affinity), and the collate's
+        ``sentence_targets`` (B, N), ``sentence_ids`` and ``sentence_keys`` (N,) for the sentence loss."""
+        features = self._tower(sentence_input_ids, sentence_attention_mask, sentence_ids)  # (N, width)
         proj = self.text_proj(features)  # (N, E)
         device = proj.device
-        keys = torch.tensor([sentence_key(t, self.cfg.sentence_match) for t in distinct], device=device)  # (N,)
-        own = [torch.tensor([column[t] for t in set(g)], device=device) for g in groups]
-        targets = torch.stack([torch.isin(keys, keys[cols]) for cols in own]).float()  # (B, N)
-        flat = torch.tensor([column[t] for g in groups for t in g], device=device)  # (T,)
-        owner = torch.repeat_interleave(torch.arange(len(groups), device=device),
-                                        torch.tensor([len(g) for g in groups], device=device))  # (T,)
-        counts = torch.tensor([len(g) for g in groups], device=device, dtype=proj.dtype)[:, None]  # (B, 1)
-        emb = proj.new_zeros(len(groups), proj.shape[1]).index_add_(0, owner, proj[flat]) / counts  # (B, E)
-        report = features.new_zeros(len(groups), features.shape[1]).index_add_(0, owner, features[flat].detach())
-        ids = torch.tensor([sentence_id(t) for t in distinct], device=device, dtype=torch.int64)
+        owner, index = sentence_owner.to(device), sentence_index.to(device)  # (T,), (T,)
+        b = sentence_targets.shape[0]
+        counts = torch.bincount(owner, minlength=b).to(proj.dtype)[:, None]  # (B, 1)
+        emb = proj.new_zeros(b, proj.shape[1]).index_add_(0, owner, proj[index]) / counts  # (B, E)
+        report = features.new_zeros(b, features.shape[1]).index_add_(0, owner, features[index].detach())  # (B, width)
         if normalize:
             emb, proj = F.normalize(emb, dim=-1), F.normalize(proj, dim=-1)
-        return {"text_emb": emb, "sentence_emb": proj, "sentence_targets": targets, "sentence_ids": ids,
-                "sentence_keys": keys, "report_emb": report / counts}
+        return {"text_emb": emb, "sentence_emb": proj, "sentence_targets": sentence_targets.to(device),
+                "sentence_ids": sentence_ids.to(device), "sentence_keys": sentence_keys.to(device),
+                "report_emb": report / counts}
 
     def encode_texts(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
-        """Plain strings -> (B, embed_dim), split into sentences when ``text_input="sentences"``."""
+        """Plain strings -> (B, embed_dim), split into sentences when ``text_input="sentences"``
+        (the inference API: a training step hands ``forward`` tensors instead)."""
         if self.cfg.text_input == "sentences":
-            return self.encode_sentences([split_sentences(t) for t in texts], normalize)
+            return self.encode_sentences(text_sentences(texts), normalize)
         tokens = self.text.tokenize(texts)
         device = self.logit_scale.device
         return self.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device), normalize)
@@ -303,21 +298,23 @@ class VisionLanguageModel(nn.Module):
 
     def forward(self, image: torch.Tensor, slice_mask: torch.Tensor | None = None,
                 input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                sentences: list[list[str]] | None = None, masks: torch.Tensor | None = None,
-                mask_available: torch.Tensor | None = None, mask_names: list[str] | None = None,
-                label_names: list[str] | None = None, osl: dict | None = None,
-                outputs: tuple[str, ...] = ("pairs",), **_) -> dict[str, torch.Tensor]:
+                masks: torch.Tensor | None = None, mask_available: torch.Tensor | None = None,
+                mask_names: list[str] | None = None, label_names: list[str] | None = None,
+                outputs: tuple[str, ...] = ("pairs",), **text: torch.Tensor) -> dict[str, torch.Tensor]:
         """image (B, C, D, H, W) and what the requested ``outputs`` groups read -> the losses' keyword
-        arguments:
+        arguments. ``text``: the collate's ``sentence_*`` and ``osl_*`` tensors (``ctvlp.data.text``;
+        other keys are ignored). ``mask_names`` and ``label_names`` name the prompts of the anchors and
+        label logits, which are encoded here (the tower's tokenizer, no report parsing).
 
-        - ``pairs`` (token ids, or each sample's sentences): ``image_emb``, ``text_emb``, ``logit_scale``,
-          ``logit_bias``, the vision ``tokens``/``token_mask`` and ``report_emb`` (the text tower's pooled
-          features, detached; SWCA), sentence-level outputs with ``text_input="sentences"``;
+        - ``pairs`` (token ids, or with ``text_input="sentences"`` the ``sentence_*`` tensors):
+          ``image_emb``, ``text_emb``, ``logit_scale``, ``logit_bias``, the vision ``tokens``/``token_mask``
+          and ``report_emb`` (the text tower's pooled features, detached; SWCA), sentence-level outputs
+          with ``text_input="sentences"``;
         - ``seg`` (``masks`` (B, M, D, H, W), ``mask_available`` (B, M), ``mask_names``): ``seg_probs``,
           ``seg_targets``, ``seg_available``;
         - ``labels`` (``label_names``): ``label_logits`` (B, K);
         - ``caption`` (token ids of the report): ``caption_logits`` (B, L, V), ``caption_targets`` (B, L);
-        - ``osl`` (``osl``: a ``build_osl_pairs`` result as a dict): ``osl_pos_emb``/``osl_neg_emb``
+        - ``osl`` (the ``osl_*`` tensors of ``data.text.osl_tensors``): ``osl_pos_emb``/``osl_neg_emb``
           (B, K, E), ``osl_is_true``, ``osl_mask`` (B, K);
         - ``mae`` alone: ``mae_pred``, ``mae_target``, ``mae_mask`` (the encoder sees visible patches only).
         """
@@ -334,23 +331,23 @@ class VisionLanguageModel(nn.Module):
         out = {"image_emb": image_emb, "tokens": vision["tokens"], "token_mask": vision["token_mask"],
                "logit_scale": self.scale(), "logit_bias": self.logit_bias}
         if "pairs" in outputs:
-            out.update(self._pair_outputs(input_ids, attention_mask, sentences))
+            out.update(self._pair_outputs(input_ids, attention_mask, text))
         if "seg" in outputs:
-            out.update(segmentation_outputs(vision["voxel_emb"], self.encode_anchors(mask_names), masks,
-                                            mask_available, slice_mask))
+            anchors = self.seg["anchor"](self._encode_prompts(anchor_prompts(mask_names)))  # encode_anchors, unparsed
+            out.update(segmentation_outputs(vision["voxel_emb"], anchors, masks, mask_available, slice_mask))
         if "labels" in outputs:
             out["label_logits"] = self.label_logits(image_emb, label_names)
         if "caption" in outputs:
             out["caption_logits"] = self.decoder(input_ids, vision["tokens"], vision["token_mask"], attention_mask)
             out["caption_targets"] = next_token_targets(input_ids, attention_mask)
         if "osl" in outputs:
-            out.update(self._osl_outputs(osl))
+            out.update(self._osl_outputs(**_group(text, OSL_INPUTS, "osl")))
         return out
 
     def _pair_outputs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
-                      sentences: list[list[str]] | None) -> dict[str, torch.Tensor]:
+                      text: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.cfg.text_input == "sentences":
-            out = self._sentence_outputs(sentences)
+            out = self._sentence_outputs(**_group(text, SENTENCE_INPUTS, "pairs"))
         else:
             features = self.text(input_ids, attention_mask)  # (B, width)
             out = {"text_emb": F.normalize(self.text_proj(features), dim=-1), "report_emb": features.detach()}
@@ -359,28 +356,52 @@ class VisionLanguageModel(nn.Module):
             out["sentence_logit_bias"] = self.sentence_logit_bias
         return out
 
-    def _osl_outputs(self, osl: dict) -> dict[str, torch.Tensor]:
-        """Embeds the valid pairs' sentences (invalid slots get zero vectors and are masked).
+    def _osl_outputs(self, osl_input_ids: torch.Tensor, osl_attention_mask: torch.Tensor, osl_ids: torch.Tensor,
+                     osl_index: torch.Tensor, osl_mask: torch.Tensor, osl_is_true: torch.Tensor
+                     ) -> dict[str, torch.Tensor]:
+        """Embeds the valid pairs' sentences (invalid slots get zero vectors and are masked); the
+        tensors are ``data.text.osl_tensors``' (the collate's).
 
         Each distinct sentence is encoded once per batch: a batch's pairs repeat (a false pair's s+ is
         another patient's finding, and the same findings recur across patients), so on the synthetic
         cohort 442 valid slots of a batch of 32 (K = 8) hold ~104 distinct sentences. The distinct
-        sentences go through the text tower shortest first in chunks of 16, so a chunk pads
-        to its own longest sentence, not the batch's. The embeddings equal encoding every slot (up to
-        float rounding; in train mode a repeated sentence shares one dropout draw)."""
-        valid = torch.tensor(osl["valid"], dtype=torch.bool, device=self.logit_scale.device)  # (B, K)
+        sentences (U, shortest first) go through the text tower in chunks of ``OSL_CHUNK`` = 16, each
+        trimmed to its own longest sentence, not the batch's. The embeddings equal encoding every slot
+        (up to float rounding; in train mode a repeated sentence shares one dropout draw)."""
+        device = self.logit_scale.device
+        valid = osl_mask.to(device)  # (B, K)
         b, k = valid.shape
-        texts = [t for side in ("pos_texts", "neg_texts") for row in osl[side] for t in row]  # 2 B K
-        flat = torch.cat((valid.flatten(), valid.flatten()))
-        emb = torch.zeros(2 * b * k, self.cfg.embed_dim, device=valid.device)
+        flat = torch.cat((valid.flatten(), valid.flatten()))  # (2 B K,): s+ slots, then s- slots
+        emb = torch.zeros(2 * b * k, self.cfg.embed_dim, device=device)
         if flat.any():
-            kept = [t for t, v in zip(texts, flat.tolist()) if v]
-            distinct = sorted(set(kept), key=lambda t: (len(t), t))  # by length: chunks pad little
-            chunk = 16
-            encoded = torch.cat([self.encode_texts(distinct[i:i + chunk]) for i in range(0, len(distinct), chunk)])
-            row = {t: n for n, t in enumerate(distinct)}
-            index = torch.tensor([row[t] for t in kept], device=valid.device)
-            emb = emb.index_put((flat.nonzero()[:, 0],), encoded[index].to(emb.dtype))
+            encoded = torch.cat([self._encode_rows(osl_input_ids[i:i + OSL_CHUNK], osl_attention_mask[i:i + OSL_CHUNK],
+                                                   osl_ids[i:i + OSL_CHUNK])
+                                 for i in range(0, osl_input_ids.shape[0], OSL_CHUNK)])  # (U, E)
+            rows = osl_index.to(device).flatten()[flat]  # (valid slots,)
+            emb = emb.index_put((flat.nonzero()[:, 0],), encoded[rows].to(emb.dtype))
         pos, neg = emb.view(2, b, k, -1)
-        return {"osl_pos_emb": pos, "osl_neg_emb": neg, "osl_mask": valid,
-                "osl_is_true": torch.tensor(osl["is_true"], dtype=torch.bool, device=valid.device)}
+        return {"osl_pos_emb": pos, "osl_neg_emb": neg, "osl_mask": valid, "osl_is_true": osl_is_true.to(device)}
+
+    def _encode_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Tokenised texts (T, L), each one sentence, trimmed to their longest -> normalised (T, E) as
+        ``encode_texts`` gives them: the whole text's embedding, or with ``text_input="sentences"`` the
+        sentence's projected features (through the frozen tower's memo)."""
+        input_ids, attention_mask = _trimmed(input_ids, attention_mask)
+        if self.cfg.text_input == "sentences":
+            return F.normalize(self.text_proj(self._tower(input_ids, attention_mask, ids)), dim=-1)
+        device = self.logit_scale.device
+        return self.encode_text(input_ids.to(device), attention_mask.to(device))
+
+
+def _group(text: dict[str, torch.Tensor], keys: tuple[str, ...], group: str) -> dict[str, torch.Tensor]:
+    """The collate's tensors ``keys`` of one output group, or a ValueError naming the missing ones."""
+    missing = [k for k in keys if k not in text]
+    if missing:
+        raise ValueError(f"the {group!r} outputs need the collate's text tensors {missing} (ctvlp.data.text)")
+    return {k: text[k] for k in keys}
+
+
+def _trimmed(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded tokens (T, L) cut to their longest row (T, L'): as if tokenised on their own."""
+    length = max(1, int(attention_mask.sum(1).max())) if attention_mask.numel() else 1
+    return input_ids[:, :length], attention_mask[:, :length]

@@ -1,5 +1,7 @@
-"""Training batches from the cache: seeded, length-bucketed, tokenised in the workers, sharded over
-processes, and resumable from any (epoch, batch) position.
+"""Training batches from the cache: seeded, length-bucketed, sharded over processes, resumable from any
+(epoch, batch) position, and complete: the loader's workers also make every text-derived tensor the
+model and the objective read (``ctvlp.data.text.TextProducts``: tokens, sentences, opposite-sentence
+pairs seeded by (seed, epoch, batch), label targets), so a step only moves tensors to the device.
 
 Damaged cache: before step 1, :func:`drop_bad_samples` checks every training volume's files from their
 headers and sizes (``Cache.bad_volumes``; the same answer on every process, so every rank leaves out
@@ -23,8 +25,10 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ctvlp.data.cache import BadVolume, Cache
-from ctvlp.data.loader import Collate, CTDataset, LengthBucketBatchSampler, listing, require_split, seed_worker
+from ctvlp.data.loader import (Collate, CTDataset, LengthBucketBatchSampler, SampleKey, listing, require_split,
+                               seed_worker, set_epoch)
 from ctvlp.data.manifest import save_table
+from ctvlp.data.text import MODEL_TEXT, TextProducts
 from ctvlp.errors import BadDatasetError, CtvlpError
 from ctvlp.train.config import DataConfig
 
@@ -33,16 +37,28 @@ BAD_SAMPLES = "bad_samples.csv"
 READ_ERROR = "read_error"
 """Key of a batch that could not be read: ``{READ_ERROR: (file, reason)}`` (a worker's exception would reach
 the training process as text only)."""
+MODEL_INPUTS = ("image", "slice_mask", "masks", "mask_available", *MODEL_TEXT)
+"""The batch tensors a training step hands the model (``VisionLanguageModel.forward``)."""
+BATCH_TARGETS = ("labels", "label_mask", "label_targets", "label_available")
+"""The batch tensors a training step hands the objective besides the model's outputs (label-aware losses)."""
+
+__all__ = ["BATCH_TARGETS", "MODEL_INPUTS", "READ_ERROR", "ShardedBatches", "TrainCollate", "TrainingSamples",
+           "checked", "drop_bad_samples", "require_split", "set_epoch", "train_loader"]
 
 
-class ShardedBatches(Sampler[list[tuple[int, int]]]):
+class ShardedBatches(Sampler[list[SampleKey]]):
     """The batches of ``inner`` for one process (``batches[rank::world]``, cut to the same count on every
     rank so no process waits for a missing batch), starting at ``start`` (to resume mid-epoch), as
-    ``(epoch, index)`` keys."""
+    :class:`~ctvlp.data.loader.SampleKey` s: the epoch, the sample, the batch's position in the epoch over
+    all processes, and the batch's deepest member (each sample is drawn padded to it, once)."""
 
     def __init__(self, inner: LengthBucketBatchSampler, rank: int = 0, world: int = 1):
         self.inner, self.rank, self.world = inner, rank, world
         self.start = 0
+
+    @property
+    def seed(self) -> int:
+        return self.inner.seed
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.inner.set_epoch(epoch)
@@ -53,9 +69,11 @@ class ShardedBatches(Sampler[list[tuple[int, int]]]):
         usable = len(batches) // self.world * self.world
         return batches[:usable][self.rank::self.world]
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch = self.inner.epoch  # (epoch, index) keys reach persistent workers (see CTDataset.__getitem__)
-        return iter([[(epoch, i) for i in batch] for batch in self._mine()[self.start:]])
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        epoch, depths = self.inner.epoch, self.inner.depths  # keys reach persistent workers (CTDataset.__getitem__)
+        mine = list(enumerate(self._mine()))[self.start:]
+        return iter([[SampleKey(epoch, i, self.rank + self.world * j, int(depths[batch].max())) for i in batch]
+                     for j, batch in mine])
 
     def __len__(self) -> int:
         return len(self.inner) // self.world
@@ -65,31 +83,32 @@ class TrainingSamples(CTDataset):
     """The training split's samples; a sample that cannot be read comes back as ``{READ_ERROR: (file,
     reason)}`` instead of raising, so that the training process learns the file from any worker."""
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict:
         try:
-            return super().__getitem__(key)
+            sample = super().__getitem__(key)
         except CtvlpError as err:
             return {READ_ERROR: (err.path, err.reason)}
+        sample["key"] = SampleKey(*key) if isinstance(key, tuple) else SampleKey(self.epoch, key)
+        return sample
 
 
 @dataclass
 class TrainCollate:
-    """The padding collate, plus tokenisation of each sample's text (done in the loader's workers) when a
-    tokenizer is given; a batch with a sample that could not be read becomes ``{READ_ERROR: (file, reason)}``."""
+    """The stacking collate, then (``text``) every text-derived tensor of the batch, made in the loader's
+    workers from the batch's (epoch, position); a batch with a sample that could not be read becomes
+    ``{READ_ERROR: (file, reason)}``."""
 
     collate: Collate
-    tokenizer: object = None
-    max_length: int = 128
+    text: TextProducts | None = None
 
     def __call__(self, samples: list[dict]) -> dict:
         failed = [s[READ_ERROR] for s in samples if READ_ERROR in s]
         if failed:
             return {READ_ERROR: failed[0]}
         batch = self.collate(samples)
-        if self.tokenizer is not None:
-            tokens = self.tokenizer(batch["text"], padding=True, truncation=True, max_length=self.max_length,
-                                    return_tensors="pt")
-            batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
+        if self.text is not None:
+            key = samples[0]["key"]
+            batch.update(self.text(batch, key.epoch, key.batch))
         return batch
 
 
@@ -117,11 +136,11 @@ def drop_bad_samples(cache: Cache, cfg: DataConfig, out: Path | None) -> list[Ba
     return bad
 
 
-def train_loader(cache: Cache, cfg: DataConfig, tokenizer, seed: int, rank: int = 0,
+def train_loader(cache: Cache, cfg: DataConfig, text: TextProducts | None, seed: int, rank: int = 0,
                  world: int = 1, exclude: Collection[str] = ()) -> DataLoader:
     """The training DataLoader without the volumes ``exclude`` names; its ``batch_sampler`` is a
-    :class:`ShardedBatches` (call ``set_epoch``). With a ``tokenizer`` the workers also tokenise each
-    sample's text (``input_ids``, ``attention_mask``). Pass its batches through :func:`checked`."""
+    :class:`ShardedBatches` (call :func:`set_epoch`). With ``text`` the workers also make the batch's
+    text-derived tensors (see ``ctvlp.data.text``). Pass its batches through :func:`checked`."""
     require_split(cache, cfg.train_split)
     dataset = TrainingSamples(cache, cfg.sampler, split=cfg.train_split, seed=seed, exclude=exclude)
     inner = LengthBucketBatchSampler(dataset.depths(), cfg.batch_size, seed=seed, pool_batches=cfg.pool_batches,
@@ -129,14 +148,8 @@ def train_loader(cache: Cache, cfg: DataConfig, tokenizer, seed: int, rank: int 
     if len(inner) < world:
         raise BadDatasetError(cache.root, f"split {cfg.train_split!r} has {len(dataset)} volumes: fewer than one "
                                           f"batch of {cfg.batch_size} per process ({world} process(es))")
-    collate = TrainCollate(Collate.for_dataset(dataset), tokenizer, cfg.max_text_tokens)
+    collate = TrainCollate(Collate.for_dataset(dataset), text)
     return DataLoader(dataset, batch_sampler=ShardedBatches(inner, rank, world), num_workers=cfg.num_workers,
                       collate_fn=collate,
                       worker_init_fn=seed_worker, persistent_workers=cfg.num_workers > 0,
                       generator=torch.Generator().manual_seed(seed))  # worker seeds: never the global RNG
-
-
-def set_epoch(loader: DataLoader, epoch: int, start: int = 0) -> None:
-    """Move the loader to ``epoch``, skipping its first ``start`` batches (resume)."""
-    loader.dataset.set_epoch(epoch)
-    loader.batch_sampler.set_epoch(epoch, start)

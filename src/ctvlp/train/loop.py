@@ -12,14 +12,13 @@ import contextlib
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from ctvlp.config import to_dict
 from ctvlp.data.cache import Cache
 from ctvlp.data.manifest import label_names_of
-from ctvlp.data.osl_pairs import build_osl_pairs
+from ctvlp.data.text import TextProducts
 from ctvlp.errors import CtvlpError
 from ctvlp.eval.names import CORPUS
 from ctvlp.eval.run import model_prompts
@@ -28,7 +27,8 @@ from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.train import distributed
 from ctvlp.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ctvlp.train.config import TrainConfig
-from ctvlp.train.data import checked, drop_bad_samples, require_split, set_epoch, train_loader
+from ctvlp.train.data import (BATCH_TARGETS, MODEL_INPUTS, checked, drop_bad_samples, require_split, set_epoch,
+                              train_loader)
 from ctvlp.train.metrics_log import MetricsLog
 from ctvlp.train.objective import Objective
 from ctvlp.train.requirements import check_frozen, check_preprocessing, check_requirements
@@ -90,9 +90,8 @@ class Trainer:
         self.trainable = {name for name, p in self.model.named_parameters() if p.requires_grad}
         self.frozen: tuple[str, ...] | None = None
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.steps)
-        tokenizer = self.model.text.tokenizer if cfg.model.text_input == "text" else None
-        self.loader = train_loader(self.cache, cfg.data, tokenizer, cfg.seed, self.place.rank, self.place.world,
-                                   exclude=[b.id for b in bad])
+        self.loader = train_loader(self.cache, cfg.data, self.text_products(), cfg.seed, self.place.rank,
+                                   self.place.world, exclude=[b.id for b in bad])
         self.step, self.epoch, self.batch_in_epoch, self.bad_steps = 0, 0, 0, 0
         self.tokenizer = tokenizer_files(self.model) if self.place.is_main else {}  # carried by every checkpoint
         if resume:
@@ -129,6 +128,15 @@ class Trainer:
     def label_names(self) -> list[str]:
         return list(self.loader.dataset.label_names)
 
+    def text_products(self) -> TextProducts:
+        """What the loader's collate makes of each batch's text for this run's model and objectives:
+        tokens or sentences per ``model.text_input``, and OSL pairs when some objective reads them."""
+        cfg = self.cfg
+        osl = any("osl" in objective.outputs for objective in self.objectives.values())
+        return TextProducts(self.model.text.tokenizer, cfg.model.text_input, cfg.data.max_text_tokens,
+                            cfg.model.text.max_length, cfg.model.sentence_match,
+                            cfg.data.osl_pairs if osl else 0, cfg.seed)
+
     # -- one optimiser step --------------------------------------------------------------------
     def _set_stage(self, frozen: tuple[str, ...]) -> None:
         """Freeze the parameters under the stage's prefixes, unfreeze the other trainable ones."""
@@ -140,22 +148,16 @@ class Trainer:
         self.frozen = frozen
 
     def _micro_step(self, batch: dict, kind: str, sync: bool) -> dict[str, torch.Tensor]:
+        """The batch's tensors (the collate made every text-derived one, ``ctvlp.data.text``) to the model,
+        its outputs and the batch's label targets to the objective, backward."""
         dev, objective = self.place.device, self.objectives[kind]
-        tensors = ("image", "slice_mask", "input_ids", "attention_mask", "masks", "mask_available")
-        inputs = {k: batch[k].to(dev, non_blocking=True) for k in tensors if k in batch}
-        inputs.update(sentences=batch["sentences"], mask_names=batch.get("mask_names"),
-                      label_names=self.label_names(), outputs=objective.outputs)
-        if "osl" in objective.outputs:  # pairs drawn from the batch's reports, seeded by the step (exact resume)
-            rng = np.random.default_rng([self.cfg.seed, self.step, self.place.rank])
-            # from the plain findings, never the structured text ("Heart: positive: ...") the towers read
-            inputs["osl"] = build_osl_pairs(batch["findings"], self.cfg.data.osl_pairs, rng)._asdict()
+        inputs = {k: batch[k].to(dev, non_blocking=True) for k in MODEL_INPUTS if k in batch}
         ctx = contextlib.nullcontext() if sync or self.ddp is self.model else self.ddp.no_sync()
         with ctx:
             with autocast(self.cfg, dev):
-                out = self.ddp(**inputs)
-                targets = {k: batch[k].to(dev) for k in ("labels", "label_mask") if k in batch}  # for label-aware losses
-                if "labels" in targets:
-                    targets.update(label_targets=targets["labels"], label_available=targets["label_mask"])
+                out = self.ddp(**inputs, mask_names=batch.get("mask_names"), label_names=self.label_names(),
+                               outputs=objective.outputs)
+                targets = {k: batch[k].to(dev) for k in BATCH_TARGETS if k in batch}
                 parts = objective(**targets, **{k: v.float() if v.is_floating_point() else v for k, v in out.items()})
             (parts["loss"] / self.cfg.grad_accum).backward()
         return {k: v.detach() for k, v in parts.items()}
