@@ -14,10 +14,10 @@ import ctvlp
 from ctvlp.config import apply_overrides
 from ctvlp.data.cache import Cache
 from ctvlp.data.preprocess import PreprocessConfig
+from ctvlp.data.prompt_names import CORPUS
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.errors import InferenceError
 from ctvlp.eval.generation import generate_reports
-from ctvlp.eval.prompts import CORPUS
 from ctvlp.eval.run import encode_split, evaluate_model
 from ctvlp.inference import CtvlpModel, ModelSpec, export_model
 from ctvlp.io.volume import Volume

@@ -38,14 +38,10 @@ KNOWN_UPWARD = {
     # issue 18's remaining work: each pair is an import of a higher or sibling layer; remove a pair when fixed.
     ("ctvlp.inference.export", "ctvlp.train.checkpoint"),  # one checkpoint reader below train and inference
     ("ctvlp.inference.load", "ctvlp.train.restore"),
-    ("ctvlp.inference.model", "ctvlp.eval.prompts"),
-    ("ctvlp.inference.model", "ctvlp.eval.segmentation"),
-    ("ctvlp.inference.model", "ctvlp.eval.zeroshot"),
     ("ctvlp.models.mae", "ctvlp.losses.mae"),  # targets computed in the model from a loss file
     ("ctvlp.models.vlp", "ctvlp.losses.caption"),
     ("ctvlp.models.voxel_head", "ctvlp.losses.mae"),
     ("ctvlp.train.config", "ctvlp.eval.config"),  # TrainConfig composes eval/config.py's EvalConfig
-    ("ctvlp.train.loop", "ctvlp.eval.names"),
     ("ctvlp.train.loop", "ctvlp.eval.run"),  # the trainer runs the evaluator
     ("ctvlp.train.restore", "ctvlp.recipes"),
 }
@@ -56,9 +52,6 @@ KNOWN_LOCAL = {
     ("ctvlp.eval.run", "ctvlp.eval.generation_probe"),
     ("ctvlp.eval.run", "ctvlp.eval.robustness"),  # the eval/run <-> eval/robustness circle
     ("ctvlp.inference.load", "ctvlp.train.restore"),
-    ("ctvlp.inference.model", "ctvlp.eval.prompts"),
-    ("ctvlp.inference.model", "ctvlp.eval.segmentation"),
-    ("ctvlp.inference.model", "ctvlp.eval.zeroshot"),
     ("ctvlp.models.vit3d", "ctvlp.models.ctvit"),
     ("ctvlp.models.vit3d", "ctvlp.models.resnet3d"),
     ("ctvlp.train.restore", "ctvlp.recipes"),

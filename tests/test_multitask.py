@@ -244,8 +244,8 @@ def test_recipes_evaluate_their_own_tasks(cache, name, task, key):
 def test_uniferum_zero_shot_scores_by_its_own_label_head(cache):
     """Uniferum evaluates with the label head it trains (sigmoid(t cos + b)), not prompt pairs; a model
     without one is refused by name."""
-    from ctvlp.eval.names import LABEL_HEAD
-    from ctvlp.eval.zeroshot import prompt_scorer
+    from ctvlp.data.prompt_names import LABEL_HEAD
+    from ctvlp.models.prompting import prompt_scorer
 
     cfg = get_recipe("uniferum", debug=True)
     assert cfg.eval.prompt_style == LABEL_HEAD

@@ -20,7 +20,7 @@ import yaml
 import ctvlp
 from ctvlp.cli import main
 from ctvlp.config import apply_overrides
-from ctvlp.eval.prompts import load_prompts
+from ctvlp.data.prompts import load_prompts
 from ctvlp.errors import CtvlpError
 from ctvlp.models.text import TINY_BERT, TextTower, TextTowerConfig, TextTowerError, minilm_dir
 from ctvlp.recipes import get_recipe

@@ -25,7 +25,7 @@ class EvalConfig:
     """Split the numbers are reported on (never used to choose anything)."""
     prompt_style: str = "ctclip"
     """Prompt templates from ``ctvlp/data/resources/prompts.yaml`` (e.g. ``ctclip``, ``colipri``, ``ensemble``),
-    or ``corpus``: the sentences of ``corpus_split``'s reports that state one label (``ctvlp.eval.prompts``)."""
+    or ``corpus``: the sentences of ``corpus_split``'s reports that state one label (``ctvlp.data.prompts``)."""
     corpus_split: str = "train"
     """Split whose reports the ``corpus`` prompt style is mined from (the training split: prompts mined from
     the test split's reports would have read the reports the numbers are scored against)."""

@@ -164,7 +164,7 @@ class VisionLanguageModel(nn.Module):
             self.sentence_logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
             self.sentence_logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
         self._sentence_features: dict[str, torch.Tensor] = {}  # memo of the frozen tower, sentence -> (width,)
-        # prompt styles made for this model (name -> style dict, ctvlp.eval.prompts.prompt_set): the style
+        # prompt styles made for this model (name -> style dict, ctvlp.data.prompts.prompt_set): the style
         # mined from its training reports; checkpoints and exports carry it
         self.prompts: dict[str, dict] = {}
         if cfg.seg is not None:

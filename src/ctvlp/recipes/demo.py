@@ -19,7 +19,7 @@ steps) reached AUROC 0.53 / 0.54 / 0.58 on emphysema / mosaic attenuation / grou
 docs/results/demo-windows-2026-11-23.md).
 
 Zero-shot prompts are the training reports' own sentences (``prompt_style="corpus"``,
-``ctvlp.eval.prompts.corpus_style``): the reports never write "medical material", they write "A
+``ctvlp.data.prompts.corpus_style``): the reports never write "medical material", they write "A
 venous port is seen in the right chest wall.".
 
 Our own recipe (no paper): SigVLP (arXiv 2602.21735), whose model it scales down, beside it; every row is [ours]
@@ -67,9 +67,9 @@ Its targets: mean AUROC >= 0.80 and every label >= 0.65 on the synthetic cohort,
 from __future__ import annotations
 
 from ctvlp.data.preprocess import PreprocessConfig
+from ctvlp.data.prompt_names import CORPUS
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.config import EvalConfig
-from ctvlp.eval.names import CORPUS
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig

@@ -62,9 +62,9 @@ The code's fused encoder: the first 4 layers of ``microsoft/BiomedNLP-BiomedBERT
 from __future__ import annotations
 
 from ctvlp.data.preprocess import PreprocessConfig
+from ctvlp.data.prompt_names import LABEL_HEAD
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.config import EvalConfig
-from ctvlp.eval.names import LABEL_HEAD
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig

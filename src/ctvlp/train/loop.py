@@ -20,8 +20,8 @@ from ctvlp.config import to_dict
 from ctvlp.data.cache import Cache
 from ctvlp.data.manifest import label_names_of
 from ctvlp.data.osl_pairs import build_osl_pairs
+from ctvlp.data.prompt_names import CORPUS
 from ctvlp.errors import CtvlpError
-from ctvlp.eval.names import CORPUS
 from ctvlp.eval.run import model_prompts
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.train import distributed
