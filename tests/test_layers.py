@@ -42,7 +42,6 @@ KNOWN_UPWARD = {
     ("ctvlp.models.vlp", "ctvlp.losses.caption"),
     ("ctvlp.models.voxel_head", "ctvlp.losses.mae"),
     ("ctvlp.train.config", "ctvlp.eval.config"),  # TrainConfig composes eval/config.py's EvalConfig
-    ("ctvlp.train.loop", "ctvlp.eval.run"),  # the trainer runs the evaluator
     ("ctvlp.train.restore", "ctvlp.recipes"),
 }
 """(importer, imported) module pairs that break the layer order today."""

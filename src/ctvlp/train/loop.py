@@ -21,8 +21,8 @@ from ctvlp.data.cache import Cache
 from ctvlp.data.manifest import label_names_of
 from ctvlp.data.osl_pairs import build_osl_pairs
 from ctvlp.data.prompt_names import CORPUS
+from ctvlp.data.prompts import prompt_set, split_reports
 from ctvlp.errors import CtvlpError
-from ctvlp.eval.run import model_prompts
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.train import distributed
 from ctvlp.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -79,8 +79,8 @@ class Trainer:
         self.model.vision.set_grad_checkpointing(cfg.grad_checkpointing)
         if cfg.eval.prompt_style == CORPUS:  # mined once from the training reports, carried by the checkpoints
             labels = label_names_of(self.cache.index.columns)
-            style = model_prompts(self.model, self.cache, cfg.eval, labels).style(CORPUS)
-            self.model.prompts = {CORPUS: style.to_dict()}
+            mined = prompt_set(CORPUS, labels, reports=lambda: split_reports(self.cache, cfg.eval.corpus_split))
+            self.model.prompts = {CORPUS: mined.style(CORPUS).to_dict()}
         self.objectives = {kind: Objective(loss) for kind, loss in cfg.objectives.items()}
         self.loss_terms = cfg.all_terms
         if not {"siglip", "swca", "sentence_sigmoid"} & set(self.loss_terms) and "clip" in self.loss_terms:
