@@ -19,8 +19,9 @@ from ctvlp.data.sampling import SamplerConfig
 from ctvlp.errors import InferenceError
 from ctvlp.eval.generation import generate_reports
 from ctvlp.eval.run import encode_split, evaluate_model
-from ctvlp.inference import CtvlpModel, ModelSpec, export_model
+from ctvlp.inference import CtvlpModel, export_model
 from ctvlp.io.volume import Volume
+from ctvlp.models.store import ModelSpec
 from ctvlp.recipes import get_recipe
 from ctvlp.train.loop import Trainer
 from ctvlp.train.restore import load_trained

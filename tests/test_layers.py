@@ -36,13 +36,10 @@ heavy optional dependency on purpose."""
 
 KNOWN_UPWARD = {
     # issue 18's remaining work: each pair is an import of a higher or sibling layer; remove a pair when fixed.
-    ("ctvlp.inference.export", "ctvlp.train.checkpoint"),  # one checkpoint reader below train and inference
-    ("ctvlp.inference.load", "ctvlp.train.restore"),
     ("ctvlp.models.mae", "ctvlp.losses.mae"),  # targets computed in the model from a loss file
     ("ctvlp.models.vlp", "ctvlp.losses.caption"),
     ("ctvlp.models.voxel_head", "ctvlp.losses.mae"),
     ("ctvlp.train.config", "ctvlp.eval.config"),  # TrainConfig composes eval/config.py's EvalConfig
-    ("ctvlp.train.restore", "ctvlp.recipes"),
 }
 """(importer, imported) module pairs that break the layer order today."""
 
@@ -50,10 +47,8 @@ KNOWN_LOCAL = {
     # issue 18's remaining work: function-local imports of ctvlp modules outside cli/ with no reason given.
     ("ctvlp.eval.run", "ctvlp.eval.generation_probe"),
     ("ctvlp.eval.run", "ctvlp.eval.robustness"),  # the eval/run <-> eval/robustness circle
-    ("ctvlp.inference.load", "ctvlp.train.restore"),
     ("ctvlp.models.vit3d", "ctvlp.models.ctvit"),
     ("ctvlp.models.vit3d", "ctvlp.models.resnet3d"),
-    ("ctvlp.train.restore", "ctvlp.recipes"),
 }
 """(importer, imported) module pairs imported inside a function today without the DEFERRED marker."""
 

@@ -20,8 +20,8 @@ from ctvlp.data.reports import structure_report
 from ctvlp.eval.run import evaluate_model
 from ctvlp.models.heads import masked_mean, multiscale_pool
 from ctvlp.models.vlp import VisionLanguageModel
+from ctvlp.models.store import load_checkpoint
 from ctvlp.recipes import get_recipe
-from ctvlp.train.checkpoint import load_checkpoint
 from ctvlp.train.loop import Trainer
 from ctvlp.train.metrics_log import read_metrics
 from conftest import make_synthetic_cache

@@ -23,9 +23,9 @@ from ctvlp.config import apply_overrides
 from ctvlp.data.prompts import load_prompts
 from ctvlp.errors import CtvlpError
 from ctvlp.models.text import TINY_BERT, TextTower, TextTowerConfig, TextTowerError, minilm_dir
+from ctvlp.models.store import FORMAT, FORMAT_VERSION, CheckpointError, load_checkpoint
 from ctvlp.recipes import get_recipe
-from ctvlp.train.checkpoint import (FORMAT, FORMAT_VERSION, CheckpointError, load_checkpoint, rng_state,
-                                    save_checkpoint, set_rng_state)
+from ctvlp.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from ctvlp.train.loop import Trainer
 from ctvlp.train.restore import load_trained
 from conftest import make_synthetic_cache

@@ -35,23 +35,10 @@ from ctvlp.inference.inputs import PreparedSource, read_ct
 from ctvlp.io.volume import Volume
 from ctvlp.models.decoder import special_token_ids
 from ctvlp.models.prompting import encode_texts, prompt_scorer
+from ctvlp.models.store import ModelSpec
 from ctvlp.models.voxel_head import zero_shot_segment
 
 VolumeInput = str | os.PathLike | Volume
-
-
-@dataclass
-class ModelSpec:
-    """What inference needs besides the weights (from a checkpoint or an export's config.json)."""
-
-    preprocess: PreprocessConfig
-    sampler: SamplerConfig
-    """The evaluation sampler (``config.eval.sampler``)."""
-    prompt_style: str
-    label_names: list[str]
-    recipe: str
-    step: int
-    path: str
 
 
 @dataclass
@@ -99,7 +86,8 @@ def _distinct(names: Sequence[str], what: str) -> list[str]:
 
 
 class CtvlpModel:
-    """A :class:`~ctvlp.models.vlp.VisionLanguageModel` in eval mode plus its :class:`ModelSpec`."""
+    """A :class:`~ctvlp.models.vlp.VisionLanguageModel` in eval mode plus its
+    :class:`~ctvlp.models.store.ModelSpec`."""
 
     def __init__(self, model, spec: ModelSpec, device: torch.device | str = "cpu", max_voxels: int | None = None):
         self.model = model.to(device).eval()

@@ -143,12 +143,17 @@ def sentence_key(text: str, match: str) -> int:
 class VisionLanguageModel(nn.Module):
     """3D CT vision tower + text tower + projections + learnable logit scale and bias."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, prompts: dict[str, dict] | None = None, text: TextTowerConfig | None = None):
+        """``prompts``: the prompt styles made for this model (a stored model's, :mod:`ctvlp.models.store`);
+        ``text``: where and how the text tower is loaded when not as ``cfg.text`` says (a stored model's weights
+        come from its file: ``pretrained`` off or its export folder, trust decided by the reader). ``self.cfg`` is
+        ``cfg`` either way: the config as trained."""
         super().__init__()
         self.cfg = cfg
-        check_available(cfg.text)  # a hub text tower neither cached nor reachable fails before any allocation
+        text = cfg.text if text is None else text
+        check_available(text)  # a hub text tower neither cached nor reachable fails before any allocation
         self.vision = create_vision_tower(cfg.vision)
-        self.text = TextTower(cfg.text)
+        self.text = TextTower(text)
         if cfg.image_pool == "projected_attention":  # COLIPRI: the pool projects; nothing follows it
             self.image_pool = ProjectedAttentionPool(self.vision.width, cfg.embed_dim, cfg.image_pool_heads)
             self.image_proj = nn.Identity()
@@ -166,7 +171,7 @@ class VisionLanguageModel(nn.Module):
         self._sentence_features: dict[str, torch.Tensor] = {}  # memo of the frozen tower, sentence -> (width,)
         # prompt styles made for this model (name -> style dict, ctvlp.data.prompts.prompt_set): the style
         # mined from its training reports; checkpoints and exports carry it
-        self.prompts: dict[str, dict] = {}
+        self.prompts: dict[str, dict] = dict(prompts or {})
         if cfg.seg is not None:
             self.seg = nn.ModuleDict({"voxel": VoxelHead.for_tower(cfg.seg, self.vision),
                                       "anchor": AnchorHead(cfg.embed_dim, cfg.seg.embed_dim)})

@@ -84,8 +84,7 @@ from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.config import EvalConfig
 from ctvlp.models.decoder import DecoderConfig
 from ctvlp.models.mae import MaeDecoderConfig
-from ctvlp.models.text import TextTowerConfig
-from ctvlp.recipes.common import CXR_BERT, CXR_BERT_REVISION
+from ctvlp.recipes.common import trusted_text
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.train.config import DataConfig, LossConfig, StageConfig, TrainConfig
@@ -105,9 +104,8 @@ def recipe() -> TrainConfig:
         recipe="colipri",
         # its package's text tower: CXR-BERT-specialized (trust_remote_code, pinned commit), masked-mean-query
         # attention pooling (AttentionPool1D, 12 heads), 512 tokens (training reports: data.max_text_tokens)
-        model=ModelConfig(vision=vision, text=TextTowerConfig(name=CXR_BERT, revision=CXR_BERT_REVISION,
-                                                              trust_remote_code=True, pooling="mean_query",
-                                                              max_length=512), embed_dim=768,
+        model=ModelConfig(vision=vision, text=trusted_text("colipri", pooling="mean_query", max_length=512),
+                          embed_dim=768,
                           text_projection="none",  # its package: "We didn't use a projector during pre-training"
                           image_pool="projected_attention", image_pool_heads=12, init_logit_scale=math.log(1 / 0.07),
                           decoder=DecoderConfig(width=512, depth=4, heads=8, max_length=256),

@@ -81,8 +81,7 @@ import math
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.config import EvalConfig
 from ctvlp.recipes.ctclip import PREPROCESS as CTCLIP_PREPROCESS
-from ctvlp.models.text import TextTowerConfig
-from ctvlp.recipes.common import CXR_BERT, CXR_BERT_REVISION
+from ctvlp.recipes.common import trusted_text
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.models.voxel_head import VoxelHeadConfig
@@ -107,8 +106,7 @@ def recipe() -> TrainConfig:
         recipe="segvl",
         # text encoder "initialised from BioViL ... following Hamamci et al. 2024": BioViL's CXR-BERT as CT-CLIP
         # loads it (CLS, 512 tokens; the paper states no length)
-        model=ModelConfig(vision=vision, text=TextTowerConfig(name=CXR_BERT, revision=CXR_BERT_REVISION,
-                                                              trust_remote_code=True, pooling="cls", max_length=512),
+        model=ModelConfig(vision=vision, text=trusted_text("segvl", pooling="cls", max_length=512),
                           embed_dim=512,
                           projection="mlp_ln", init_logit_scale=math.log(1 / 0.07),
                           seg=VoxelHeadConfig(embed_dim=32, hidden=256), visual_enhancement=True),

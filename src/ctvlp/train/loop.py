@@ -23,9 +23,10 @@ from ctvlp.data.osl_pairs import build_osl_pairs
 from ctvlp.data.prompt_names import CORPUS
 from ctvlp.data.prompts import prompt_set, split_reports
 from ctvlp.errors import CtvlpError
+from ctvlp.models.store import latest_checkpoint, load_checkpoint
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.train import distributed
-from ctvlp.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ctvlp.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from ctvlp.train.config import TrainConfig
 from ctvlp.train.data import checked, drop_bad_samples, require_split, set_epoch, train_loader
 from ctvlp.train.metrics_log import MetricsLog
@@ -73,14 +74,15 @@ class Trainer:
         require_split(self.cache, cfg.data.train_split)
         check_requirements(cfg, self.cache)
         bad = drop_bad_samples(self.cache, cfg.data, self.out if self.place.is_main else None)
-        torch.manual_seed(cfg.seed)
-        self.model = VisionLanguageModel(cfg.model).to(self.place.device)
-        check_frozen(cfg, [name for name, _ in self.model.named_parameters()])
-        self.model.vision.set_grad_checkpointing(cfg.grad_checkpointing)
+        prompts = {}
         if cfg.eval.prompt_style == CORPUS:  # mined once from the training reports, carried by the checkpoints
             labels = label_names_of(self.cache.index.columns)
             mined = prompt_set(CORPUS, labels, reports=lambda: split_reports(self.cache, cfg.eval.corpus_split))
-            self.model.prompts = {CORPUS: mined.style(CORPUS).to_dict()}
+            prompts = {CORPUS: mined.style(CORPUS).to_dict()}
+        torch.manual_seed(cfg.seed)
+        self.model = VisionLanguageModel(cfg.model, prompts=prompts).to(self.place.device)
+        check_frozen(cfg, [name for name, _ in self.model.named_parameters()])
+        self.model.vision.set_grad_checkpointing(cfg.grad_checkpointing)
         self.objectives = {kind: Objective(loss) for kind, loss in cfg.objectives.items()}
         self.loss_terms = cfg.all_terms
         if not {"siglip", "swca", "sentence_sigmoid"} & set(self.loss_terms) and "clip" in self.loss_terms:
