@@ -58,7 +58,7 @@ def test_the_names_the_help_lists_are_those_the_code_runs(capsys):
     from ctvlp.eval.names import EVAL_TASKS
     from ctvlp.eval.run import EXTRA_TASKS
 
-    recipe_files = {m.name for m in pkgutil.iter_modules(ctvlp.recipes.__path__)} - {"common", "debug", "cohort"}
+    recipe_files = {m.name for m in pkgutil.iter_modules(ctvlp.recipes.__path__)} - {"common", "debug", "cohort", "run"}
     assert recipe_files == set(NAMES) and all(get_recipe(name).recipe == name for name in NAMES)
     assert set(EVAL_TASKS) == set(EXTRA_TASKS)
     assert set(prompt_style_names()) == {*load_prompts().styles, LABEL_HEAD, CORPUS}

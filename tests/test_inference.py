@@ -24,7 +24,7 @@ from ctvlp.io.volume import Volume
 from ctvlp.models.store import ModelSpec
 from ctvlp.recipes import get_recipe
 from ctvlp.train.loop import Trainer
-from ctvlp.train.restore import load_trained
+from ctvlp.recipes.run import load_trained
 from conftest import make_synthetic_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")

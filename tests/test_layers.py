@@ -39,7 +39,6 @@ KNOWN_UPWARD = {
     ("ctvlp.models.mae", "ctvlp.losses.mae"),  # targets computed in the model from a loss file
     ("ctvlp.models.vlp", "ctvlp.losses.caption"),
     ("ctvlp.models.voxel_head", "ctvlp.losses.mae"),
-    ("ctvlp.train.config", "ctvlp.eval.config"),  # TrainConfig composes eval/config.py's EvalConfig
 }
 """(importer, imported) module pairs that break the layer order today."""
 

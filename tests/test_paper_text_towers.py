@@ -239,7 +239,7 @@ from ctvlp.models.text import TextTowerError
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import get_recipe
 from ctvlp.train.checkpoint import save_checkpoint
-from ctvlp.train.restore import load_trained
+from ctvlp.recipes.run import load_trained
 
 out = Path(sys.argv[1])
 cfg = get_recipe("ctclip", debug=True)  # tiny CTViT; the recipe's own text tower (the cached CXR-BERT stand-in)

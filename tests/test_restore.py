@@ -12,7 +12,7 @@ from ctvlp.models.store import CheckpointError, load_checkpoint
 from ctvlp.recipes import get_recipe
 from ctvlp.train.checkpoint import save_checkpoint
 from ctvlp.train.loop import Trainer
-from ctvlp.train.restore import load_trained
+from ctvlp.recipes.run import load_trained
 from conftest import make_synthetic_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -27,7 +27,7 @@ from ctvlp.models.store import FORMAT, FORMAT_VERSION, CheckpointError, load_che
 from ctvlp.recipes import get_recipe
 from ctvlp.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from ctvlp.train.loop import Trainer
-from ctvlp.train.restore import load_trained
+from ctvlp.recipes.run import load_trained
 from conftest import make_synthetic_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from ctvlp.eval.outputs import write_outputs
     from ctvlp.eval.paper import format_rows, paper_rows, paper_tasks
     from ctvlp.eval.suite import SuiteConfig, run_suite, with_overrides
-    from ctvlp.train.restore import load_trained
+    from ctvlp.recipes.run import load_trained
 
     trained = load_trained(args.checkpoint, args.device)
     cache = Cache(args.data)

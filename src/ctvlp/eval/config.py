@@ -1,10 +1,9 @@
-"""The typed configuration of a model's evaluation: ``TrainConfig.eval`` of a run, what ``ctvlp eval`` reads
+"""The typed configuration of a model's evaluation: ``RunConfig.eval`` of a run, what ``ctvlp eval`` reads
 from a checkpoint (with its overrides), and the ``cfg`` every evaluation function here takes.
 
 The eval layer owns it (issue 18's target: ``EvalConfig`` in ``eval/``). Of ctvlp it imports only
-``data.sampling`` (below) and ``eval.names``, so ``ctvlp.train.config``, which composes it into ``TrainConfig``
-(a run's saved config carries how its model is evaluated), imports a plain dataclass from its sibling and
-nothing that runs an evaluation.
+``data.sampling`` and ``eval.names``; training's config does not import it: the run config that composes both
+(a run's saved config carries how its model is evaluated) is ``ctvlp.recipes.run.RunConfig``, a layer above.
 """
 
 from __future__ import annotations

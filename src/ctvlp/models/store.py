@@ -20,7 +20,7 @@ encoder's, ``text.model.*``) and ``text/`` (``TextTower.save_pretrained``). Only
 
 Of a checkpoint's config only what the model needs is read -- ``model`` (ModelConfig), ``recipe``, and of
 ``eval`` the ``sampler`` and ``prompt_style`` -- so this reader needs neither the trainer's nor the
-evaluator's config class (``ctvlp.train.restore`` parses the whole run config for training's own use).
+evaluator's config class (``ctvlp.recipes.run`` parses the whole run config where a caller needs it).
 The model is built once with its as-trained config, its prompt styles and a text tower loaded without the
 hub: a checkpoint's encoder weights come from the file (``pretrained`` off; a hub-id tower still needs its
 config from the hub cache), an export's from ``text/``. A text model's own Python code (``auto_map``) runs

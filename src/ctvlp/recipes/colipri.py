@@ -85,9 +85,10 @@ from ctvlp.eval.config import EvalConfig
 from ctvlp.models.decoder import DecoderConfig
 from ctvlp.models.mae import MaeDecoderConfig
 from ctvlp.recipes.common import trusted_text
+from ctvlp.recipes.run import RunConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
-from ctvlp.train.config import DataConfig, LossConfig, StageConfig, TrainConfig
+from ctvlp.train.config import DataConfig, LossConfig, StageConfig
 from ctvlp.train.optim import OptimConfig
 
 
@@ -96,11 +97,11 @@ PREPROCESS = PreprocessConfig(spacing=(2.0, 2.0, 2.0), hu_window=(-1000.0, 1000.
 field of view; the sampler crops 160^3 for training (the paper) and 192^3 for evaluation (the package)."""
 
 
-def recipe() -> TrainConfig:
+def recipe() -> RunConfig:
     """The recipe's complete config (see the module docstring)."""
     vision = vit_config("primus-m")
     sampler = SamplerConfig(mode="whole", size=(160, 160), max_slices=160, text="structured")
-    return TrainConfig(
+    return RunConfig(
         recipe="colipri",
         # its package's text tower: CXR-BERT-specialized (trust_remote_code, pinned commit), masked-mean-query
         # attention pooling (AttentionPool1D, 12 heads), 512 tokens (training reports: data.max_text_tokens)

@@ -74,7 +74,8 @@ from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.recipes.common import train_depth
-from ctvlp.train.config import DataConfig, LossConfig, TrainConfig
+from ctvlp.recipes.run import RunConfig
+from ctvlp.train.config import DataConfig, LossConfig
 from ctvlp.train.optim import OptimConfig
 
 
@@ -89,14 +90,14 @@ PREPROCESS = PreprocessConfig(spacing=(3.0, 3.0, 6.0), antialias=True)
 2-core CPU trains on at ~90 samples/s (lesions are synthesised at the ``large`` size to span voxels)."""
 
 
-def recipe() -> TrainConfig:
+def recipe() -> RunConfig:
     """The recipe's complete config (see the module docstring)."""
     vision = vit_config("small", width=192, depth=4, heads=3, patch=(4, 8, 8), pos="rope", rope_base=1000.0,
                         stem="conv", in_chans=len(DEMO_WINDOWS))
     text = TextTowerConfig(name="minilm", pooling="mean", freeze="all", max_length=64)
     sampler = SamplerConfig(mode="chunk", chunk_depth=16, padding="repeat", size=(32, 40), random_crop=True,
                             text="organs", windows=DEMO_WINDOWS)
-    return TrainConfig(
+    return RunConfig(
         recipe="demo",
         model=ModelConfig(vision=vision, text=text, embed_dim=256, image_pool="max", projection="mlp_bn",
                           text_input="sentences", sentence_match="findings", sentence_logits=True),

@@ -74,10 +74,10 @@ class Trainer:
         require_split(self.cache, cfg.data.train_split)
         check_requirements(cfg, self.cache)
         bad = drop_bad_samples(self.cache, cfg.data, self.out if self.place.is_main else None)
-        prompts = {}
-        if cfg.eval.prompt_style == CORPUS:  # mined once from the training reports, carried by the checkpoints
+        prompts, corpus = {}, cfg.prompt_corpus()
+        if corpus is not None:  # the corpus style, mined once from the training reports, carried by the checkpoints
             labels = label_names_of(self.cache.index.columns)
-            mined = prompt_set(CORPUS, labels, reports=lambda: split_reports(self.cache, cfg.eval.corpus_split))
+            mined = prompt_set(CORPUS, labels, reports=lambda: split_reports(self.cache, corpus))
             prompts = {CORPUS: mined.style(CORPUS).to_dict()}
         torch.manual_seed(cfg.seed)
         self.model = VisionLanguageModel(cfg.model, prompts=prompts).to(self.place.device)
