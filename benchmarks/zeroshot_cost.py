@@ -3,7 +3,7 @@
     python benchmarks/zeroshot_cost.py [--n 256] [--repeats 3]
 
 ctvlp encodes each volume once and each prompt once, then scores every (volume, label) pair with
-one matmul (``ctvlp.eval.zeroshot.zero_shot_scores``); CT-CLIP's evaluation re-encodes the volume for
+one matmul (``ctvlp.models.prompting.zero_shot_scores``); CT-CLIP's evaluation re-encodes the volume for
 every label. Three timings on the demo recipe's model (random weights, the packaged MiniLM text
 tower) and N random volumes of the demo's evaluation shape (16 x 32 x 40), batch 32:
 
@@ -24,9 +24,8 @@ import torch
 from machine import median_seconds, save_result
 
 from ctvlp.data.labels import CTRATE_LABELS
-from ctvlp.eval.prompts import build_prompts
-from ctvlp.eval.zeroshot import encode_texts
-from ctvlp.eval.zeroshot import zero_shot_scores
+from ctvlp.data.prompts import build_prompts
+from ctvlp.models.prompting import encode_texts, zero_shot_scores
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import get_recipe
 

@@ -82,8 +82,8 @@ def stages(model, path: Path) -> dict:
     small = np.rint(small).astype(np.int16)
     _, t_body = timed(lambda: pp.body_mask(small, cfg.body_threshold))
     _, t_sample = timed(lambda: model.sample(prepared))
-    from ctvlp.eval.prompts import build_prompts
-    from ctvlp.eval.zeroshot import encode_texts
+    from ctvlp.data.prompts import build_prompts
+    from ctvlp.models.prompting import encode_texts
 
     texts, _ = build_prompts(model.spec.label_names, model.spec.prompt_style)
     _, t_prompts = timed(lambda: encode_texts(model.model, texts))

@@ -229,7 +229,7 @@ def test_a_one_slice_volume_is_repeat_padded_in_a_batch_and_evaluated(data, run,
     assert image.shape[1] == 8 and real.tolist() == [True] + [False] * 7  # chunk_depth 8, the slice repeated
     assert all(torch.equal(image[:, d], image[:, 0]) for d in range(8))
     from ctvlp.eval.run import evaluate_model
-    from ctvlp.train.restore import load_trained
+    from ctvlp.recipes.run import load_trained
 
     trained = load_trained(run)
     _, test, scores, _ = evaluate_model(trained.model, Cache(data["cache"]), trained.config.eval, details=True)

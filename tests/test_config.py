@@ -12,7 +12,7 @@ from ctvlp.models.ctvit import ctvit_config
 from ctvlp.models.resnet3d import resnet_config
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
-from ctvlp.train.config import TrainConfig
+from ctvlp.recipes.run import RunConfig
 
 
 @dataclass
@@ -78,13 +78,13 @@ def test_retired_fields_of_an_old_checkpoint_are_dropped(tower):
     """A config saved before issue 18 (``eval.every``, ``model.vision.grad_checkpointing``) still loads, to the
     config it would be today; a genuinely unknown key next to them is still refused, and so is an override."""
     vision = {"vit": vit_config("debug"), "resnet": resnet_config(18), "ctvit": ctvit_config("debug")}[tower]
-    cfg = TrainConfig(model=ModelConfig(vision=vision))
+    cfg = RunConfig(model=ModelConfig(vision=vision))
     old = to_dict(cfg)
     old["eval"]["every"] = 50
     old["model"]["vision"]["grad_checkpointing"] = True
-    assert from_dict(TrainConfig, old) == cfg
+    assert from_dict(RunConfig, old) == cfg
     old["eval"]["evry"] = 1
     with pytest.raises(ConfigError, match=r"eval\.: unknown field\(s\) \['evry'\]"):
-        from_dict(TrainConfig, old)
+        from_dict(RunConfig, old)
     with pytest.raises(ConfigError, match="eval.every is not a config field"):
         apply_overrides(cfg, ["eval.every=5"])

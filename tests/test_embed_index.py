@@ -18,8 +18,9 @@ from ctvlp.cli import main
 from ctvlp.config import apply_overrides
 from ctvlp.inference.batch import find_inputs, read_embeddings, slice_count
 from ctvlp.inference.index import load_index, model_fingerprint
+from ctvlp.models.store import load_checkpoint
 from ctvlp.recipes import get_recipe
-from ctvlp.train.checkpoint import load_checkpoint, save_checkpoint
+from ctvlp.train.checkpoint import save_checkpoint
 from ctvlp.train.loop import Trainer
 from conftest import make_synthetic_cache, stderr_terminal
 

@@ -23,7 +23,7 @@ from ctvlp.eval.run import encode_split, evaluate_model
 from ctvlp.recipes import get_recipe, list_recipes
 from ctvlp.recipes.cohort import cohort_variant
 from ctvlp.train.loop import Trainer
-from ctvlp.train.restore import load_trained
+from ctvlp.recipes.run import load_trained
 from conftest import make_synthetic_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")

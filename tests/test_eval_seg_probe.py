@@ -20,7 +20,7 @@ from ctvlp.eval.run import evaluate_model
 from ctvlp.eval.seg_probe import evaluate_seg_probe, train_probe, trained_probe
 from ctvlp.recipes import get_recipe
 from ctvlp.train.loop import Trainer
-from ctvlp.train.restore import load_trained
+from ctvlp.recipes.run import load_trained
 from conftest import make_synthetic_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")

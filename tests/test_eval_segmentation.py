@@ -18,8 +18,8 @@ from torch import nn
 
 from ctvlp.data.cache import Cache
 from ctvlp.data.sampling import SamplerConfig
-from ctvlp.eval.segmentation import (anchor_predictor, evaluate_segmentation, segment_volumes, structure_scores,
-                                     volume_windows)
+from ctvlp.data.sampling import volume_windows
+from ctvlp.eval.segmentation import anchor_predictor, evaluate_segmentation, segment_volumes, structure_scores
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import get_recipe
 from ctvlp.recipes.segvl import SEGVL_MASKS

@@ -240,7 +240,7 @@ def test_report_shows_each_extra_tasks_table_and_overlays(tmp_path):
 def test_extra_tasks_see_the_suites_task_list(run):
     """robustness repeats the organs task asked for on the command line, not only the checkpoint's eval.tasks."""
     from ctvlp.eval.suite import run_suite
-    from ctvlp.train.restore import load_trained
+    from ctvlp.recipes.run import load_trained
 
     ckpt, cache = run
     trained = load_trained(ckpt)
@@ -317,9 +317,9 @@ def test_corpus_prompts_mined_at_evaluation_equal_the_ones_the_model_carries(run
     """A model trained with style corpus scores with its own mined prompts; one without them (cleared here)
     gets the same prompts mined from the cache's corpus split, and a missing split is a clear error."""
     from ctvlp.errors import CtvlpError
-    from ctvlp.eval.prompts import CORPUS
+    from ctvlp.data.prompt_names import CORPUS
     from ctvlp.eval.suite import run_suite
-    from ctvlp.train.restore import load_trained
+    from ctvlp.recipes.run import load_trained
 
     ckpt, cache = run
     trained = load_trained(ckpt)

@@ -11,8 +11,10 @@ import torch
 from ctvlp.data.labels import CTRATE_LABELS
 from ctvlp.errors import CtvlpError
 from ctvlp.eval.metrics import auroc, best_f1_threshold, binary_metrics
-from ctvlp.eval.prompts import CORPUS, PromptStyle, build_prompts, corpus_style, load_prompts, prompt_set
-from ctvlp.eval.zeroshot import evaluate_zero_shot, zero_shot_scores
+from ctvlp.data.prompt_names import CORPUS
+from ctvlp.data.prompts import PromptStyle, build_prompts, corpus_style, load_prompts, prompt_set
+from ctvlp.eval.zeroshot import evaluate_zero_shot
+from ctvlp.models.prompting import zero_shot_scores
 
 
 # ---------------------------------------------------------------- prompts

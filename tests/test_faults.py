@@ -35,9 +35,8 @@ from ctvlp.data.cache import Cache
 from ctvlp.errors import CtvlpError
 from ctvlp.fsutil import TEMP
 from ctvlp.inference.batch import read_embeddings
-from ctvlp.inference.export import is_export
 from ctvlp.inference.index import load_index
-from ctvlp.train.checkpoint import list_checkpoints, load_checkpoint
+from ctvlp.models.store import is_export, list_checkpoints, load_checkpoint
 from ctvlp.train.metrics_log import MetricsLog, read_metrics
 
 SEED = 5

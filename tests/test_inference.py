@@ -14,16 +14,17 @@ import ctvlp
 from ctvlp.config import apply_overrides
 from ctvlp.data.cache import Cache
 from ctvlp.data.preprocess import PreprocessConfig
+from ctvlp.data.prompt_names import CORPUS
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.errors import InferenceError
 from ctvlp.eval.generation import generate_reports
-from ctvlp.eval.prompts import CORPUS
 from ctvlp.eval.run import encode_split, evaluate_model
-from ctvlp.inference import CtvlpModel, ModelSpec, export_model
+from ctvlp.inference import CtvlpModel, export_model
 from ctvlp.io.volume import Volume
+from ctvlp.models.store import ModelSpec
 from ctvlp.recipes import get_recipe
 from ctvlp.train.loop import Trainer
-from ctvlp.train.restore import load_trained
+from ctvlp.recipes.run import load_trained
 from conftest import make_synthetic_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,8 +12,9 @@ import torch
 import ctvlp
 from ctvlp.cli import main
 from ctvlp.config import apply_overrides
+from ctvlp.models.store import load_checkpoint
 from ctvlp.recipes import get_recipe
-from ctvlp.train.checkpoint import load_checkpoint, save_checkpoint
+from ctvlp.train.checkpoint import save_checkpoint
 from ctvlp.train.loop import Trainer
 from conftest import make_synthetic_cache
 

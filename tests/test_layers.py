@@ -36,15 +36,6 @@ heavy optional dependency on purpose."""
 
 KNOWN_UPWARD = {
     # issue 18's remaining work: each pair is an import of a higher or sibling layer; remove a pair when fixed.
-    ("ctvlp.inference.export", "ctvlp.train.checkpoint"),  # one checkpoint reader below train and inference
-    ("ctvlp.inference.load", "ctvlp.train.restore"),
-    ("ctvlp.inference.model", "ctvlp.eval.prompts"),
-    ("ctvlp.inference.model", "ctvlp.eval.segmentation"),
-    ("ctvlp.inference.model", "ctvlp.eval.zeroshot"),
-    ("ctvlp.train.config", "ctvlp.eval.config"),  # TrainConfig composes eval/config.py's EvalConfig
-    ("ctvlp.train.loop", "ctvlp.eval.names"),
-    ("ctvlp.train.loop", "ctvlp.eval.run"),  # the trainer runs the evaluator
-    ("ctvlp.train.restore", "ctvlp.recipes"),
 }
 """(importer, imported) module pairs that break the layer order today."""
 
@@ -52,11 +43,6 @@ KNOWN_LOCAL = {
     # issue 18's remaining work: function-local imports of ctvlp modules outside cli/ with no reason given.
     ("ctvlp.eval.run", "ctvlp.eval.generation_probe"),
     ("ctvlp.eval.run", "ctvlp.eval.robustness"),  # the eval/run <-> eval/robustness circle
-    ("ctvlp.inference.load", "ctvlp.train.restore"),
-    ("ctvlp.inference.model", "ctvlp.eval.prompts"),
-    ("ctvlp.inference.model", "ctvlp.eval.segmentation"),
-    ("ctvlp.inference.model", "ctvlp.eval.zeroshot"),
-    ("ctvlp.train.restore", "ctvlp.recipes"),
 }
 """(importer, imported) module pairs imported inside a function today without the DEFERRED marker."""
 

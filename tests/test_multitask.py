@@ -22,8 +22,8 @@ from ctvlp.data.text import osl_tensors
 from ctvlp.eval.run import evaluate_model
 from ctvlp.models.heads import masked_mean, multiscale_pool
 from ctvlp.models.vlp import VisionLanguageModel
+from ctvlp.models.store import load_checkpoint
 from ctvlp.recipes import get_recipe
-from ctvlp.train.checkpoint import load_checkpoint
 from ctvlp.train.loop import Trainer
 from ctvlp.train.metrics_log import read_metrics
 from conftest import make_synthetic_cache
@@ -247,8 +247,8 @@ def test_recipes_evaluate_their_own_tasks(cache, name, task, key):
 def test_uniferum_zero_shot_scores_by_its_own_label_head(cache):
     """Uniferum evaluates with the label head it trains (sigmoid(t cos + b)), not prompt pairs; a model
     without one is refused by name."""
-    from ctvlp.eval.names import LABEL_HEAD
-    from ctvlp.eval.zeroshot import prompt_scorer
+    from ctvlp.data.prompt_names import LABEL_HEAD
+    from ctvlp.models.prompting import prompt_scorer
 
     cfg = get_recipe("uniferum", debug=True)
     assert cfg.eval.prompt_style == LABEL_HEAD

@@ -13,10 +13,10 @@ import torch
 import transformers
 
 from ctvlp.cli import main
-from ctvlp.models.text import MINILM_POSITIONS, TINY_BERT, TextTower, TextTowerConfig, TextTowerError, minilm_dir
-from ctvlp.recipes import get_recipe
+from ctvlp.models.text import (CXR_BERT, CXR_BERT_REVISION, MINILM_POSITIONS, TINY_BERT, TRUSTED_TEXT_TOWERS, TextTower,
+                               TextTowerConfig, TextTowerError, minilm_dir, recipe_trusts)
+from ctvlp.recipes import NAMES, get_recipe
 from ctvlp.recipes.cohort import cohort_variant
-from ctvlp.recipes.common import CXR_BERT, CXR_BERT_REVISION
 
 PAPER_TOWERS = {  # recipe: (hub id, pooling, max_length, trust_remote_code, revision, training token budget)
     "ctclip": (CXR_BERT, "cls", 512, True, CXR_BERT_REVISION, 512),
@@ -44,6 +44,19 @@ def test_full_recipes_name_their_papers_text_encoder(name):
             cfg.data.max_text_tokens) == PAPER_TOWERS[name]
     assert text.freeze == ("all" if name == "scalevlp" else "none")  # SCALE-VLP's BioClinicalBERT is frozen
     assert CXR_BERT == "microsoft/BiomedVLP-CXR-BERT-specialized" and len(CXR_BERT_REVISION) == 40
+
+
+def test_the_trusted_towers_are_exactly_the_recipes_that_trust_one():
+    """models.text.TRUSTED_TEXT_TOWERS (what a stored model's recipe may trust) lists every recipe that sets
+    trust_remote_code, with exactly its hub id and pinned revision, and nothing else."""
+    trusting = {name: (get_recipe(name).model.text.name, get_recipe(name).model.text.revision)
+                for name in NAMES if get_recipe(name).model.text.trust_remote_code}
+    assert TRUSTED_TEXT_TOWERS == trusting == {name: (CXR_BERT, CXR_BERT_REVISION) for name in ("ctclip", "segvl",
+                                                                                              "colipri")}
+    own = get_recipe("ctclip").model.text
+    assert recipe_trusts("ctclip", own) and not recipe_trusts("custom", own) and not recipe_trusts("demo", own)
+    for changed in ({"revision": "main"}, {"revision": None}, {"name": "someone/else"}, {"trust_remote_code": False}):
+        assert not recipe_trusts("ctclip", TextTowerConfig(**{**own.__dict__, **changed})), changed
 
 
 @pytest.mark.parametrize("name", ["sigvlp", "uniferum", "demo"])
@@ -226,7 +239,7 @@ from ctvlp.models.text import TextTowerError
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import get_recipe
 from ctvlp.train.checkpoint import save_checkpoint
-from ctvlp.train.restore import load_trained
+from ctvlp.recipes.run import load_trained
 
 out = Path(sys.argv[1])
 cfg = get_recipe("ctclip", debug=True)  # tiny CTViT; the recipe's own text tower (the cached CXR-BERT stand-in)

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from ctvlp.config import apply_overrides
+from ctvlp.models.store import CheckpointError, load_checkpoint
 from ctvlp.recipes import get_recipe
-from ctvlp.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ctvlp.train.checkpoint import save_checkpoint
 from ctvlp.train.loop import Trainer
-from ctvlp.train.restore import load_trained
+from ctvlp.recipes.run import load_trained
 from conftest import make_synthetic_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -20,14 +20,14 @@ import yaml
 import ctvlp
 from ctvlp.cli import main
 from ctvlp.config import apply_overrides
-from ctvlp.eval.prompts import load_prompts
+from ctvlp.data.prompts import load_prompts
 from ctvlp.errors import CtvlpError
 from ctvlp.models.text import TINY_BERT, TextTower, TextTowerConfig, TextTowerError, minilm_dir
+from ctvlp.models.store import FORMAT, FORMAT_VERSION, CheckpointError, load_checkpoint
 from ctvlp.recipes import get_recipe
-from ctvlp.train.checkpoint import (FORMAT, FORMAT_VERSION, CheckpointError, load_checkpoint, rng_state,
-                                    save_checkpoint, set_rng_state)
+from ctvlp.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from ctvlp.train.loop import Trainer
-from ctvlp.train.restore import load_trained
+from ctvlp.recipes.run import load_trained
 from conftest import make_synthetic_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")

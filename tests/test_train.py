@@ -16,8 +16,8 @@ import torch
 
 from ctvlp.cli import main
 from ctvlp.config import apply_overrides
+from ctvlp.models.store import list_checkpoints, load_checkpoint
 from ctvlp.recipes import get_recipe, list_recipes
-from ctvlp.train.checkpoint import list_checkpoints, load_checkpoint
 from ctvlp.train.loop import Trainer, TrainingError
 from ctvlp.train.metrics_log import read_metrics
 from conftest import make_synthetic_cache

@@ -1,6 +1,6 @@
 """`ctvlp config RECIPE [--debug] [--steps N] [--set a.b=value ...] [--json]`: a recipe's resolved config.
 
-Prints the TrainConfig that `ctvlp train` runs with the same --recipe, --debug, --steps and --set:
+Prints the run config (RunConfig) that `ctvlp train` runs with the same --recipe, --debug, --steps and --set:
 every field with its value and its help, as YAML with the help as comments (valid YAML: save it and
 read it back), or with --json as plain JSON. A field's path is what --set takes: `lr` under `optim:`
 is `--set optim.lr=3e-4`.

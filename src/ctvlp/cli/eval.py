@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ctvlp.cli._model import add_device_arg
 from ctvlp.data.labels import PROTOCOLS
-from ctvlp.eval.names import CORE_TASKS, CORPUS, EVAL_TASKS, LABEL_HEAD, prompt_style_names
+from ctvlp.data.prompt_names import CORPUS, LABEL_HEAD, prompt_style_names
+from ctvlp.eval.names import CORE_TASKS, EVAL_TASKS
 
 TASKS = (*CORE_TASKS, *EVAL_TASKS)
 
@@ -70,7 +71,7 @@ def check_prompt_style(style: str | None, prompts: Path | None) -> None:
     if prompts is None:
         names = prompt_style_names()
     else:
-        from ctvlp.eval.prompts import load_prompts
+        from ctvlp.data.prompts import load_prompts
 
         names = (*load_prompts(prompts).styles, LABEL_HEAD, CORPUS)
     if style not in names:
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from ctvlp.eval.outputs import write_outputs
     from ctvlp.eval.paper import format_rows, paper_rows, paper_tasks
     from ctvlp.eval.suite import SuiteConfig, run_suite, with_overrides
-    from ctvlp.train.restore import load_trained
+    from ctvlp.recipes.run import load_trained
 
     trained = load_trained(args.checkpoint, args.device)
     cache = Cache(args.data)

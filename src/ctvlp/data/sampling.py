@@ -361,3 +361,21 @@ def window_sample(volume, sampler: SamplerConfig, z0: int, z1: int, hu_window: t
     depth = max(z1 - z0, sampler.chunk_depth) if sampler.mode == "chunk" else z1 - z0
     config = dataclasses.replace(sampler, mode="chunk", chunk_depth=depth)
     return draw_sample(VolumeRecord(volume=ZWindow(volume, z0, z1)), config, np.random.default_rng(0), hu_window)
+
+
+def volume_windows(num_slices: int, depth: int | None) -> list[tuple[int, int]]:
+    """The ``[z0, z1)`` windows that cover ``num_slices`` slices with windows of ``depth`` slices
+    (None: one window): starts 0, depth, 2 depth, ..., the last moved to end at ``num_slices``."""
+    if num_slices < 1:
+        raise ValueError(f"num_slices must be positive, got {num_slices}")
+    if depth is None or num_slices <= depth:
+        return [(0, num_slices)]
+    if depth < 1:
+        raise ValueError(f"depth must be positive, got {depth}")
+    starts = list(range(0, num_slices - depth, depth)) + [num_slices - depth]
+    return [(s, s + depth) for s in starts]
+
+
+def window_depth(sampler: SamplerConfig) -> int | None:
+    """W: ``chunk_depth`` in ``chunk`` mode, ``max_slices`` (None: whole volume) in ``whole`` mode."""
+    return sampler.chunk_depth if sampler.mode == "chunk" else sampler.max_slices

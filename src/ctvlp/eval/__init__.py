@@ -1,6 +1,7 @@
 """Evaluation over embeddings: metrics as pure functions, zero-shot classification, retrieval.
 
-Nothing here runs a model: callers encode each volume and each text once and pass the embeddings.
+Callers encode each volume and each text once and pass the embeddings (prompt texts are
+:mod:`ctvlp.data.prompts`', their encoding and scores :mod:`ctvlp.models.prompting`'s).
 The names below load their module on first use, so that a light submodule (:mod:`ctvlp.eval.names`,
 read by the CLI's help) does not pull in torch.
 """
@@ -11,9 +12,8 @@ import importlib
 
 _EXPORTS = {
     "auroc": "metrics", "best_f1_threshold": "metrics", "binary_metrics": "metrics", "bootstrap_ci": "metrics",
-    "PromptIndex": "prompts", "PromptSet": "prompts", "PromptStyle": "prompts", "build_prompts": "prompts",
-    "load_prompts": "prompts", "retrieval_both": "retrieval", "retrieval_metrics": "retrieval",
-    "retrieval_ranks": "retrieval", "evaluate_zero_shot": "zeroshot", "zero_shot_scores": "zeroshot",
+    "retrieval_both": "retrieval", "retrieval_metrics": "retrieval", "retrieval_ranks": "retrieval",
+    "evaluate_zero_shot": "zeroshot",
 }
 """Exported name -> the submodule that defines it."""
 

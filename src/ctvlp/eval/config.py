@@ -1,10 +1,9 @@
-"""The typed configuration of a model's evaluation: ``TrainConfig.eval`` of a run, what ``ctvlp eval`` reads
+"""The typed configuration of a model's evaluation: ``RunConfig.eval`` of a run, what ``ctvlp eval`` reads
 from a checkpoint (with its overrides), and the ``cfg`` every evaluation function here takes.
 
 The eval layer owns it (issue 18's target: ``EvalConfig`` in ``eval/``). Of ctvlp it imports only
-``data.sampling`` (below) and ``eval.names``, so ``ctvlp.train.config``, which composes it into ``TrainConfig``
-(a run's saved config carries how its model is evaluated), imports a plain dataclass from its sibling and
-nothing that runs an evaluation.
+``data.sampling`` and ``eval.names``; training's config does not import it: the run config that composes both
+(a run's saved config carries how its model is evaluated) is ``ctvlp.recipes.run.RunConfig``, a layer above.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ class EvalConfig:
     """Split the numbers are reported on (never used to choose anything)."""
     prompt_style: str = "ctclip"
     """Prompt templates from ``ctvlp/data/resources/prompts.yaml`` (e.g. ``ctclip``, ``colipri``, ``ensemble``),
-    or ``corpus``: the sentences of ``corpus_split``'s reports that state one label (``ctvlp.eval.prompts``)."""
+    or ``corpus``: the sentences of ``corpus_split``'s reports that state one label (``ctvlp.data.prompts``)."""
     corpus_split: str = "train"
     """Split whose reports the ``corpus`` prompt style is mined from (the training split: prompts mined from
     the test split's reports would have read the reports the numbers are scored against)."""

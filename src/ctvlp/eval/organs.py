@@ -22,7 +22,7 @@ deeper than the chunk gives one chunk, padded as in training. In ``whole`` sampl
 is one sample (its centred ``max_slices``). Pixels go through the training sampler
 (:func:`ctvlp.data.sampling.draw_sample`: same windows, in-plane size and depth padding, centre
 crop). Every chunk is encoded once, every prompt once; the score of organ o in chunk n is the
-softmax over o's (positive, negative) prompt pair (:func:`ctvlp.eval.zeroshot.zero_shot_scores`),
+softmax over o's (positive, negative) prompt pair (:func:`ctvlp.models.prompting.zero_shot_scores`),
 and the metrics follow :func:`ctvlp.eval.zeroshot.evaluate_zero_shot`: per organ, the F1 threshold
 is chosen on the validation split's chunks and applied to the test split's.
 """
@@ -39,12 +39,13 @@ import torch
 
 from ctvlp.data.loader import Collate
 from ctvlp.data.preprocess import AIR_HU, window
+from ctvlp.data.prompts import PromptSet, PromptStyle, build_prompts
 from ctvlp.data.reports import ORGANS, canonical_organ
 from ctvlp.data.sampling import SamplerConfig, window_sample
 from ctvlp.errors import BadDatasetError
-from ctvlp.eval.prompts import PromptSet, PromptStyle, build_prompts
-from ctvlp.eval.zeroshot import encode_texts, evaluate_zero_shot, zero_shot_scores
+from ctvlp.eval.zeroshot import evaluate_zero_shot
 from ctvlp.fsutil import jsonable
+from ctvlp.models.prompting import encode_texts, zero_shot_scores
 
 DEFAULT_STYLE = "organs"
 """Prompt style in ``prompts.yaml``: "This region contains the {label}." / "... does not contain ..."."""

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from ctvlp.data.preprocess import PreprocessConfig, preprocess
-from ctvlp.data.sampling import SamplerConfig
+from ctvlp.data.sampling import SamplerConfig, window_depth
 from ctvlp.data.volumes import MemoryVolume
 from ctvlp.errors import BadDatasetError
 from ctvlp.eval.overlays import OverlayCollector
-from ctvlp.eval.segmentation import anchor_predictor, check_voxel_head, segment_volumes, summarise, window_depth
+from ctvlp.eval.segmentation import anchor_predictor, check_voxel_head, segment_volumes, summarise
 from ctvlp.fsutil import jsonable
 from ctvlp.io.load import load_volume
 from ctvlp.io.volume import Volume

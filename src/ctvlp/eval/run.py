@@ -19,16 +19,17 @@ import torch
 from ctvlp.data.cache import Cache
 from ctvlp.data.loader import make_loader, split_dataset
 from ctvlp.data.manifest import label_names_of
+from ctvlp.data.prompts import prompt_set, split_reports
 from ctvlp.data.sampling import report_text
 from ctvlp.eval.config import EvalConfig
 from ctvlp.eval.generation import evaluate_generation
 from ctvlp.eval.organs import evaluate_organs
-from ctvlp.eval.prompts import prompt_set
 from ctvlp.eval.retrieval import retrieval_both
 from ctvlp.eval.real_masks import evaluate_real_masks
 from ctvlp.eval.seg_probe import evaluate_seg_probe, trained_probe
 from ctvlp.eval.segmentation import evaluate_segmentation
-from ctvlp.eval.zeroshot import encode_texts, evaluate_zero_shot, prompt_scorer
+from ctvlp.models.prompting import encode_texts, prompt_scorer
+from ctvlp.eval.zeroshot import evaluate_zero_shot
 
 
 @dataclass
@@ -65,16 +66,8 @@ def encode_split(model, cache: Cache, cfg: EvalConfig, split: str, device: torch
                    patients=[str(p) for p in index["patient_id"]])
 
 
-def split_reports(cache: Cache, split: str) -> list[str]:
-    """The findings text of every volume of ``split`` (what the ``corpus`` prompt style is mined from)."""
-    index = cache.index
-    if "findings" not in index.columns:
-        return []
-    return [str(t) for t in index.loc[index["split"] == split, "findings"].fillna("")]
-
-
 def model_prompts(model, cache: Cache, cfg: EvalConfig, labels: list[str]):
-    """The PromptSet ``cfg.prompt_style`` is read from (:func:`ctvlp.eval.prompts.prompt_set`: the packaged
+    """The PromptSet ``cfg.prompt_style`` is read from (:func:`ctvlp.data.prompts.prompt_set`: the packaged
     styles, plus for ``corpus`` the model's own mined style, else one mined from ``cfg.corpus_split``'s reports)."""
     return prompt_set(cfg.prompt_style, labels, stored=model.prompts,
                       reports=lambda: split_reports(cache, cfg.corpus_split))

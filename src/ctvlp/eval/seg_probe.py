@@ -34,11 +34,11 @@ import torch
 from monai.losses import DiceCELoss
 
 from ctvlp.data.loader import Collate, split_dataset
+from ctvlp.data.sampling import window_depth
 from ctvlp.eval.config import EvalConfig
 from ctvlp.eval.probe import shuffled_batches
 from ctvlp.eval.overlays import OverlayCollector
-from ctvlp.eval.segmentation import (_split_ids, eval_sampler, segment_volumes, split_mask_names, summarise,
-                                     window_depth)
+from ctvlp.eval.segmentation import _split_ids, eval_sampler, segment_volumes, split_mask_names, summarise
 from ctvlp.fsutil import jsonable
 from ctvlp.models.voxel_head import VoxelHead, VoxelHeadConfig
 

@@ -44,7 +44,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance
 
 from ctvlp.data.loader import Collate
 from ctvlp.data.preprocess import AIR_HU, window
-from ctvlp.data.sampling import BODY, SamplerConfig, window_sample
+from ctvlp.data.sampling import BODY, SamplerConfig, volume_windows, window_depth, window_sample
 from ctvlp.errors import BadDatasetError
 from ctvlp.eval.overlays import OverlayCollector
 from ctvlp.fsutil import jsonable
@@ -52,24 +52,6 @@ from ctvlp.models.voxel_head import zero_shot_segment
 
 RULE = ("P = (cos(voxel embedding, anchor of 'This is <name>.') + 1) / 2 > threshold on the real slices; "
         "Dice per volume and annotated structure (MONAI compute_dice), mean over volumes, then over structures")
-
-
-def volume_windows(num_slices: int, depth: int | None) -> list[tuple[int, int]]:
-    """The ``[z0, z1)`` windows that cover ``num_slices`` slices with windows of ``depth`` slices
-    (None: one window): starts 0, depth, 2 depth, ..., the last moved to end at ``num_slices``."""
-    if num_slices < 1:
-        raise ValueError(f"num_slices must be positive, got {num_slices}")
-    if depth is None or num_slices <= depth:
-        return [(0, num_slices)]
-    if depth < 1:
-        raise ValueError(f"depth must be positive, got {depth}")
-    starts = list(range(0, num_slices - depth, depth)) + [num_slices - depth]
-    return [(s, s + depth) for s in starts]
-
-
-def window_depth(sampler: SamplerConfig) -> int | None:
-    """W: ``chunk_depth`` in ``chunk`` mode, ``max_slices`` (None: whole volume) in ``whole`` mode."""
-    return sampler.chunk_depth if sampler.mode == "chunk" else sampler.max_slices
 
 
 def default_mask_names(cache, split: str, sampler: SamplerConfig) -> list[str]:

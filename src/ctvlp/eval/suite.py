@@ -25,18 +25,19 @@ from ctvlp import __version__
 from ctvlp.data.cache import Cache
 from ctvlp.data.labels import PROTOCOLS
 from ctvlp.data.manifest import label_names_of
+from ctvlp.data.prompt_names import CORPUS, LABEL_HEAD
+from ctvlp.data.prompts import prompt_set, split_reports
 from ctvlp.data.sampling import BODY
 from ctvlp.errors import BadDatasetError, CtvlpError
 from ctvlp.eval.aggregate import RULE as SCAN_RULE
 from ctvlp.eval.aggregate import Grouping, scan_embeddings, scan_scores
 from ctvlp.eval.config import EvalConfig
 from ctvlp.eval.probe import Split, linear_probe
-from ctvlp.eval.names import CORE_TASKS, CORPUS, LABEL_HEAD
-from ctvlp.eval.prompts import prompt_set
+from ctvlp.eval.names import CORE_TASKS
 from ctvlp.eval.retrieval import rank_summary, recall_intervals, retrieval_ranks
-from ctvlp.eval.run import EXTRA_TASKS, Encoded, chance_recall, encode_split, split_reports
-from ctvlp.eval.zeroshot import prompt_scorer
+from ctvlp.eval.run import EXTRA_TASKS, Encoded, chance_recall, encode_split
 from ctvlp.eval.zeroshot import evaluate_zero_shot
+from ctvlp.models.prompting import prompt_scorer
 from ctvlp.progress import progress_bar
 
 SCHEMA_VERSION = 2
@@ -146,7 +147,7 @@ def check_prompts(path: str | None, style: str, labels: list[str], model=None, r
     """The PromptSet of ``path`` (None: packaged), or CtvlpError naming the file when it does not
     parse, lacks ``style`` or has no templates for one of ``labels``. Style :data:`LABEL_HEAD` needs no
     prompts (None) but a ``model`` with a label head (CtvlpError otherwise); style ``corpus`` is the
-    model's own mined one, else mined from ``reports()`` (:func:`ctvlp.eval.prompts.prompt_set`)."""
+    model's own mined one, else mined from ``reports()`` (:func:`ctvlp.data.prompts.prompt_set`)."""
     if style == LABEL_HEAD:
         if model is not None and not getattr(model.cfg, "label_prompts", False):
             raise CtvlpError(None, f"prompt style {LABEL_HEAD!r} scores with the model's label head, and this "

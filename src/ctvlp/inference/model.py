@@ -8,10 +8,10 @@ therefore those of ``ctvlp.eval`` for the same volume in a prepared cache:
 
 * ``encode_volume``: ``model.encode_image`` as ``ctvlp.eval.run.encode_split`` calls it;
 * ``zero_shot``: the label's (positive, negative) prompt pair in the checkpoint's prompt style
-  (:func:`ctvlp.eval.prompts.build_prompts`), p = softmax over the pair at the model's logit scale
-  (:func:`ctvlp.eval.zeroshot.zero_shot_scores`), as ``ctvlp.eval.run.evaluate_model``;
+  (:func:`ctvlp.data.prompts.build_prompts`), p = softmax over the pair at the model's logit scale
+  (:func:`ctvlp.models.prompting.prompt_scorer`), as ``ctvlp.eval.run.evaluate_model``;
 * ``segment``: SegVL's P = (cos(voxel embedding, anchor of "This is <prompt>.") + 1) / 2 on the windows
-  of ``ctvlp.eval.segmentation``, mapped back onto the input's grid (:mod:`ctvlp.inference.geometry`);
+  of ``ctvlp.eval.segmentation`` (:func:`ctvlp.data.sampling.volume_windows`), mapped back onto the input's grid (:mod:`ctvlp.inference.geometry`);
 * ``generate_report``: the report decoder (greedy or beam search) on the vision tokens.
 """
 
@@ -26,30 +26,20 @@ import numpy as np
 import torch
 
 from ctvlp.data.preprocess import PreprocessConfig, PreprocessedVolume, preprocess
-from ctvlp.data.sampling import SamplerConfig, VolumeRecord, fit_axis, draw_sample, window_sample
+from ctvlp.data.prompts import prompt_set
+from ctvlp.data.sampling import (SamplerConfig, VolumeRecord, draw_sample, fit_axis, volume_windows, window_depth,
+                                 window_sample)
 from ctvlp.data.volumes import MemoryVolume
 from ctvlp.errors import InferenceError
 from ctvlp.inference.geometry import inplane_affine, to_grid
 from ctvlp.inference.inputs import read_ct
 from ctvlp.io.volume import Volume
 from ctvlp.models.decoder import special_token_ids
+from ctvlp.models.prompting import encode_texts, prompt_scorer
+from ctvlp.models.store import ModelSpec
 from ctvlp.models.voxel_head import zero_shot_segment
 
 VolumeInput = str | os.PathLike | Volume
-
-
-@dataclass
-class ModelSpec:
-    """What inference needs besides the weights (from a checkpoint or an export's config.json)."""
-
-    preprocess: PreprocessConfig
-    sampler: SamplerConfig
-    """The evaluation sampler (``config.eval.sampler``)."""
-    prompt_style: str
-    label_names: list[str]
-    recipe: str
-    step: int
-    path: str
 
 
 @dataclass
@@ -97,7 +87,8 @@ def _distinct(names: Sequence[str], what: str) -> list[str]:
 
 
 class CtvlpModel:
-    """A :class:`~ctvlp.models.vlp.VisionLanguageModel` in eval mode plus its :class:`ModelSpec`."""
+    """A :class:`~ctvlp.models.vlp.VisionLanguageModel` in eval mode plus its
+    :class:`~ctvlp.models.store.ModelSpec`."""
 
     def __init__(self, model, spec: ModelSpec, device: torch.device | str = "cpu", max_voxels: int | None = None):
         self.model = model.to(device).eval()
@@ -142,16 +133,11 @@ class CtvlpModel:
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """(N, D) L2-normalised text embeddings."""
-        from ctvlp.eval.zeroshot import encode_texts
-
         return encode_texts(self.model, _distinct_or_list(texts))
 
     @torch.no_grad()
     def zero_shot(self, volume: VolumeInput, labels: Sequence[str] | None = None) -> dict[str, float]:
         """{label: probability that the finding is present}; default labels: the checkpoint's."""
-        from ctvlp.eval.prompts import prompt_set
-        from ctvlp.eval.zeroshot import prompt_scorer
-
         if labels is None and not self.spec.label_names:
             raise InferenceError(self.spec.path, "the checkpoint records no label names: pass the labels")
         labels = _distinct(self.spec.label_names if labels is None else labels, "labels")
@@ -164,8 +150,6 @@ class CtvlpModel:
     @torch.no_grad()
     def segment(self, volume: VolumeInput, prompts: Sequence[str]) -> dict[str, Volume]:
         """{prompt: float32 probability Volume on the input's own grid and affine} (0 outside the field of view)."""
-        from ctvlp.eval.segmentation import volume_windows, window_depth
-
         if self.model.cfg.seg is None:
             raise InferenceError(self.spec.path, f"recipe {self.spec.recipe!r} has no voxel head: zero-shot "
                                                  "segmentation needs one (recipes segvl, uniferum)")

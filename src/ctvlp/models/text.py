@@ -24,7 +24,7 @@ from it (an export) is a plain BERT that needs no code of its own to load.
 Loading never runs code that comes with a model: weights are read from safetensors or with
 ``torch.load(weights_only=True)``, and a model that ships its own Python modules (``auto_map`` in its
 config) is refused unless ``TextTowerConfig.trust_remote_code`` is set (by the user, or by a recipe, which
-is reviewed ctvlp code that pins the hub ``revision`` whose code it trusts).
+is reviewed ctvlp code that pins the hub ``revision`` whose code it trusts: :data:`TRUSTED_TEXT_TOWERS`).
 
 The encoder's own pooler (BERT's ``pooler``) is dropped: no pooling here uses it, and parameters
 without gradients break DistributedDataParallel.
@@ -92,6 +92,30 @@ class TextTowerConfig:
             raise ValueError(f"max_length must be at least 2 (room for the special tokens), got {self.max_length}")
         if self.trainable_layers < 0:
             raise ValueError(f"trainable_layers must be >= 0, got {self.trainable_layers}")
+
+
+CXR_BERT = "microsoft/BiomedVLP-CXR-BERT-specialized"
+"""BioViL's text encoder (Boecking et al. 2022), CT-CLIP's and COLIPRI's text tower, SegVL's initialisation."""
+CXR_BERT_REVISION = "5157bdba1437a3aed316dacb1a5b68edf96b9902"
+"""The hub commit of :data:`CXR_BERT` that COLIPRI's package (``colipri`` 0.1.3) pins: its config ships its
+own code (``auto_map``), which the recipes trust at this commit only."""
+TRUSTED_TEXT_TOWERS: dict[str, tuple[str, str]] = {
+    "ctclip": (CXR_BERT, CXR_BERT_REVISION),
+    "segvl": (CXR_BERT, CXR_BERT_REVISION),
+    "colipri": (CXR_BERT, CXR_BERT_REVISION),
+}
+"""Recipe name -> (hub id, pinned revision) of the text tower whose own code that recipe runs
+(``trust_remote_code``): the one list of trusted code, reviewed with ctvlp. The recipes build their trusting
+text configs from it (``ctvlp.recipes.common.trusted_text``), and a stored model whose recipe and text tower
+match an entry loads with that trust (:func:`recipe_trusts`); nothing a file says can add to it."""
+
+
+def recipe_trusts(recipe: str, cfg: TextTowerConfig) -> bool:
+    """Whether ``cfg`` (a stored model's text config) is the tower its recipe ``recipe`` trusts to run its own
+    code: ``trust_remote_code`` set and exactly the hub id and pinned revision :data:`TRUSTED_TEXT_TOWERS` lists
+    for ``recipe`` (a checkpoint naming another recipe, id or revision gets no trust from the file)."""
+    return cfg.trust_remote_code and cfg.revision is not None and TRUSTED_TEXT_TOWERS.get(recipe) == (cfg.name,
+                                                                                                   cfg.revision)
 
 
 class TextTowerError(CtvlpError, ValueError):

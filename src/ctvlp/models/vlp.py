@@ -128,12 +128,17 @@ class ModelConfig:
 class VisionLanguageModel(nn.Module):
     """3D CT vision tower + text tower + projections + learnable logit scale and bias."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, prompts: dict[str, dict] | None = None, text: TextTowerConfig | None = None):
+        """``prompts``: the prompt styles made for this model (a stored model's, :mod:`ctvlp.models.store`);
+        ``text``: where and how the text tower is loaded when not as ``cfg.text`` says (a stored model's weights
+        come from its file: ``pretrained`` off or its export folder, trust decided by the reader). ``self.cfg`` is
+        ``cfg`` either way: the config as trained."""
         super().__init__()
         self.cfg = cfg
-        check_available(cfg.text)  # a hub text tower neither cached nor reachable fails before any allocation
+        text = cfg.text if text is None else text
+        check_available(text)  # a hub text tower neither cached nor reachable fails before any allocation
         self.vision = create_vision_tower(cfg.vision)
-        self.text = TextTower(cfg.text)
+        self.text = TextTower(text)
         if cfg.image_pool == "projected_attention":  # COLIPRI: the pool projects; nothing follows it
             self.image_pool = AttentionPool(self.vision.width, cfg.image_pool_heads, dim=cfg.embed_dim)
             self.image_proj = nn.Identity()
@@ -150,9 +155,9 @@ class VisionLanguageModel(nn.Module):
             self.sentence_logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
             self.sentence_logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
         self._sentence_features: dict[int, torch.Tensor] = {}  # memo of the frozen tower, sentence id -> (width,)
-        # prompt styles made for this model (name -> style dict, ctvlp.eval.prompts.prompt_set): the style
+        # prompt styles made for this model (name -> style dict, ctvlp.data.prompts.prompt_set): the style
         # mined from its training reports; checkpoints and exports carry it
-        self.prompts: dict[str, dict] = {}
+        self.prompts: dict[str, dict] = dict(prompts or {})
         if cfg.seg is not None:
             self.seg = nn.ModuleDict({"voxel": VoxelHead.for_tower(cfg.seg, self.vision),
                                       "anchor": AnchorHead(cfg.embed_dim, cfg.seg.embed_dim)})

@@ -1,5 +1,5 @@
 """Recipes: one file per method, ``ctvlp/recipes/<name>.py``, whose ``recipe()`` returns the complete
-:class:`~ctvlp.train.config.TrainConfig` of that method (model, text tower, objective, sampler,
+:class:`~ctvlp.recipes.run.RunConfig` of that method (model, text tower, objective, sampler,
 optimiser, schedule, evaluation). ``get_recipe(name, debug=False)`` is the way in; ``debug=True``
 gives the recipe's tiny variant (:mod:`ctvlp.recipes.debug`); :mod:`ctvlp.recipes.cohort` has the
 cohort-size variants of ``ctvlp compare``. The names are listed here, in :data:`NAMES`, so that the CLI
@@ -21,7 +21,7 @@ def list_recipes() -> list[str]:
 
 
 def get_recipe(name: str, debug: bool = False):
-    """The recipe's TrainConfig (its debug variant with ``debug=True``); ConfigError naming the recipes
+    """The recipe's RunConfig (its debug variant with ``debug=True``); ConfigError naming the recipes
     for an unknown name."""
     if name not in NAMES:
         raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(list_recipes())}")

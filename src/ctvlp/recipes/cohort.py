@@ -28,7 +28,7 @@ from ctvlp.models.resnet3d import ResNet3dConfig
 from ctvlp.models.vit3d import ViT3dConfig
 from ctvlp.recipes import get_recipe
 from ctvlp.recipes.common import train_depth
-from ctvlp.train.config import TrainConfig
+from ctvlp.recipes.run import RunConfig
 
 COHORT_MAX_SLICES = 32
 """Whole-volume depth cap (train and eval) of the cohort variants: a synthetic chest prepared at the
@@ -54,7 +54,7 @@ RESNET_WIDTHS = (16, 32, 64, 128)
 demo ViT's cost per sample."""
 
 
-def _demo() -> TrainConfig:
+def _demo() -> RunConfig:
     return get_recipe("demo")
 
 
@@ -78,7 +78,7 @@ def _vision(vision, demo: ViT3dConfig, max_depth: int, size: tuple[int, int]):
                                rope_split=vision.rope_split if head_dim_same else None)
 
 
-def cohort_variant(cfg: TrainConfig) -> TrainConfig:
+def cohort_variant(cfg: RunConfig) -> RunConfig:
     """``cfg`` (a paper-sized recipe) at the ``demo`` recipe's size, keeping its method (module docstring).
 
     Returns a new config; ``cfg`` is not changed. ``steps`` is the demo's: `ctvlp compare` sets it from

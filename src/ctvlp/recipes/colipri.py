@@ -84,11 +84,11 @@ from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.config import EvalConfig
 from ctvlp.models.decoder import DecoderConfig
 from ctvlp.models.mae import MaeDecoderConfig
-from ctvlp.models.text import TextTowerConfig
-from ctvlp.recipes.common import CXR_BERT, CXR_BERT_REVISION
+from ctvlp.recipes.common import trusted_text
+from ctvlp.recipes.run import RunConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
-from ctvlp.train.config import DataConfig, LossConfig, StageConfig, TrainConfig
+from ctvlp.train.config import DataConfig, LossConfig, StageConfig
 from ctvlp.train.optim import OptimConfig
 
 
@@ -97,17 +97,16 @@ PREPROCESS = PreprocessConfig(spacing=(2.0, 2.0, 2.0), hu_window=(-1000.0, 1000.
 field of view; the sampler crops 160^3 for training (the paper) and 192^3 for evaluation (the package)."""
 
 
-def recipe() -> TrainConfig:
+def recipe() -> RunConfig:
     """The recipe's complete config (see the module docstring)."""
     vision = vit_config("primus-m")
     sampler = SamplerConfig(mode="whole", size=(160, 160), max_slices=160, text="structured")
-    return TrainConfig(
+    return RunConfig(
         recipe="colipri",
         # its package's text tower: CXR-BERT-specialized (trust_remote_code, pinned commit), masked-mean-query
         # attention pooling (AttentionPool1D, 12 heads), 512 tokens (training reports: data.max_text_tokens)
-        model=ModelConfig(vision=vision, text=TextTowerConfig(name=CXR_BERT, revision=CXR_BERT_REVISION,
-                                                              trust_remote_code=True, pooling="mean_query",
-                                                              max_length=512), embed_dim=768,
+        model=ModelConfig(vision=vision, text=trusted_text("colipri", pooling="mean_query", max_length=512),
+                          embed_dim=768,
                           text_projection="none",  # its package: "We didn't use a projector during pre-training"
                           image_pool="projected_attention", image_pool_heads=12, init_logit_scale=math.log(1 / 0.07),
                           decoder=DecoderConfig(width=512, depth=4, heads=8, max_length=256),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ctvlp.data.sampling import SamplerConfig
+from ctvlp.models.text import TRUSTED_TEXT_TOWERS, TextTowerConfig
 
 
 def train_depth(sampler: SamplerConfig) -> int | None:
@@ -11,9 +12,8 @@ def train_depth(sampler: SamplerConfig) -> int | None:
     return sampler.chunk_depth if sampler.mode == "chunk" else None
 
 
-CXR_BERT = "microsoft/BiomedVLP-CXR-BERT-specialized"
-"""BioViL's text encoder (Boecking et al. 2022), CT-CLIP's and COLIPRI's text tower, SegVL's initialisation."""
-
-CXR_BERT_REVISION = "5157bdba1437a3aed316dacb1a5b68edf96b9902"
-"""The hub commit of :data:`CXR_BERT` that COLIPRI's package (``colipri`` 0.1.3) pins: its config ships its
-own code (``auto_map``), which the recipes trust at this commit only."""
+def trusted_text(recipe: str, **fields) -> TextTowerConfig:
+    """The text config of a recipe that runs its tower's own code: the hub id and pinned revision
+    :data:`~ctvlp.models.text.TRUSTED_TEXT_TOWERS` lists for ``recipe``, ``trust_remote_code`` on, and ``fields``."""
+    name, revision = TRUSTED_TEXT_TOWERS[recipe]
+    return TextTowerConfig(name=name, revision=revision, trust_remote_code=True, **fields)

@@ -82,10 +82,10 @@ from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.config import EvalConfig
 from ctvlp.models.ctvit import ctvit_config
-from ctvlp.models.text import TextTowerConfig
-from ctvlp.recipes.common import CXR_BERT, CXR_BERT_REVISION
+from ctvlp.recipes.common import trusted_text
+from ctvlp.recipes.run import RunConfig
 from ctvlp.models.vlp import ModelConfig
-from ctvlp.train.config import DataConfig, LossConfig, TrainConfig
+from ctvlp.train.config import DataConfig, LossConfig
 from ctvlp.train.optim import OptimConfig
 
 
@@ -94,16 +94,15 @@ PREPROCESS = PreprocessConfig(spacing=(0.75, 0.75, 1.5), hu_window=(-1000.0, 100
 full field of view centre-cropped/padded (no body crop) to 480 x 480 x 240 by the sampler."""
 
 
-def recipe() -> TrainConfig:
+def recipe() -> RunConfig:
     """The recipe's complete config (see the module docstring)."""
     vision = ctvit_config("ctclip")
     # CT-CLIP's text tower: CXR-BERT-specialized, CLS token, 512 tokens (its BertTokenizer/BertModel calls); the
-    # hub model ships its own code: trusted at the commit COLIPRI's package pins (ctvlp.recipes.common.CXR_BERT)
-    text = TextTowerConfig(name=CXR_BERT, revision=CXR_BERT_REVISION, trust_remote_code=True, pooling="cls",
-                           max_length=512)
+    # hub model ships its own code: trusted at the commit COLIPRI's package pins (ctvlp.models.text.CXR_BERT)
+    text = trusted_text("ctclip", pooling="cls", max_length=512)
     sampler = SamplerConfig(mode="whole", size=(480, 480), max_slices=240, min_depth=240, padding="zero",
                             text="report")
-    return TrainConfig(
+    return RunConfig(
         recipe="ctclip",
         model=ModelConfig(vision=vision, text=text, embed_dim=512, init_logit_scale=1.0),
         data=DataConfig(preprocess=PREPROCESS, sampler=sampler, batch_size=8, max_text_tokens=512),

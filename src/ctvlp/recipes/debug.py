@@ -14,7 +14,7 @@ from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.voxel_head import VoxelHeadConfig
 from ctvlp.recipes.common import train_depth
-from ctvlp.train.config import TrainConfig
+from ctvlp.recipes.run import RunConfig
 
 
 DEBUG_PREPROCESS = PreprocessConfig()
@@ -28,7 +28,7 @@ DEBUG_EVAL = dict(task_volumes=4, probe_steps=10, gen_probe_steps=10, gen_probe_
 seconds: 4 test volumes for the per-volume tasks, 10 probe and decoder steps, 3 slice counts."""
 
 
-def debug_variant(cfg: TrainConfig) -> TrainConfig:
+def debug_variant(cfg: RunConfig) -> RunConfig:
     """Same objective, sampler kind and optimiser; a tiny ViT (or ResNet-10 at 1/8 width), a tiny random
     text tower, 32 x 32 input."""
     fixed_depth = None  # CTViT takes one input size: every sample is cropped/padded to exactly 16 slices

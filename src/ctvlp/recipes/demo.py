@@ -19,7 +19,7 @@ steps) reached AUROC 0.53 / 0.54 / 0.58 on emphysema / mosaic attenuation / grou
 docs/results/demo-windows-2026-11-23.md).
 
 Zero-shot prompts are the training reports' own sentences (``prompt_style="corpus"``,
-``ctvlp.eval.prompts.corpus_style``): the reports never write "medical material", they write "A
+``ctvlp.data.prompts.corpus_style``): the reports never write "medical material", they write "A
 venous port is seen in the right chest wall.".
 
 Our own recipe (no paper): SigVLP (arXiv 2602.21735), whose model it scales down, beside it; every row is [ours]
@@ -67,14 +67,15 @@ Its targets: mean AUROC >= 0.80 and every label >= 0.65 on the synthetic cohort,
 from __future__ import annotations
 
 from ctvlp.data.preprocess import PreprocessConfig
+from ctvlp.data.prompt_names import CORPUS
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.config import EvalConfig
-from ctvlp.eval.names import CORPUS
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.recipes.common import train_depth
-from ctvlp.train.config import DataConfig, LossConfig, TrainConfig
+from ctvlp.recipes.run import RunConfig
+from ctvlp.train.config import DataConfig, LossConfig
 from ctvlp.train.optim import OptimConfig
 
 
@@ -89,14 +90,14 @@ PREPROCESS = PreprocessConfig(spacing=(3.0, 3.0, 6.0), antialias=True)
 2-core CPU trains on at ~90 samples/s (lesions are synthesised at the ``large`` size to span voxels)."""
 
 
-def recipe() -> TrainConfig:
+def recipe() -> RunConfig:
     """The recipe's complete config (see the module docstring)."""
     vision = vit_config("small", width=192, depth=4, heads=3, patch=(4, 8, 8), pos="rope", rope_base=1000.0,
                         stem="conv", in_chans=len(DEMO_WINDOWS))
     text = TextTowerConfig(name="minilm", pooling="mean", freeze="all", max_length=64)
     sampler = SamplerConfig(mode="chunk", chunk_depth=16, padding="repeat", size=(32, 40), random_crop=True,
                             text="organs", windows=DEMO_WINDOWS)
-    return TrainConfig(
+    return RunConfig(
         recipe="demo",
         model=ModelConfig(vision=vision, text=text, embed_dim=256, image_pool="max", projection="mlp_bn",
                           text_input="sentences", sentence_match="findings", sentence_logits=True),

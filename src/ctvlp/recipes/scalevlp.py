@@ -75,17 +75,18 @@ from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.recipes.common import train_depth
-from ctvlp.train.config import DataConfig, LossConfig, TrainConfig
+from ctvlp.recipes.run import RunConfig
+from ctvlp.train.config import DataConfig, LossConfig
 from ctvlp.train.optim import OptimConfig
 
 
-def recipe() -> TrainConfig:
+def recipe() -> RunConfig:
     """The recipe's complete config (see the module docstring)."""
     vision = vit_config("base", patch=(16, 16, 16), pos="learned", learned_grid=(8, 16, 16))
     # BioClinicalBERT, frozen (the paper); pooling and token length: the paper is silent (ours: mean, 512)
     text = TextTowerConfig(name="emilyalsentzer/Bio_ClinicalBERT", pooling="mean", freeze="all", max_length=512)
     sampler = SamplerConfig(mode="chunk", chunk_depth=32, padding="repeat", size=(256, 256), text="report")
-    return TrainConfig(
+    return RunConfig(
         recipe="scalevlp",
         model=ModelConfig(vision=vision, text=text, embed_dim=512, image_pool="attention", projection="mlp"),
         data=DataConfig(preprocess=SIGVLP_PREPROCESS, sampler=sampler, batch_size=32, max_text_tokens=512),

@@ -81,12 +81,12 @@ import math
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.config import EvalConfig
 from ctvlp.recipes.ctclip import PREPROCESS as CTCLIP_PREPROCESS
-from ctvlp.models.text import TextTowerConfig
-from ctvlp.recipes.common import CXR_BERT, CXR_BERT_REVISION
+from ctvlp.recipes.common import trusted_text
+from ctvlp.recipes.run import RunConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.models.voxel_head import VoxelHeadConfig
-from ctvlp.train.config import DataConfig, LossConfig, StageConfig, TrainConfig
+from ctvlp.train.config import DataConfig, LossConfig, StageConfig
 from ctvlp.train.optim import OptimConfig
 
 
@@ -96,19 +96,18 @@ SEGVL_MASKS = ("lung", "heart", "aorta", "trachea_bronchi", "esophagus", "bone",
 has it marked unavailable, so it adds no loss term)."""
 
 
-def recipe() -> TrainConfig:
+def recipe() -> RunConfig:
     """The recipe's complete config (see the module docstring)."""
     patch = (10, 20, 20)
     vision = vit_config("base", width=768, patch=patch, pos="learned", learned_grid=(24, 24, 24))
     alpha = [0.3 if m == "lung_nodule" else 0.4 if m == "pleural_effusion" else 0.5 for m in SEGVL_MASKS]
     sampler = SamplerConfig(mode="whole", size=(480, 480), max_slices=240, text="report", include_masks=True,
                             mask_names=SEGVL_MASKS)
-    return TrainConfig(
+    return RunConfig(
         recipe="segvl",
         # text encoder "initialised from BioViL ... following Hamamci et al. 2024": BioViL's CXR-BERT as CT-CLIP
         # loads it (CLS, 512 tokens; the paper states no length)
-        model=ModelConfig(vision=vision, text=TextTowerConfig(name=CXR_BERT, revision=CXR_BERT_REVISION,
-                                                              trust_remote_code=True, pooling="cls", max_length=512),
+        model=ModelConfig(vision=vision, text=trusted_text("segvl", pooling="cls", max_length=512),
                           embed_dim=512,
                           projection="mlp_ln", init_logit_scale=math.log(1 / 0.07),
                           seg=VoxelHeadConfig(embed_dim=32, hidden=256), visual_enhancement=True),

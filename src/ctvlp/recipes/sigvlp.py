@@ -87,7 +87,8 @@ from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.recipes.common import train_depth
-from ctvlp.train.config import DataConfig, LossConfig, TrainConfig
+from ctvlp.recipes.run import RunConfig
+from ctvlp.train.config import DataConfig, LossConfig
 from ctvlp.train.optim import OptimConfig
 
 
@@ -96,12 +97,12 @@ PREPROCESS = PreprocessConfig(spacing=(1.5, 1.5, 1.5), hu_window=(-1000.0, 1000.
 in-plane, not its spacing; 256 x 1.5 mm = 384 mm holds a body-cropped chest], [-1000, 1000] -> [-1, 1]."""
 
 
-def recipe() -> TrainConfig:
+def recipe() -> RunConfig:
     """The recipe's complete config (see the module docstring)."""
     vision = vit_config("base", patch=(16, 16, 16), pos="rope", rope_base=1000.0)
     text = TextTowerConfig(name="minilm", pooling="mean")  # SigVLP names no text encoder (seed, METHODS.md): MiniLM
     sampler = SamplerConfig(mode="chunk", chunk_depth=32, padding="repeat", size=(256, 256), text="organs")
-    return TrainConfig(
+    return RunConfig(
         recipe="sigvlp",
         model=ModelConfig(vision=vision, text=text, embed_dim=512),
         data=DataConfig(preprocess=PREPROCESS, sampler=sampler, batch_size=32),

@@ -62,15 +62,16 @@ The code's fused encoder: the first 4 layers of ``microsoft/BiomedNLP-BiomedBERT
 from __future__ import annotations
 
 from ctvlp.data.preprocess import PreprocessConfig
+from ctvlp.data.prompt_names import LABEL_HEAD
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.config import EvalConfig
-from ctvlp.eval.names import LABEL_HEAD
 from ctvlp.models.text import TextTowerConfig
 from ctvlp.models.vit3d import vit_config
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.models.voxel_head import VoxelHeadConfig
 from ctvlp.recipes.segvl import SEGVL_MASKS
-from ctvlp.train.config import DataConfig, LossConfig, TrainConfig
+from ctvlp.recipes.run import RunConfig
+from ctvlp.train.config import DataConfig, LossConfig
 from ctvlp.train.optim import OptimConfig
 
 
@@ -80,13 +81,13 @@ PREPROCESS = PreprocessConfig(spacing=(1.5, 2.0, 2.0), hu_window=(-1000.0, 1000.
 sampler crops/pads 160 x 256 in-plane (y, x) and at most 128 slices."""
 
 
-def recipe() -> TrainConfig:
+def recipe() -> RunConfig:
     """The recipe's complete config (see the module docstring)."""
     patch = (16, 16, 16)
     vision = vit_config("base", patch=patch, pos="rope", rope_base=1000.0, in_chans=2)
     sampler = SamplerConfig(mode="whole", size=(160, 256), max_slices=128, text="report", body_channel=True,
                             include_masks=True, mask_names=SEGVL_MASKS)
-    return TrainConfig(
+    return RunConfig(
         recipe="uniferum",
         # released code: one fused stream through BiomedBERT's first 4 layers, no separate text tower to name
         model=ModelConfig(vision=vision, text=TextTowerConfig(name="minilm", pooling="mean"), embed_dim=512,

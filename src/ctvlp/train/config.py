@@ -1,4 +1,8 @@
-"""The complete, typed configuration of a training run. Recipes (``ctvlp.recipes``) return one."""
+"""The typed configuration of training: model, data, objective, optimiser, schedule, checkpoints.
+
+How the trained model is evaluated is ``ctvlp.eval.config.EvalConfig``, a sibling that this layer does not
+import: a run's complete config, the one recipes return and checkpoints save, is
+:class:`ctvlp.recipes.run.RunConfig`, a :class:`TrainConfig` with an ``eval`` field, composed above both."""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ from typing import Any, Literal
 
 from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
-from ctvlp.eval.config import EvalConfig
 from ctvlp.losses.registry import CONTRASTIVE, LOSS_NAMES, loss_class
 from ctvlp.models.vlp import ModelConfig
 from ctvlp.train.optim import OptimConfig
@@ -115,7 +118,8 @@ class StageConfig:
 
 @dataclass
 class TrainConfig:
-    """One training run: model, data, objective, optimiser, schedule, checkpoints, evaluation."""
+    """One training run: model, data, objective, optimiser, schedule, checkpoints (a run's evaluation settings
+    are :class:`ctvlp.recipes.run.RunConfig`'s)."""
 
     recipe: str = "custom"
     """Name of the recipe this config came from."""
@@ -129,7 +133,6 @@ class TrainConfig:
     stages: tuple[StageConfig, ...] = ()
     """Stages in order (none: every step is a ``pairs`` step)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
     steps: int = 1000
     """Optimiser steps."""
     grad_accum: int = 1
@@ -157,10 +160,11 @@ class TrainConfig:
             raise ValueError("steps, grad_accum, log_every, ckpt_every and keep_last must be >= 1")
         if self.max_bad_steps < 0 or self.max_minutes < 0:
             raise ValueError("max_bad_steps and max_minutes must be >= 0")
-        channels = {"model.vision.in_chans": self.model.vision.in_chans, "data.sampler.windows":
-                    self.data.sampler.channels, "eval.sampler.windows": self.eval.sampler.channels}
-        inputs = [(s.windows, s.body_channel) for s in (self.data.sampler, self.eval.sampler)]
-        if len(set(channels.values())) > 1 or inputs[0] != inputs[1]:
+        samplers = self.input_samplers()
+        channels = {"model.vision.in_chans": self.model.vision.in_chans,
+                    **{f"{path}.windows": sampler.channels for path, sampler in samplers.items()}}
+        inputs = [(s.windows, s.body_channel) for s in samplers.values()]
+        if len(set(channels.values())) > 1 or any(i != inputs[0] for i in inputs):
             raise ValueError(f"input channels disagree: {channels} (one channel per HU window, plus the body "
                              f"mask with body_channel; train and eval samplers need the same windows and "
                              f"body_channel)")
@@ -180,6 +184,17 @@ class TrainConfig:
         for term in self.all_terms:
             if loss_class(term).text_input not in (None, self.model.text_input):
                 raise ValueError(f"the {term} loss needs model.text_input={loss_class(term).text_input!r}")
+
+    def input_samplers(self) -> dict[str, SamplerConfig]:
+        """Config path -> every sampler that feeds the model, which must agree on its input channels (HU
+        windows, body channel) with ``model.vision.in_chans``: training's (a run config adds evaluation's)."""
+        return {"data.sampler": self.data.sampler}
+
+    def prompt_corpus(self) -> str | None:
+        """The split whose reports the model's ``corpus`` prompt style is mined from when training starts (the
+        checkpoints carry it: ``ctvlp.data.prompts``), or None to mine none. Training alone mines none; a run
+        config answers from its evaluation settings (``eval.prompt_style``, ``eval.corpus_split``)."""
+        return None
 
     @property
     def objectives(self) -> dict[str, LossConfig]:

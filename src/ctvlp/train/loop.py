@@ -18,14 +18,15 @@ from tqdm import tqdm
 from ctvlp.config import to_dict
 from ctvlp.data.cache import Cache
 from ctvlp.data.manifest import label_names_of
+from ctvlp.data.prompt_names import CORPUS
+from ctvlp.data.prompts import prompt_set, split_reports
 from ctvlp.data.text import TextProducts
 from ctvlp.errors import CtvlpError
-from ctvlp.eval.names import CORPUS
-from ctvlp.eval.run import model_prompts
 from ctvlp.losses.registry import uses_logit_bias
+from ctvlp.models.store import latest_checkpoint, load_checkpoint
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.train import distributed
-from ctvlp.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ctvlp.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from ctvlp.train.config import TrainConfig
 from ctvlp.train.data import (BATCH_TARGETS, MODEL_INPUTS, checked, drop_bad_samples, require_split, set_epoch,
                               train_loader)
@@ -74,14 +75,15 @@ class Trainer:
         require_split(self.cache, cfg.data.train_split)
         check_requirements(cfg, self.cache)
         bad = drop_bad_samples(self.cache, cfg.data, self.out if self.place.is_main else None)
+        prompts, corpus = {}, cfg.prompt_corpus()
+        if corpus is not None:  # the corpus style, mined once from the training reports, carried by the checkpoints
+            labels = label_names_of(self.cache.index.columns)
+            mined = prompt_set(CORPUS, labels, reports=lambda: split_reports(self.cache, corpus))
+            prompts = {CORPUS: mined.style(CORPUS).to_dict()}
         torch.manual_seed(cfg.seed)
-        self.model = VisionLanguageModel(cfg.model).to(self.place.device)
+        self.model = VisionLanguageModel(cfg.model, prompts=prompts).to(self.place.device)
         check_frozen(cfg, [name for name, _ in self.model.named_parameters()])
         self.model.vision.set_grad_checkpointing(cfg.grad_checkpointing)
-        if cfg.eval.prompt_style == CORPUS:  # mined once from the training reports, carried by the checkpoints
-            labels = label_names_of(self.cache.index.columns)
-            style = model_prompts(self.model, self.cache, cfg.eval, labels).style(CORPUS)
-            self.model.prompts = {CORPUS: style.to_dict()}
         self.objectives = {kind: Objective(loss) for kind, loss in cfg.objectives.items()}
         self.loss_terms = cfg.all_terms
         if not uses_logit_bias(self.loss_terms):

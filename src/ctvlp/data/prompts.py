@@ -5,9 +5,11 @@ file with the same layout replaces it. :func:`build_prompts` returns the flat li
 encode once and a :class:`PromptIndex` that maps every text back to (label, polarity, template) and
 pools the text embeddings into one positive and one negative embedding per label.
 
-The style :data:`CORPUS` is not written by hand: :func:`corpus_style` mines it from the training
-reports (the sentences that state one label, present or absent, as the reports phrase them). A model
-trained with it carries the mined style in its checkpoint and export (:func:`prompt_set` merges it in).
+The style :data:`~ctvlp.data.prompt_names.CORPUS` is not written by hand: :func:`corpus_style` mines it from
+the training reports (:func:`split_reports`: the sentences that state one label, present or absent, as the
+reports phrase them). A model trained with it carries the mined style in its checkpoint and export
+(:func:`prompt_set` merges it in). All of this is text work, shared by training (which mines the style once),
+evaluation and inference; encoding the texts with a model is :mod:`ctvlp.models.prompting`.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import numpy as np
 import torch
 import yaml
 
+from ctvlp.data.cache import Cache
+from ctvlp.data.prompt_names import CORPUS, packaged_prompts
 from ctvlp.data.reports import sentence_findings, split_sentences
 from ctvlp.errors import CtvlpError
-from ctvlp.eval.names import CORPUS, packaged_prompts
 
 _CASES = ("as_is", "lower")
 
@@ -103,6 +106,14 @@ class PromptSet:
 def _literal(sentence: str) -> str:
     """A sentence as a template that formats to itself."""
     return sentence.replace("{", "{{").replace("}", "}}")
+
+
+def split_reports(cache: Cache, split: str) -> list[str]:
+    """The findings text of every volume of ``split`` (what the ``corpus`` prompt style is mined from)."""
+    index = cache.index
+    if "findings" not in index.columns:
+        return []
+    return [str(t) for t in index.loc[index["split"] == split, "findings"].fillna("")]
 
 
 def corpus_style(reports: Iterable[str], labels: Sequence[str], fallback: PromptStyle,
