@@ -55,7 +55,7 @@ def test_help_of_every_command_imports_no_torch_and_shows_no_rest_markup():
 def test_the_names_the_help_lists_are_those_the_code_runs(capsys):
     from ctvlp.eval.names import CORPUS, EVAL_TASKS, LABEL_HEAD, prompt_style_names
     from ctvlp.eval.prompts import load_prompts
-    from ctvlp.eval.run import EXTRA_TASKS
+    from ctvlp.eval.suite import EXTRA_TASKS
 
     recipe_files = {m.name for m in pkgutil.iter_modules(ctvlp.recipes.__path__)} - {"common", "debug", "cohort"}
     assert recipe_files == set(NAMES) and all(get_recipe(name).recipe == name for name in NAMES)

@@ -53,8 +53,6 @@ KNOWN_UPWARD = {
 
 KNOWN_LOCAL = {
     # issue 18's remaining work: function-local imports of ctvlp modules outside cli/ with no reason given.
-    ("ctvlp.eval.run", "ctvlp.eval.generation_probe"),
-    ("ctvlp.eval.run", "ctvlp.eval.robustness"),  # the eval/run <-> eval/robustness circle
     ("ctvlp.inference.load", "ctvlp.train.restore"),
     ("ctvlp.inference.model", "ctvlp.eval.prompts"),
     ("ctvlp.inference.model", "ctvlp.eval.segmentation"),
