@@ -208,7 +208,7 @@ def check_one_class(zero_shot: dict, n_test: int) -> None:
 
 def test_a_one_class_label_is_null_with_a_reason_in_training_and_ctvlp_eval(run, data, tmp_path, capsys):
     n_test = len(ids_of(data["cache"], "test"))
-    check_one_class(strict_json((run / "eval.json").read_text())["zero_shot"], n_test)
+    check_one_class(strict_json((run / "eval" / "metrics.json").read_text())["zeroshot"]["volume"], n_test)
     assert main(["eval", "--checkpoint", str(run), "--data", str(data["cache"]), "--out", str(tmp_path / "ev"),
                  "--bootstrap", "10", "--tasks", "zeroshot"]) == 0
     metrics = strict_json((tmp_path / "ev" / "metrics.json").read_text())
@@ -228,11 +228,13 @@ def test_a_one_slice_volume_is_repeat_padded_in_a_batch_and_evaluated(data, run,
     image, real = batch["image"][k], batch["slice_mask"][k]  # (C, D, H, W), (D,)
     assert image.shape[1] == 8 and real.tolist() == [True] + [False] * 7  # chunk_depth 8, the slice repeated
     assert all(torch.equal(image[:, d], image[:, 0]) for d in range(8))
-    from ctvlp.eval.run import evaluate_model
+    from ctvlp.eval.suite import SuiteConfig, run_suite
     from ctvlp.recipes.run import load_trained
 
     trained = load_trained(run)
-    _, test, scores, _ = evaluate_model(trained.model, Cache(data["cache"]), trained.config.eval, details=True)
+    evaluated = run_suite(trained.model, Cache(data["cache"]), trained.config.eval,
+                          SuiteConfig.after_training(trained.config.eval))
+    test, scores = evaluated.test, evaluated.scores
     assert "one_test" in test.ids and torch.isfinite(test.image_emb).all() and np.isfinite(scores).all()
 
 
@@ -259,7 +261,7 @@ def test_a_window_of_skipped_steps_logs_null_and_every_json_file_is_strict(data,
     assert curve_figure(read_metrics(tmp_path / "nan")).startswith("<img")  # the report's curve takes the gap
     assert main(["index", "build", str(data["cohort"] / "dataset" / "valid"), "--checkpoint", str(run),
                  "--out", str(tmp_path / "idx"), "--workers", "0"]) == 0
-    written = [run / "metrics.jsonl", run / "eval.json", tmp_path / "idx" / "index.json",
+    written = [run / "metrics.jsonl", run / "eval" / "metrics.json", tmp_path / "idx" / "index.json",
                tmp_path / "idx" / "model" / "config.json", data["cache"] / "preprocessing.json",
                data["cohort"] / "synth.json", *sorted((data["cache"] / "volumes").glob("*/meta.json"))[:3]]
     for path in written:

@@ -56,7 +56,7 @@ def test_the_names_the_help_lists_are_those_the_code_runs(capsys):
     from ctvlp.data.prompt_names import CORPUS, LABEL_HEAD, prompt_style_names
     from ctvlp.data.prompts import load_prompts
     from ctvlp.eval.names import EVAL_TASKS
-    from ctvlp.eval.run import EXTRA_TASKS
+    from ctvlp.eval.suite import EXTRA_TASKS
 
     recipe_files = {m.name for m in pkgutil.iter_modules(ctvlp.recipes.__path__)} - {"common", "debug", "cohort", "run"}
     assert recipe_files == set(NAMES) and all(get_recipe(name).recipe == name for name in NAMES)

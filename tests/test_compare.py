@@ -47,7 +47,7 @@ def test_compare_writes_table_and_json_within_budget(cache, tmp_path):
         assert r["train_budget_seconds"] == pytest.approx(60 * BUDGET * (1 - compare.EVAL_RESERVE))
         assert r["train_seconds"] < r["train_budget_seconds"] + 2.0 and r["samples_per_s"] > 0
         m = r["metrics"]
-        assert m["steps"] == r["steps"] and 0 <= m["zero_shot"]["mean_auroc"] <= 1
+        assert m["step"] == r["steps"] and 0 <= m["zeroshot"]["volume"]["mean_auroc"] <= 1
         assert (out / name / "run" / "metrics.jsonl").is_file() and (out / name / "config.yaml").is_file()
         assert list((out / name / "run" / "checkpoints").glob("step-*.pt")) and not (out / name / "probe").exists()
     lines = (out / "compare.md").read_text().splitlines()
@@ -136,7 +136,7 @@ def test_variants_and_fixed_steps(cache, tmp_path):
     plain, variant = summary["recipes"]["ctclip"], summary["recipes"]["ctclip-lr"]
     assert plain["steps"] == variant["steps"] == 3 and plain["overrides"] == []
     assert variant["base_recipe"] == "ctclip" and variant["overrides"] == ["optim.lr=0.002", "eval.prompt_style=report"]
-    assert variant["metrics"]["prompt_style"] == "report" and plain["metrics"]["prompt_style"] == "ctclip"
+    assert variant["metrics"]["prompts"]["style"] == "report" and plain["metrics"]["prompts"]["style"] == "ctclip"
     configs = {n: (out / n / "config.yaml").read_text() for n in ("ctclip", "ctclip-lr")}
     assert "lr: 0.002" in configs["ctclip-lr"] and "lr: 0.002" not in configs["ctclip"]
     assert "max_minutes: 0.0" in configs["ctclip-lr"]  # no clock in --steps mode

@@ -15,7 +15,7 @@ import torch
 from ctvlp.data.preprocess import PreprocessConfig
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.real_masks import evaluate_real_masks, load_cases, score_cases, case_structures
-from ctvlp.eval.run import EXTRA_TASKS
+from ctvlp.eval.suite import EXTRA_TASKS
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import get_recipe
 from conftest import REAL

@@ -19,7 +19,8 @@ from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.config import EvalConfig
 from ctvlp.eval.probe import Split, linear_probe
 from ctvlp.eval.robustness import evaluate_robustness, robustness_sampler, tower_min_depth
-from ctvlp.eval.run import encode_split, evaluate_model
+from ctvlp.eval.run import encode_split
+from ctvlp.eval.suite import SuiteConfig, evaluate_cell, run_suite
 from ctvlp.recipes import get_recipe, list_recipes
 from ctvlp.recipes.cohort import cohort_variant
 from ctvlp.train.loop import Trainer
@@ -79,7 +80,7 @@ def test_chunk_trained_model_pads_n_centred_slices_to_its_chunk_depth(cache, tmp
                               robustness_probe=False)  # the probe's own encodes would shift the counts below
     assert cfg.robustness_depth == 8 == trained.config.data.sampler.chunk_depth
     seen = _spy(trained.model)
-    metrics = evaluate_model(trained.model, Cache(cache), cfg)["robustness"]
+    metrics = run_suite(trained.model, Cache(cache), cfg, SuiteConfig.after_training(cfg)).metrics["robustness"]
     assert metrics["counts"] == ["all", 4, 1] and metrics["paddings"] == ["repeat", "zero"] and metrics["depth"] == 8
     assert list(metrics["results"]) == ["all/repeat", "all/zero", "4/repeat", "4/zero", "1/repeat", "1/zero"]
     assert [(r["n"], r["padding"], r["max_slices"]) for r in metrics["summary"]] == [
@@ -102,9 +103,10 @@ def test_chunk_trained_model_pads_n_centred_slices_to_its_chunk_depth(cache, tmp
             else:
                 assert depth == 8 and set(real) == {n}  # n real slices, padded to D = 8
     json.dumps(metrics)
-    # the grid's "all" cells are evaluate_model itself when every volume is deeper than D
-    base = evaluate_model(trained.model, Cache(cache), dataclasses.replace(cfg, tasks=()))
-    assert metrics["results"]["all/repeat"]["zero_shot"]["mean_auroc"] == pytest.approx(base["zero_shot"]["mean_auroc"])
+    # the grid's "all" cells are the one evaluator itself (a cell without the repeated tasks) when every volume is deeper than D
+    base = evaluate_cell(trained.model, Cache(cache), dataclasses.replace(cfg, tasks=()))[0]
+    assert metrics["results"]["all/repeat"]["zeroshot"]["volume"]["mean_auroc"] == \
+        pytest.approx(base["zeroshot"]["volume"]["mean_auroc"])
 
 
 def test_probe_fitted_once_on_whole_volumes_and_organs_on_n_slice_chunks(cache, tmp_path):
@@ -112,7 +114,7 @@ def test_probe_fitted_once_on_whole_volumes_and_organs_on_n_slice_chunks(cache, 
     cfg = dataclasses.replace(trained.config.eval, robustness_counts=(0, 1), robustness_paddings=("repeat",),
                               tasks=("robustness", "organs"), probe_split="train")
     data = Cache(cache)
-    metrics = evaluate_model(trained.model, data, cfg)["robustness"]
+    metrics = run_suite(trained.model, data, cfg, SuiteConfig.after_training(cfg)).metrics["robustness"]
     assert metrics["tasks"] == ["organs"]
     cells = metrics["results"]
     assert cells["all/repeat"]["organs"]["chunk_depth"] == cfg.organ_chunk_depth
@@ -135,7 +137,7 @@ def test_whole_volume_model_uses_the_tower_depth_and_repeats_segmentation(cache,
     cfg = dataclasses.replace(trained.config.eval, robustness_counts=(1,), robustness_paddings=("zero",),
                               task_volumes=2, overlays=1)
     assert cfg.robustness_depth is None and tower_min_depth(trained.model) == 4  # debug ViT: 4 x 8 x 8 patches
-    metrics = evaluate_robustness(trained.model, Cache(cache), cfg)
+    metrics = evaluate_robustness(trained.model, Cache(cache), cfg, evaluate_cell)
     assert metrics["depth"] == 4 and metrics["tasks"] == ["segmentation"] and "tower" in metrics["depth_rule"]
     cell = metrics["results"]["1/zero"]
     assert cell["segmentation"]["n_volumes"] == 2 and "mean_dice" in metrics["summary"][0]

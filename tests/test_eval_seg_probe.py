@@ -16,7 +16,7 @@ from torch import nn
 
 from ctvlp.config import apply_overrides
 from ctvlp.data.cache import Cache
-from ctvlp.eval.run import evaluate_model
+from ctvlp.eval.suite import SuiteConfig, run_suite
 from ctvlp.eval.seg_probe import evaluate_seg_probe, train_probe, trained_probe
 from ctvlp.recipes import get_recipe
 from ctvlp.train.loop import Trainer
@@ -84,14 +84,15 @@ def test_debug_checkpoint_probe_and_hd95_in_the_tasks(cache, tmp_path):
     evaluation = dataclasses.replace(trained.config.eval, tasks=("segmentation", "seg_probe"), probe_steps=3,
                                      task_volumes=2, overlays=1)
     frozen = {k: v.clone() for k, v in trained.model.state_dict().items()}
-    metrics = evaluate_model(trained.model, cache, evaluation)
+    result = run_suite(trained.model, cache, evaluation, SuiteConfig.after_training(evaluation))
+    metrics, overlays = result.metrics, result.overlays  # the evaluator moves each task's overlays out of its metrics
     assert all(torch.equal(frozen[k], v) for k, v in trained.model.state_dict().items())  # the model is frozen
     seg, probe = metrics["segmentation"], metrics["seg_probe"]
     assert "mean_hd95" in seg and all("hd95" in e for e in seg["per_structure"].values())  # default on
     assert list(probe["per_structure"]) == list(evaluation.sampler.mask_names)
     assert probe["probe"]["steps"] == 3 and probe["n_volumes"] == seg["n_volumes"]
-    assert [len(seg["overlays"]), len(probe["overlays"])] == [1, 1]
-    assert probe["overlays"][0]["caption"].startswith("probe, test volume ")
+    assert [len(overlays["segmentation"]), len(overlays["seg_probe"])] == [1, 1]
+    assert overlays["seg_probe"][0]["caption"].startswith("probe, test volume ")
     scored = [e for e in probe["per_structure"].values() if e["n"]]
     assert scored and all(0.0 <= e["dice"] <= 1.0 for e in scored)
     assert all(math.isfinite(e["hd95"]) for e in scored if e["n_hd95"])

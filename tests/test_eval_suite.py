@@ -190,7 +190,7 @@ def test_cli_writes_metrics_matching_the_schema_doc_csvs_and_html(run, tmp_path,
     documented = set(re.findall(r"^\| `([^`]+)` \|", DOC.read_text(), flags=re.M))
     assert _paths(metrics) <= documented, _paths(metrics) - documented
     assert documented - _paths(metrics) <= {"<task>"}
-    assert metrics["schema_version"] == 2 and metrics["tasks"] == ["zeroshot", "retrieval", "probe"]
+    assert metrics["schema_version"] == 3 and metrics["tasks"] == ["zeroshot", "retrieval", "probe"]
     assert len(metrics["protocol"]["labels"]) == 18 and metrics["n"]["test_patients"] >= 2
     for level in ("volume", "scan"):
         zs = metrics["zeroshot"][level]

@@ -18,7 +18,8 @@ from ctvlp.data.prompt_names import CORPUS
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.errors import InferenceError
 from ctvlp.eval.generation import generate_reports
-from ctvlp.eval.run import encode_split, evaluate_model
+from ctvlp.eval.run import encode_split
+from ctvlp.eval.suite import SuiteConfig, run_suite
 from ctvlp.inference import CtvlpModel, export_model
 from ctvlp.io.volume import Volume
 from ctvlp.models.store import ModelSpec
@@ -66,7 +67,8 @@ def test_zero_shot_gives_the_numbers_of_evaluate_model(runs):
     model = ctvlp.load_model(runs["demo"])
     cache = Cache(runs["cache"])
     config = dataclasses.replace(load_trained(runs["demo"]).config.eval, batch_size=4)
-    _, test, scores, labels = evaluate_model(model.model, cache, config, details=True)
+    evaluated = run_suite(model.model, cache, config, SuiteConfig.after_training(config))
+    test, scores, labels = evaluated.test, evaluated.scores, evaluated.metrics["protocol"]["labels"]
     assert labels == model.spec.label_names
     # the demo's prompts are mined from its training reports and travel in the checkpoint
     assert config.prompt_style == CORPUS and set(model.model.prompts) == {CORPUS}

@@ -41,8 +41,6 @@ KNOWN_UPWARD = {
 
 KNOWN_LOCAL = {
     # issue 18's remaining work: function-local imports of ctvlp modules outside cli/ with no reason given.
-    ("ctvlp.eval.run", "ctvlp.eval.generation_probe"),
-    ("ctvlp.eval.run", "ctvlp.eval.robustness"),  # the eval/run <-> eval/robustness circle
 }
 """(importer, imported) module pairs imported inside a function today without the DEFERRED marker."""
 

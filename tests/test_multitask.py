@@ -19,7 +19,7 @@ from ctvlp.data.cache import Cache
 from ctvlp.data.osl_pairs import OslPairs
 from ctvlp.data.reports import structure_report
 from ctvlp.data.text import osl_tensors
-from ctvlp.eval.run import evaluate_model
+from ctvlp.eval.suite import SuiteConfig, run_suite
 from ctvlp.models.heads import masked_mean, multiscale_pool
 from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.models.store import load_checkpoint
@@ -226,9 +226,9 @@ def test_structure_report_sections_positive_and_negative_findings():
 def test_sigvlp_evaluation_includes_organ_classification(cache):
     """eval.tasks=[organs]: the metrics gain the organ task's numbers, chunks of organ_chunk_depth slices."""
     cfg = apply_overrides(get_recipe("sigvlp", debug=True), ["eval.organ_chunk_depth=4", "eval.tasks=[organs]"])
-    metrics = evaluate_model(VisionLanguageModel(cfg.model), Cache(cache), cfg.eval)
+    metrics = run_suite(VisionLanguageModel(cfg.model), Cache(cache), cfg.eval, SuiteConfig.after_training(cfg.eval)).metrics
     organs = metrics["organs"]
-    assert organs["chunk_depth"] == 4 and organs["n_chunks"] > metrics["n_test"]
+    assert organs["chunk_depth"] == 4 and organs["n_chunks"] > metrics["n"]["test_volumes"]
     assert organs["per_organ"] and all(v["auroc"] is None or 0 <= v["auroc"] <= 1 for v in organs["per_organ"].values())
 
 
@@ -238,7 +238,7 @@ def test_recipes_evaluate_their_own_tasks(cache, name, task, key):
     """SegVL's evaluation adds zero-shot segmentation Dice, COLIPRI's report generation, on task_volumes."""
     assert task in get_recipe(name, debug=True).eval.tasks  # with its paper's others (test_paper_eval_tasks.py)
     cfg = apply_overrides(get_recipe(name, debug=True), ["eval.task_volumes=2", f"eval.tasks=[{task}]"])
-    metrics = evaluate_model(VisionLanguageModel(cfg.model), Cache(cache), cfg.eval)
+    metrics = run_suite(VisionLanguageModel(cfg.model), Cache(cache), cfg.eval, SuiteConfig.after_training(cfg.eval)).metrics
     result = metrics[task]
     assert result[key] is None or 0.0 <= result[key] <= 1.0
     assert result["n_volumes" if task == "segmentation" else "n"] == 2
@@ -262,8 +262,8 @@ def test_uniferum_zero_shot_scores_by_its_own_label_head(cache):
     t = model.label_logit_scale.exp().clamp(max=cfg.model.max_logit_scale)
     expected = torch.sigmoid(t * emb @ u.T + 0.7).detach().numpy()  # (3, 2), by hand
     assert prompt_scorer(model, labels, LABEL_HEAD)(emb) == pytest.approx(expected, abs=1e-6)
-    metrics = evaluate_model(model, Cache(cache), cfg.eval)
-    assert metrics["prompt_style"] == LABEL_HEAD and 0.0 <= metrics["zero_shot"]["mean_auroc"] <= 1.0
+    metrics = run_suite(model, Cache(cache), cfg.eval, SuiteConfig.after_training(cfg.eval)).metrics
+    assert metrics["prompts"]["style"] == LABEL_HEAD and 0.0 <= metrics["zeroshot"]["volume"]["mean_auroc"] <= 1.0
     plain = VisionLanguageModel(get_recipe("sigvlp", debug=True).model)
     with pytest.raises(ValueError, match="label head.*uniferum"):
         prompt_scorer(plain, labels, LABEL_HEAD)

@@ -12,9 +12,10 @@ model, input and batch size with the recipe's objective, sampler, positions, poo
 `--debug`: its tiny debug variant). Per recipe: a probe times a few steps on the cache (2 warm-up, 5
 timed); `steps` is set to what fits in the budget less the `EVAL_RESERVE` (15 %) kept for
 evaluation, and `max_minutes` stops training there in any case; then it trains and evaluates
-(`ctvlp.cli.demo.train_and_evaluate`). `--set` applies to every recipe; `--seed` is every run's.
+(`ctvlp.cli._run.train_and_evaluate`). `--set` applies to every recipe; `--seed` is every run's.
 
-Writes DIR/<recipe>/ (run/ with checkpoints and metrics.jsonl, config.yaml, report.html),
+Writes DIR/<recipe>/ (run/ with checkpoints and metrics.jsonl, config.yaml, and the evaluation: metrics.json
+in docs/eval-metrics.md's layout, <task>.csv, report.html),
 DIR/compare.json (per recipe: metrics, steps, samples/s, budget, seed and the command) and
 DIR/compare.md (the table). A recipe that fails is recorded as failed and the others still run;
 exit code 0 when all succeeded, 1 otherwise.
@@ -41,19 +42,20 @@ PROBE_WARMUP, PROBE_TIMED = 2, 5
 """Probe steps: untimed (loader start, first allocations), then timed."""
 
 COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("zero-shot mean AUROC", ("zero_shot", "mean_auroc")),
-    ("mean F1", ("zero_shot", "mean_f1")),
-    ("R@1 v->r", ("retrieval", "volume_to_report", "recall@1")),
-    ("R@5 v->r", ("retrieval", "volume_to_report", "recall@5")),
-    ("R@1 r->v", ("retrieval", "report_to_volume", "recall@1")),
-    ("R@5 r->v", ("retrieval", "report_to_volume", "recall@5")),
+    ("zero-shot mean AUROC", ("zeroshot", "volume", "mean_auroc")),
+    ("mean F1", ("zeroshot", "volume", "mean_f1")),
+    ("R@1 v->r", ("retrieval", "volume", "volume_to_report", "recall@1")),
+    ("R@5 v->r", ("retrieval", "volume", "volume_to_report", "recall@5")),
+    ("R@1 r->v", ("retrieval", "volume", "report_to_volume", "recall@1")),
+    ("R@5 r->v", ("retrieval", "volume", "report_to_volume", "recall@5")),
     ("organ AUROC", ("organs", "mean_auroc")),
     ("seg Dice", ("segmentation", "mean_dice")),
     ("BLEU-4", ("generation", "bleu4")),
     ("ROUGE-L", ("generation", "rouge_l")),
     ("label F1", ("generation", "label_f1")),
 )
-"""The table's metric columns: header and key path into a recipe's metrics dict (absent: "—")."""
+"""The table's metric columns: header and key path into a recipe's metrics.json (docs/eval-metrics.md; volume
+level; absent: "—")."""
 MISSING = "—"
 
 
@@ -193,7 +195,7 @@ def run_recipe(name: str, cfg, args: argparse.Namespace) -> dict:
     the record of compare.json."""
     import yaml
 
-    from ctvlp.cli.demo import train_and_evaluate
+    from ctvlp.cli._run import train_and_evaluate
     from ctvlp.config import to_dict
 
     out = args.out / name
@@ -212,11 +214,12 @@ def run_recipe(name: str, cfg, args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     start = time.perf_counter()
-    metrics = train_and_evaluate(cfg, args.data, out, progress=not args.no_progress)
-    samples = metrics["steps"] * cfg.data.batch_size * cfg.grad_accum
-    return {"status": "ok", "steps": metrics["steps"], "planned_steps": steps,
-            "samples_per_s": samples / max(metrics["train_seconds"], 1e-9),
-            "train_seconds": metrics["train_seconds"], "train_budget_seconds": train_budget,
+    metrics = train_and_evaluate(cfg, args.data, out / "run", out, progress=not args.no_progress).metrics
+    train_seconds = metrics["training"]["seconds"]
+    samples = metrics["step"] * cfg.data.batch_size * cfg.grad_accum
+    return {"status": "ok", "steps": metrics["step"], "planned_steps": steps,
+            "samples_per_s": samples / max(train_seconds, 1e-9),
+            "train_seconds": train_seconds, "train_budget_seconds": train_budget,
             "probe_step_seconds": step_seconds, "seconds": time.perf_counter() - start,
             "run_dir": str(out / "run"), "metrics": metrics}
 
@@ -260,7 +263,8 @@ def markdown(summary: dict) -> str:
     header = ["recipe", "steps", "samples/s", *(title for title, _ in COLUMNS)]
     rows = [header, ["---"] * len(header)] + [table_row(r) for r in summary["recipes"].values()]
     ok = [r["metrics"] for r in summary["recipes"].values() if r["status"] == "ok"]
-    cohort = (f"; {ok[0]['n_train']} training and {ok[0]['n_test']} held-out volumes" if ok else "")
+    sizes = [metric(ok[0], ("training", "train_volumes")), metric(ok[0], ("n", "test_volumes"))] if ok else [None]
+    cohort = f"; {sizes[0]} training and {sizes[1]} held-out volumes" if None not in sizes else ""
     if summary["steps"]:
         title, how = "Recipes at an equal step count", f"{summary['steps']} steps per run"
     else:

@@ -3,14 +3,14 @@
 synth (a chest-CT cohort in CT-RATE's layout, findings at the `large` size so that they span
 several voxels at the demo's resolution) -> `manifest ctrate` (the real adapter) -> `prepare` (the
 chunk cache at 3 x 3 x 6 mm, anti-aliased) -> `train --recipe demo` (RoPE ViT, z-chunks with organ sentences, sigmoid loss,
-Muon) -> zero-shot classification and retrieval on the held-out split -> DIR/metrics.json and
-DIR/report.html. Steps whose output exists are reused (delete DIR to start over).
+Muon) -> zero-shot classification and retrieval on the held-out split -> DIR/metrics.json
+(docs/eval-metrics.md), DIR/<task>.csv and DIR/report.html. Steps whose output exists are reused (delete DIR to
+start over).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -64,8 +64,8 @@ def prepare_data(args: argparse.Namespace) -> tuple[Path, dict[str, float]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ctvlp.cli._run import headline, train_and_evaluate
     from ctvlp.config import apply_overrides
-    from ctvlp.fsutil import jsonable
     from ctvlp.recipes import get_recipe
 
     start = time.perf_counter()
@@ -73,44 +73,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = apply_overrides(get_recipe("demo", debug=args.debug),
                           overrides + ([f"steps={args.steps}"] if args.steps is not None else []))
     cache_dir, seconds = prepare_data(args)
-    metrics = train_and_evaluate(cfg, cache_dir, args.out, progress=not args.no_progress)
-    metrics["seconds"] = {**seconds, "train": metrics["train_seconds"], "total": time.perf_counter() - start}
-    (args.out / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2, allow_nan=False))
-    zs, rt = metrics["zero_shot"], metrics["retrieval"]
-    print(f"\n== zero-shot on {metrics['n_test']} held-out volumes: mean AUROC {zs['mean_auroc']:.3f} over "
-          f"{len(zs['labels_in_mean'])} labels; R@5 volume->report {rt['volume_to_report']['recall@5']:.3f}, "
-          f"report->volume {rt['report_to_volume']['recall@5']:.3f} (chance {metrics['chance_recall@5']:.3f})")
-    print(f"   {args.out / 'metrics.json'}\n   {args.out / 'report.html'}\n   total {metrics['seconds']['total']:.0f} s")
+    print(f"\n== train recipe {cfg.recipe!r} for {cfg.steps} steps -> {args.out / 'run'}", flush=True)
+    outcome = train_and_evaluate(cfg, cache_dir, args.out / "run", args.out, progress=not args.no_progress,
+                                 training={"prepare_seconds": seconds})
+    metrics = outcome.metrics
+    chance = metrics["retrieval"]["chance_recall@5"]["volume"]
+    print(f"\n== zero-shot on {metrics['n']['test_volumes']} held-out volumes: {headline(metrics)} "
+          f"(chance {chance:.3f})")
+    print(f"   {args.out / 'metrics.json'}\n   {args.out / 'report.html'}\n   total {time.perf_counter() - start:.0f} s")
     return 0
-
-
-def train_and_evaluate(cfg, cache_dir: Path, out: Path, progress: bool = True) -> dict:
-    """Train ``cfg`` on the cache, evaluate on its held-out split, write metrics.json and report.html."""
-    import numpy as np
-
-    from ctvlp.data.preprocess import window
-    from ctvlp.eval.html import write_report
-    from ctvlp.eval.run import evaluate_model
-    from ctvlp.train.loop import Trainer
-    from ctvlp.train.metrics_log import read_metrics
-
-    run_dir = out / "run"
-    print(f"\n== train recipe {cfg.recipe!r} for {cfg.steps} steps -> {run_dir}", flush=True)
-    trainer = Trainer(cfg, cache_dir, run_dir, progress=progress)
-    start = time.perf_counter()
-    trainer.fit()
-    train_seconds = time.perf_counter() - start
-    print(f"\n== evaluate on the held-out split ({cfg.eval.test_split}; thresholds on {cfg.eval.val_split})", flush=True)
-    metrics, test, scores, labels = evaluate_model(trainer.model, trainer.cache, cfg.eval, details=True)
-    metrics = {"recipe": cfg.recipe, "n_train": len(trainer.loader.dataset), "n_test": metrics["n_test"],
-               "train_seconds": train_seconds, "steps": trainer.step, **metrics}
-    thresholds = np.array([metrics["zero_shot"]["per_label"][n]["threshold"] for n in labels])
-    examples = []
-    for i in range(min(6, len(test.ids))):
-        volume = trainer.cache.volume(test.ids[i])
-        lo, hi = trainer.cache.config.hu_window
-        examples.append({"id": test.ids[i], "image": window(volume.slab(0, volume.shape[0]), lo, hi),
-                         "report": test.texts[i],
-                         "predicted": [n for n, s, t in zip(labels, scores[i], thresholds) if np.isfinite(t) and s >= t]})
-    write_report(out / "report.html", metrics, read_metrics(run_dir), examples)
-    return metrics

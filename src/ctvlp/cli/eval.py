@@ -114,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ctvlp.data.cache import Cache
     from ctvlp.eval.outputs import write_outputs
-    from ctvlp.eval.paper import format_rows, paper_rows, paper_tasks
-    from ctvlp.eval.suite import SuiteConfig, run_suite, with_overrides
+    from ctvlp.eval.paper import format_rows, paper_tasks
+    from ctvlp.eval.suite import SuiteConfig, describe_run, run_suite, with_overrides
     from ctvlp.recipes.run import load_trained
 
     trained = load_trained(args.checkpoint, args.device)
@@ -130,9 +130,7 @@ def run(args: argparse.Namespace) -> int:
                       prompts=None if args.prompts is None else str(args.prompts), n_bootstrap=args.bootstrap,
                       seed=args.seed, train_split=args.train_split or trained.config.data.train_split)
     result = run_suite(trained.model, cache, eval_cfg, cfg, args.device, progress=not args.no_progress)
-    result.metrics = {**result.metrics, "checkpoint": trained.path, "step": trained.step,
-                      "recipe": trained.config.recipe}
-    result.metrics["paper_rows"] = paper_rows(trained.config.recipe, result.metrics)
+    describe_run(result, trained.config.recipe, trained.step, str(trained.path))
     paths = write_outputs(args.out, result)
     metrics = json.loads(paths[0].read_text())
     print(f"ctvlp eval: {trained.config.recipe} step {trained.step} on {metrics['n']['test_volumes']} test volumes "

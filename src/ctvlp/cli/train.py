@@ -2,8 +2,10 @@
 
 Trains a recipe on a prepared cache (`ctvlp prepare`). Writes OUT/config.yaml (the resolved config),
 OUT/metrics.jsonl, OUT/tb/ (TensorBoard) and OUT/checkpoints/step-NNNNNNN.pt (the last `keep_last`,
-e.g. --set keep_last=3). `ctvlp config NAME [--set ...]` prints the resolved config with every field's
-help: what --set can change. Runs the same under `torchrun --nproc_per_node N -m ctvlp train ...`
+e.g. --set keep_last=3), then evaluates the model on the held-out split (zero-shot, retrieval and the
+recipe's eval.tasks; `ctvlp eval` on the checkpoint adds intervals and the linear probe) into OUT/eval/:
+metrics.json (docs/eval-metrics.md), one CSV per task and report.html. `ctvlp config NAME [--set ...]`
+prints the resolved config with every field's help: what --set can change. Runs the same under `torchrun --nproc_per_node N -m ctvlp train ...`
 (DDP; only rank 0 writes).
 """
 
@@ -52,52 +54,29 @@ def resolve_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import json
 
-    import yaml
-
-    from ctvlp.config import to_dict
+    from ctvlp.cli._run import headline, train_and_evaluate
+    from ctvlp.data.cache import Cache
     from ctvlp.errors import BadDatasetError
-    from ctvlp.fsutil import atomic_write_text
-    from ctvlp.train import distributed
-    from ctvlp.train.loop import Trainer
+    from ctvlp.train.requirements import check_preprocessing
 
     cfg = resolve_config(args)
     if not (args.data / "index").is_dir():
         raise BadDatasetError(args.data, "not a cache folder (no index/); run `ctvlp prepare` first")
-    from ctvlp.data.cache import Cache
-    from ctvlp.train.requirements import check_preprocessing
-
     custom = any(o.startswith("data.preprocess") for o in args.overrides)  # then the recipe's flags are not enough
     check_preprocessing(cfg, Cache(args.data), None if custom else f"--recipe {args.recipe}" + " --debug" * args.debug)
     if not args.no_eval:  # an empty or damaged evaluation split stops the run before step 1, not after the last
         from ctvlp.data.loader import split_dataset
+        from ctvlp.eval.suite import check_masks
 
         cache = Cache(args.data)
         for split in (cfg.eval.val_split, cfg.eval.test_split):
             split_dataset(cache, cfg.eval.sampler, split, seed=0)
-        from ctvlp.eval.suite import check_masks
-
         check_masks(cache, cfg.eval, cfg.eval.tasks)  # a mask task on a maskless cache: refused now, not at the end
-    trainer = Trainer(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress)
-    try:
-        if trainer.place.is_main:
-            atomic_write_text(args.out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        summary = trainer.fit()
-        if not args.no_eval and trainer.place.is_main:
-            from ctvlp.eval.run import evaluate_model
-            from ctvlp.fsutil import jsonable
-
-            metrics = evaluate_model(trainer.model, trainer.cache, cfg.eval, device=trainer.place.device)
-            summary["eval"] = metrics
-            atomic_write_text(args.out / "eval.json", json.dumps(jsonable(metrics), indent=2, allow_nan=False))
-        distributed.barrier(trainer.place)
-    finally:
-        distributed.teardown()
-    if trainer.place.is_main:
-        print(json.dumps({k: v for k, v in summary.items() if k != "eval"}))
-        if "eval" in summary:
-            zs, rt = summary["eval"]["zero_shot"], summary["eval"]["retrieval"]
-            mean = f"{zs['mean_auroc']:.3f}" if zs["labels_in_mean"] else "n/a (every label has one class on the test split)"
-            print(f"zero-shot mean AUROC {mean} over {len(zs['labels_in_mean'])} labels; "
-                  f"R@5 volume->report {rt['volume_to_report']['recall@5']:.3f}, "
-                  f"report->volume {rt['report_to_volume']['recall@5']:.3f}")
+    outcome = train_and_evaluate(cfg, args.data, args.out, None if args.no_eval else args.out / "eval",
+                                 resume=args.resume, progress=not args.no_progress)
+    if outcome.is_main:
+        print(json.dumps(outcome.summary))
+        if outcome.metrics is not None:
+            print(f"zero-shot {headline(outcome.metrics)}")
+            print(f"   {outcome.paths[0]}\n   {outcome.paths[-1]}")
     return 0

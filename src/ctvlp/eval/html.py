@@ -1,6 +1,8 @@
-"""A self-contained HTML page for a run: training curve, per-label zero-shot table, retrieval numbers
-and a few test volumes (a slice each) with their reports and the model's zero-shot findings.
-Figures are matplotlib PNGs embedded as base64, so the page is one file."""
+"""The one HTML page of an evaluation (:func:`write_report`, beside metrics.json): what was evaluated, the
+recipe's paper table, zero-shot ROC curves and AUROC bars, retrieval with examples, the probe, every extra
+task's scalars, table and figures, a few test volumes (a slice each) with their reports and the model's
+zero-shot findings, and after a training run its loss curve. Figures are matplotlib PNGs embedded as
+base64, so the page is one file."""
 
 from __future__ import annotations
 
@@ -75,33 +77,6 @@ def _page(path: Path, title: str, parts: list[str]) -> Path:
                                    f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
 
-def write_report(path: Path, metrics: dict, records: list[dict], examples: list[dict]) -> Path:
-    """``examples``: dicts with ``id``, ``image`` (D, H, W), ``report`` and ``predicted`` (list of str)."""
-    zs, rt = metrics["zero_shot"], metrics["retrieval"]
-    label_rows = [[html.escape(name), _fmt(r["auroc"]), _fmt(r["f1"]), _fmt(r["precision"]), str(r["n_pos"]),
-                   "" if name not in zs.get("excluded", {}) else html.escape(zs["excluded"][name])]
-                  for name, r in zs["per_label"].items()]
-    retrieval_rows = [[d.replace("_", " ")] + [_fmt(rt[d][f"recall@{k}"]) for k in (1, 5, 10, 50)]
-                      for d in ("volume_to_report", "report_to_volume")]
-    example_rows = [[slice_figure(e["image"]), html.escape(e["id"]), html.escape(e["report"]),
-                     html.escape("; ".join(e["predicted"]) or "no finding above threshold")] for e in examples]
-    parts = [
-        f"<h1>ctvlp run: recipe {html.escape(str(metrics.get('recipe', '')))}</h1>",
-        f"<p>{metrics.get('n_train', '?')} training volumes, {metrics.get('n_test', '?')} test volumes; "
-        f"training {metrics.get('train_seconds', 0):.0f} s. Zero-shot mean AUROC <b>{_fmt(zs['mean_auroc'])}</b> "
-        f"over {len(zs.get('labels_in_mean', []))} labels (thresholds chosen on the validation split).</p>",
-        "<h2>Training</h2>", curve_figure(records) if records else "<p>no records</p>",
-        "<h2>Zero-shot classification (test split)</h2>",
-        _table(label_rows, ["label", "AUROC", "F1", "precision", "positives", "left out of the mean"]),
-        "<h2>Retrieval (test split)</h2>",
-        _table(retrieval_rows, ["direction", "R@1", "R@5", "R@10", "R@50"]),
-        f"<p>chance R@5: {_fmt(metrics.get('chance_recall@5'))}</p>",
-        "<h2>Test volumes</h2>",
-        _table(example_rows, ["middle slice", "volume", "report", "zero-shot findings (model)"]),
-    ]
-    return _page(path, "ctvlp run", parts)
-
-
 def roc_figure(roc: dict[str, tuple[np.ndarray, np.ndarray]], auroc: dict[str, float | None]) -> str:
     """One ROC curve per label (sklearn's roc_curve) in a grid; labels with one class are left blank."""
     from sklearn.metrics import roc_curve
@@ -148,17 +123,38 @@ def _frame_html(frame) -> str:
     return frame.to_html(index=False, na_rep="n/a", float_format=lambda x: f"{x:.3f}", border=0)
 
 
-def write_eval_report(path: Path, metrics: dict, roc: dict, examples: list[dict], overlays: dict,
-                      tables: dict | None = None) -> Path:
-    """The `ctvlp eval` page: summary, the recipe's paper table (``paper_rows``), zero-shot ROC curves and AUROC bars with intervals, retrieval
-    table and examples, probe bars, and for every extra task its scalar metrics, its table (``tables``:
-    task -> pandas DataFrame, the task's CSV: per structure, per label, per robustness cell) and its
-    ``overlays`` (each {``caption``, ``png_base64``}: per-volume figures such as segmentation overlays)."""
+def _summary(metrics: dict) -> list[str]:
+    """The page's title and what was evaluated: the model (recipe, step, training), the cache and the protocol."""
+    recipe, step, training = metrics.get("recipe"), metrics.get("step"), metrics.get("training")
+    title = f"ctvlp: recipe {html.escape(str(recipe))}" + (f", step {step}" if step is not None else "")
+    trained = (f"<p>trained on {training['train_volumes']} volumes for {training['seconds']:.0f} s "
+               f"(run folder {html.escape(str(training['run_dir']))}).</p>") if training else ""
+    return [f"<h1>{title if recipe else 'ctvlp eval'}</h1>{trained}<p>cache {html.escape(metrics['cache'])}, protocol "
+            f"{metrics['protocol']['name']} ({len(metrics['protocol']['labels'])} labels), "
+            f"{metrics['n']['test_volumes']} test volumes / {metrics['n']['test_scans']} scans / "
+            f"{metrics['n']['test_patients']} patients; intervals: {metrics['bootstrap']['n']} patient resamples.</p>"]
+
+
+def _volumes(volumes: list[dict]) -> list[str]:
+    """``volumes``: dicts with ``id``, ``image`` (D, H, W), ``report`` and ``predicted`` (list of str)."""
+    rows = [[slice_figure(v["image"]), html.escape(v["id"]), html.escape(v["report"]),
+             html.escape("; ".join(v["predicted"]) or "no finding above threshold")] for v in volumes]
+    return ["<h2>Test volumes</h2>", _table(rows, ["middle slice", "volume", "report", "zero-shot findings (model)"])]
+
+
+def write_report(path: Path, metrics: dict, roc: dict, examples: list[dict], overlays: dict,
+                 tables: dict | None = None, records: list[dict] | None = None,
+                 volumes: list[dict] | None = None) -> Path:
+    """The page of one evaluation (metrics in docs/eval-metrics.md's layout): summary, the training curve
+    (``records``: the run's metrics.jsonl, after a training run), the recipe's paper table (``paper_rows``),
+    zero-shot ROC curves and AUROC bars with intervals, retrieval table and ``examples``, probe bars, and for
+    every extra task its scalar metrics, its table (``tables``: task -> pandas DataFrame, the task's CSV: per
+    structure, per label, per robustness cell) and its ``overlays`` (each {``caption``, ``png_base64``}:
+    per-volume figures such as segmentation overlays), then the test ``volumes`` (:func:`_volumes`)."""
     tables = tables or {}
-    parts = [f"<h1>ctvlp eval</h1><p>cache {html.escape(metrics['cache'])}, protocol {metrics['protocol']['name']} "
-             f"({len(metrics['protocol']['labels'])} labels), {metrics['n']['test_volumes']} test volumes / "
-             f"{metrics['n']['test_scans']} scans / {metrics['n']['test_patients']} patients; intervals: "
-             f"{metrics['bootstrap']['n']} patient resamples.</p>"]
+    parts = _summary(metrics)
+    if records:
+        parts += ["<h2>Training</h2>", curve_figure(records)]
     if metrics["protocol"]["skipped"]:
         parts.append(f"<p>skipped labels: {html.escape(', '.join(metrics['protocol']['skipped']))}</p>")
     paper = metrics.get("paper_rows") or {}
@@ -186,7 +182,8 @@ def write_eval_report(path: Path, metrics: dict, roc: dict, examples: list[dict]
             + "</ol>"] for e in examples]
         parts += ["<h2>Retrieval (test split)</h2>",
                   _table(rows, ["level", "direction", "R@1", "R@5", "R@10", "R@50", "median rank"]),
-                  f"<p>{html.escape(rt['rule'])}</p><h3>Examples (scan level, volume to report)</h3>",
+                  f"<p>{html.escape(rt['rule'])}; chance R@5 {_fmt(rt['chance_recall@5']['volume'])} (volume), "
+                  f"{_fmt(rt['chance_recall@5']['scan'])} (scan)</p><h3>Examples (scan level, volume to report)</h3>",
                   _table(ex, ["query scan's report", "top-3 retrieved reports (&#10003; = the query's scan)"])]
     if "probe" in metrics:
         pr = metrics["probe"]
@@ -202,4 +199,6 @@ def write_eval_report(path: Path, metrics: dict, roc: dict, examples: list[dict]
                           for o in overlays.get(task, []))
         table = _frame_html(tables[task]) if task in tables else ""
         parts += [f"<h2>{html.escape(task)}</h2>", _table(scalars, ["metric", "value"]), table, figures]
-    return _page(path, "ctvlp eval", parts)
+    if volumes:
+        parts += _volumes(volumes)
+    return _page(path, "ctvlp eval" if metrics.get("recipe") is None else f"ctvlp {metrics['recipe']}", parts)

@@ -1,7 +1,6 @@
 """What ``ctvlp eval`` and :class:`~ctvlp.eval.config.EvalConfig` accept by name -- tasks -- importable
 without torch or numpy, so that the CLI lists them in its help at once. The code behind each name lives in
-:mod:`ctvlp.eval.suite` (the core tasks) and :mod:`ctvlp.eval.run` (``EXTRA_TASKS``, one function per name of
-:data:`EVAL_TASKS`); the prompt-style names are :mod:`ctvlp.data.prompt_names`'.
+:mod:`ctvlp.eval.suite` (the core tasks, and ``EXTRA_TASKS``: one function per name of :data:`EVAL_TASKS`); the prompt-style names are :mod:`ctvlp.data.prompt_names`'.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Files of `ctvlp eval`: metrics.json (docs/eval-metrics.md), one CSV per task, report.html (which
-shows each extra task's CSV table)."""
+"""The files of every evaluation (`ctvlp eval`, and `ctvlp train`, `demo`, `compare` after training):
+metrics.json (docs/eval-metrics.md), one CSV per task, report.html (:func:`ctvlp.eval.html.write_report`,
+which shows each extra task's CSV table)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ctvlp.data.manifest import save_table
-from ctvlp.eval.html import write_eval_report
+from ctvlp.eval.html import write_report
 from ctvlp.eval.zeroshot import METRICS
 from ctvlp.fsutil import atomic_write_text, jsonable
 
@@ -93,6 +94,6 @@ def write_outputs(out: Path, result) -> list[Path]:
             paths.append(save_table(tables[task], out / f"{task}.csv"))
     if metrics.get("paper_rows", {}).get("rows"):
         paths.append(save_table(pd.DataFrame(metrics["paper_rows"]["rows"]), out / "paper_rows.csv"))
-    paths.append(write_eval_report(out / "report.html", metrics, result.roc, result.examples, result.overlays,
-                                   tables))
+    paths.append(write_report(out / "report.html", metrics, result.roc, result.examples, result.overlays, tables,
+                              result.records, result.volumes))
     return paths

@@ -1,7 +1,9 @@
 """Slice-count robustness: every evaluation metric again as the number of input slices shrinks.
 
 A cell (n, padding) of the grid ``EvalConfig.robustness_counts`` x ``EvalConfig.robustness_paddings``
-re-runs :func:`ctvlp.eval.run.evaluate_model` unchanged with one change to the evaluation sampler:
+re-runs the evaluation it is given (``evaluate``: the one evaluator, :func:`ctvlp.eval.suite.evaluate_cell`,
+zero-shot and retrieval at volume and scan level without intervals, plus the repeated tasks) unchanged
+with one change to the evaluation sampler:
 
 1. **Keep the n centred slices** of each volume: ``max_slices = min(n, max_slices of the eval
    sampler)`` (``whole`` mode reads slices ``[(Z - k) // 2, (Z - k) // 2 + k)``, k = min(n, Z, max_slices)).
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +47,7 @@ from ctvlp.data.sampling import SamplerConfig
 from ctvlp.eval.config import EvalConfig
 from ctvlp.eval.metrics import auroc
 from ctvlp.eval.probe import FittedProbes, Split, fit_probes
-from ctvlp.eval.run import Encoded, encode_split, evaluate_model
+from ctvlp.eval.run import Encoded, encode_split
 from ctvlp.fsutil import jsonable
 
 SLICE_TASKS = ("segmentation", "generation", "organs")
@@ -53,6 +55,11 @@ SLICE_TASKS = ("segmentation", "generation", "organs")
 
 ALL = 0
 """The slice count meaning "every slice the eval sampler keeps"."""
+
+CellEvaluator = Callable[..., tuple[dict, Encoded]]
+"""(model, cache, cell's EvalConfig, device) -> (the cell's metrics in metrics.json's layout, its test split
+encoded): the evaluation a cell re-runs, passed in by the evaluator that dispatches to this task (so that this
+module does not import the evaluator above it)."""
 
 
 def tower_min_depth(model) -> int:
@@ -79,9 +86,9 @@ def cell_name(count: int, padding: str) -> str:
 def summary_row(count: int, padding: str, max_slices: int | None, metrics: dict) -> dict:
     """One table row: n, padding, ``max_slices`` (the slices actually kept, None: all), mean AUROC, R@5 both
     ways, and the headline of the probe and of each repeated task."""
-    retrieval = metrics["retrieval"]
+    retrieval = metrics["retrieval"]["volume"]
     row = {"n": "all" if count == ALL else count, "padding": padding, "max_slices": max_slices,
-           "mean_auroc": metrics["zero_shot"]["mean_auroc"],
+           "mean_auroc": metrics["zeroshot"]["volume"]["mean_auroc"],
            "r5_volume_to_report": retrieval["volume_to_report"]["recall@5"],
            "r5_report_to_volume": retrieval["report_to_volume"]["recall@5"]}
     if "probe" in metrics:
@@ -119,16 +126,17 @@ def probe_metrics(probes: FittedProbes, test: Encoded) -> dict:
 
 
 @torch.no_grad()
-def evaluate_robustness(model, cache, cfg: EvalConfig, device: torch.device | str = "cpu",
+def evaluate_robustness(model, cache, cfg: EvalConfig, evaluate: CellEvaluator, device: torch.device | str = "cpu",
                         counts: Sequence[int] | None = None, paddings: Sequence[str] | None = None,
                         depth: int | None = None) -> dict:
-    """Every metric of :func:`~ctvlp.eval.run.evaluate_model` per (slice count, padding) cell (module docstring).
+    """Every metric of ``evaluate`` per (slice count, padding) cell (module docstring).
 
     ``cfg``: the :class:`~ctvlp.eval.config.EvalConfig`; ``counts``, ``paddings``, ``depth`` default to
     its ``robustness_counts``, ``robustness_paddings`` and ``robustness_depth`` (None: the tower's smallest depth).
 
     Returns a JSON-able dict: ``counts`` (0 shown as ``"all"``), ``paddings``, ``depth`` (D), ``depth_rule``,
-    ``tasks`` (the extra tasks repeated), ``results`` {``"<n>/<padding>"``: evaluate_model's metrics},
+    ``tasks`` (the extra tasks repeated), ``results`` {``"<n>/<padding>"``: the cell's metrics (metrics.json's
+    layout, docs/eval-metrics.md)},
     ``summary`` (one :func:`summary_row` per cell, in grid order) and ``seconds``. With
     ``cfg.robustness_probe`` each cell also has ``probe`` (:func:`probe_metrics`).
     """
@@ -148,7 +156,7 @@ def evaluate_robustness(model, cache, cfg: EvalConfig, device: torch.device | st
             chunk = cfg.organ_chunk_depth if count == ALL else min(count, cfg.organ_chunk_depth)
             cell = dataclasses.replace(cfg, sampler=sampler, tasks=tasks, organ_chunk_depth=chunk,
                                        overlays=0)  # figures once, not per cell
-            metrics, test, _, _ = evaluate_model(model, cache, cell, device, details=True)
+            metrics, test = evaluate(model, cache, cell, device)
             if probes is not None:
                 metrics["probe"] = probe_metrics(probes, test)
             results[cell_name(count, padding)] = metrics

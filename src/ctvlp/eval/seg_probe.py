@@ -76,7 +76,7 @@ def _check_tower(model) -> None:
                          "no patch grid (a ResNet): use a ViT recipe")
 
 
-@torch.enable_grad()  # callers may run under no_grad (evaluate_model does)
+@torch.enable_grad()  # callers may run under no_grad (the evaluator, ctvlp.eval.suite.run_suite, does)
 def train_probe(model, cache, cfg: EvalConfig, device: torch.device | str = "cpu", seed: int = 0) -> Probe:
     """Train the probe head of the module docstring on ``cfg.probe_split``."""
     _check_tower(model)

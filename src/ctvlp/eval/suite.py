@@ -1,5 +1,10 @@
-"""The evaluation people report: zero-shot classification, retrieval and a linear probe with
-patient-bootstrap intervals, at volume and scan level, plus the ``EXTRA_TASKS`` of :mod:`ctvlp.eval.run`.
+"""The one evaluator (:func:`run_suite`): zero-shot classification, retrieval and a linear probe with
+patient-bootstrap intervals, at volume and scan level, plus the :data:`EXTRA_TASKS` (organs, segmentation,
+generation, probes, real masks, slice-count robustness). `ctvlp eval` runs it on a checkpoint; `ctvlp train`,
+`ctvlp demo` and `ctvlp compare` run it after training (:meth:`SuiteConfig.after_training`: zero-shot,
+retrieval and ``eval.tasks``, no intervals); the robustness cells re-run it (:func:`evaluate_cell`).
+Every run's metrics follow one versioned layout (:data:`SCHEMA_VERSION`, docs/eval-metrics.md), written by
+:func:`ctvlp.eval.outputs.write_outputs`.
 
 Every volume of the validation and test splits (and, for the probe, the training split) is encoded
 once (:func:`ctvlp.eval.run.encode_split`), every prompt once. Thresholds and the probe's C come from
@@ -16,6 +21,7 @@ import contextlib
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +31,7 @@ from ctvlp import __version__
 from ctvlp.data.cache import Cache
 from ctvlp.data.labels import PROTOCOLS
 from ctvlp.data.manifest import label_names_of
+from ctvlp.data.preprocess import window
 from ctvlp.data.prompt_names import CORPUS, LABEL_HEAD
 from ctvlp.data.prompts import prompt_set, split_reports
 from ctvlp.data.sampling import BODY
@@ -32,16 +39,26 @@ from ctvlp.errors import BadDatasetError, CtvlpError
 from ctvlp.eval.aggregate import RULE as SCAN_RULE
 from ctvlp.eval.aggregate import Grouping, scan_embeddings, scan_scores
 from ctvlp.eval.config import EvalConfig
-from ctvlp.eval.probe import Split, linear_probe
+from ctvlp.eval.generation import evaluate_generation
+from ctvlp.eval.generation_probe import evaluate_generation_probe
 from ctvlp.eval.names import CORE_TASKS
+from ctvlp.eval.organs import evaluate_organs
+from ctvlp.eval.paper import paper_rows
+from ctvlp.eval.probe import Split, linear_probe
+from ctvlp.eval.real_masks import evaluate_real_masks
 from ctvlp.eval.retrieval import rank_summary, recall_intervals, retrieval_ranks
-from ctvlp.eval.run import EXTRA_TASKS, Encoded, chance_recall, encode_split
+from ctvlp.eval.robustness import evaluate_robustness
+from ctvlp.eval.run import Encoded, chance_recall, encode_split
+from ctvlp.eval.seg_probe import evaluate_seg_probe, trained_probe
+from ctvlp.eval.segmentation import evaluate_segmentation
 from ctvlp.eval.zeroshot import evaluate_zero_shot
 from ctvlp.models.prompting import prompt_scorer
 from ctvlp.progress import progress_bar
 
-SCHEMA_VERSION = 2
-"""Version of the metrics.json layout described in docs/eval-metrics.md; bumped on any change (2: ``paper_rows``)."""
+SCHEMA_VERSION = 3
+"""Version of the metrics.json layout described in docs/eval-metrics.md; bumped on any change (2: ``paper_rows``;
+3: one layout for every command -- ``recipe``, ``step`` and ``checkpoint`` always, ``training`` after a
+training run, robustness cells in this layout)."""
 TASK_NEEDS = {"segmentation": ("seg", "a voxel head (model.seg: recipes segvl, uniferum)"),
               "generation": ("decoder", "a report decoder (model.decoder: recipe colipri; for any "
                                              "model, generation_probe trains one on the frozen encoder)")}
@@ -72,6 +89,15 @@ class SuiteConfig:
     """Split the linear probe is fitted on."""
     examples: int = 3
     """Retrieval examples kept for the report."""
+    volumes: int = 6
+    """Test volumes drawn in the report (middle slice, report, the model's zero-shot findings); 0: none."""
+
+    @classmethod
+    def after_training(cls, eval_cfg: EvalConfig) -> SuiteConfig:
+        """What `ctvlp train`, `ctvlp demo` and `ctvlp compare` evaluate at the end of training: zero-shot and
+        retrieval plus the run's ``eval.tasks``, without intervals (``ctvlp eval`` on the checkpoint adds them
+        and the linear probe)."""
+        return cls(tasks=("zeroshot", "retrieval", *eval_cfg.tasks), n_bootstrap=0)
 
 
 @dataclass
@@ -85,6 +111,62 @@ class SuiteResult:
     """Retrieval examples: {query, retrieved: [(report, correct)]}."""
     overlays: dict = field(default_factory=dict)
     """Task -> the ``overlays`` list its metrics carried (popped from the metrics; see docs/eval-metrics.md)."""
+    test: Encoded | None = None
+    """The test split as encoded."""
+    scores: np.ndarray | None = None
+    """(N, L) volume-level zero-shot scores of the test split, L = ``metrics["protocol"]["labels"]`` (None
+    without ``zeroshot``)."""
+    volumes: list = field(default_factory=list)
+    """Test volumes for the report: {id, image (D, H, W) windowed, report, predicted (labels at or above their
+    threshold)}."""
+    records: list = field(default_factory=list)
+    """The training run's metrics.jsonl records (the report's training curve; empty for a checkpoint)."""
+
+
+# -- the extra tasks: (model, cache, eval config, device, suite config) -> the task's metrics ---------------
+def _organs(model, cache: Cache, cfg: EvalConfig, device: torch.device, suite: SuiteConfig | None = None) -> dict:
+    sampler = dataclasses.replace(cfg.sampler, mode="chunk", chunk_depth=cfg.organ_chunk_depth, max_slices=None)
+    return evaluate_organs(model, cache, sampler, cfg.val_split, cfg.test_split, device, batch_size=cfg.batch_size)
+
+
+def _segmentation(model, cache: Cache, cfg: EvalConfig, device: torch.device, suite: SuiteConfig | None = None
+                  ) -> dict:
+    return evaluate_segmentation(model, cache, cfg.sampler, cfg.test_split, device, max_volumes=cfg.task_volumes,
+                                 hd95=cfg.segmentation_hd95, overlays=cfg.overlays)
+
+
+def _generation(model, cache: Cache, cfg: EvalConfig, device: torch.device, suite: SuiteConfig | None = None) -> dict:
+    return evaluate_generation(model, cache, cfg.sampler, cfg.test_split, device, max_volumes=cfg.task_volumes,
+                               batch_size=cfg.batch_size)
+
+
+def _generation_probe(model, cache: Cache, cfg: EvalConfig, device: torch.device, suite: SuiteConfig | None = None
+                      ) -> dict:
+    return evaluate_generation_probe(model, cache, cfg, device)
+
+
+def _robustness(model, cache: Cache, cfg: EvalConfig, device: torch.device, suite: SuiteConfig | None = None) -> dict:
+    """The robustness grid, each cell re-running :func:`evaluate_cell` with the suite's protocol and prompts."""
+    suite = suite or SuiteConfig()
+    cell = functools.partial(evaluate_cell, protocol=suite.protocol, prompts=suite.prompts)
+    return evaluate_robustness(model, cache, cfg, cell, device)
+
+
+def _seg_probe(model, cache: Cache, cfg: EvalConfig, device: torch.device, suite: SuiteConfig | None = None) -> dict:
+    return evaluate_seg_probe(model, cache, cfg, device)
+
+
+def _real_masks(model, cache: Cache, cfg: EvalConfig, device: torch.device, suite: SuiteConfig | None = None) -> dict:
+    probe = trained_probe(model, cache, cfg, device) if "seg_probe" in cfg.tasks else None
+    return evaluate_real_masks(model, cache.config, cfg.sampler, device, cfg.real_dir, probe,
+                               hd95=cfg.segmentation_hd95, batch_size=cfg.batch_size, overlays=cfg.overlays > 0)
+
+
+EXTRA_TASKS: dict[str, Callable[..., dict]] = {
+    "organs": _organs, "segmentation": _segmentation, "generation": _generation, "robustness": _robustness,
+    "seg_probe": _seg_probe, "real_masks": _real_masks, "generation_probe": _generation_probe}
+"""``EvalConfig.tasks`` -> function(model, cache, eval config, device, suite config) -> the task's metrics (the
+names are :data:`ctvlp.eval.names.EVAL_TASKS`)."""
 
 
 def check_tasks(tasks, model) -> tuple[str, ...]:
@@ -210,15 +292,20 @@ def retrieval_levels(test: Encoded, cfg: SuiteConfig) -> tuple[dict, list]:
     return metrics, examples
 
 
-def run_suite(model, cache: Cache, eval_cfg: EvalConfig, cfg: SuiteConfig, device: torch.device | str = "cpu",
-              progress: bool = False) -> SuiteResult:
-    """Every task of ``cfg.tasks`` on ``cache`` (splits from ``eval_cfg``; see the module docstring).
+@dataclass
+class _Request:
+    """A checked request: the tasks, the eval config they see, the protocol's labels and the prompts."""
 
-    Checks the request first (CtvlpError: unknown task or protocol, a task the model cannot do, a
-    missing split, a prompt file that does not parse or lacks a label), then encodes and scores;
-    ``progress``: a bar of the stages (encoding, then each task; :func:`ctvlp.progress.progress_bar`).
-    """
-    device = torch.device(device)
+    tasks: tuple[str, ...]
+    eval_cfg: EvalConfig
+    labels: list[str]
+    skipped: dict[str, str]
+    prompts: object
+
+
+def check_request(model, cache: Cache, eval_cfg: EvalConfig, cfg: SuiteConfig) -> _Request:
+    """CtvlpError for an unknown task or protocol, a task the model cannot do, a missing split or mask, or a
+    prompt file that does not parse or lacks a label; else the checked request."""
     tasks = check_tasks(cfg.tasks, model)
     # the extra tasks see the suite's task list (robustness repeats them, real_masks runs the probe with seg_probe)
     eval_cfg = dataclasses.replace(eval_cfg, tasks=tuple(t for t in tasks if t not in CORE_TASKS))
@@ -229,11 +316,26 @@ def run_suite(model, cache: Cache, eval_cfg: EvalConfig, cfg: SuiteConfig, devic
         check_splits(cache, [eval_cfg.corpus_split])  # the style is mined from its reports
     reports = functools.partial(split_reports, cache, eval_cfg.corpus_split)
     prompts = check_prompts(cfg.prompts, eval_cfg.prompt_style, labels, model, reports) if "zeroshot" in tasks else None
+    return _Request(tasks, eval_cfg, labels, skipped, prompts)
+
+
+def run_suite(model, cache: Cache, eval_cfg: EvalConfig, cfg: SuiteConfig, device: torch.device | str = "cpu",
+              progress: bool = False) -> SuiteResult:
+    """Every task of ``cfg.tasks`` on ``cache`` (splits from ``eval_cfg``; see the module docstring).
+
+    Checks the request first (:func:`check_request`), then encodes and scores with the model in eval mode
+    (its mode is restored after); ``progress``: a bar of the stages (encoding, then each task;
+    :func:`ctvlp.progress.progress_bar`).
+    """
+    device = torch.device(device)
+    req = check_request(model, cache, eval_cfg, cfg)
+    tasks, eval_cfg = req.tasks, req.eval_cfg
     start, seconds = time.perf_counter(), {}
+    was_training = model.training
     model.eval()
     result = SuiteResult(metrics={})
     m = result.metrics
-    with progress_bar(1 + len(tasks), "eval", "stage", progress) as bar:
+    with progress_bar(1 + len(tasks), "eval", "stage", progress) as bar, _restore_mode(model, was_training):
         @contextlib.contextmanager
         def stage(name: str):
             """Time the stage into ``seconds[name]`` and move the bar past it."""
@@ -245,16 +347,16 @@ def run_suite(model, cache: Cache, eval_cfg: EvalConfig, cfg: SuiteConfig, devic
 
         with stage("encode"):
             val = encode_split(model, cache, eval_cfg, eval_cfg.val_split, device)
-            test = encode_split(model, cache, eval_cfg, eval_cfg.test_split, device)
+            result.test = test = encode_split(model, cache, eval_cfg, eval_cfg.test_split, device)
         cache_labels = label_names_of(cache.index.columns)
-        cols = [cache_labels.index(name) for name in labels]
+        cols = [cache_labels.index(name) for name in req.labels]
         if "zeroshot" in tasks:
             with stage("zeroshot"):
-                m["zeroshot"], test_scores = zero_shot_levels(
-                    prompt_scorer(model, labels, eval_cfg.prompt_style, prompts), val, test, cols, labels, cfg)
+                score = prompt_scorer(model, req.labels, eval_cfg.prompt_style, req.prompts)
+                m["zeroshot"], result.scores = zero_shot_levels(score, val, test, cols, req.labels, cfg)
                 avail = test.available[:, cols]
-                result.roc = {name: (test_scores[avail[:, j], j], test.labels[avail[:, j], cols[j]])
-                              for j, name in enumerate(labels)}
+                result.roc = {name: (result.scores[avail[:, j], j], test.labels[avail[:, j], cols[j]])
+                              for j, name in enumerate(req.labels)}
         if "retrieval" in tasks:
             with stage("retrieval"):
                 m["retrieval"], result.examples = retrieval_levels(test, cfg)
@@ -262,25 +364,81 @@ def run_suite(model, cache: Cache, eval_cfg: EvalConfig, cfg: SuiteConfig, devic
             with stage("probe"):
                 train = encode_split(model, cache, eval_cfg, cfg.train_split, device)
                 m["probe"] = linear_probe(*(Split(e.image_emb.numpy(), *_columns(e, cols)) for e in (train, val, test)),
-                                          labels, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed, clusters=test.patients,
-                                          level=cfg.level)
+                                          req.labels, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed,
+                                          clusters=test.patients, level=cfg.level)
                 m["probe"]["n_train"] = len(train.ids)
         for task in tasks:
             if task not in CORE_TASKS:
                 with stage(task):
-                    m[task] = EXTRA_TASKS[task](model, cache, eval_cfg, device)
+                    m[task] = EXTRA_TASKS[task](model, cache, eval_cfg, device, cfg)
                     if isinstance(m[task], dict) and "overlays" in m[task]:
                         result.overlays[task] = m[task].pop("overlays")
-    header = {"schema_version": SCHEMA_VERSION, "ctvlp_version": __version__, "tasks": list(tasks),
-              "cache": str(cache.root),
-              "splits": {"val": eval_cfg.val_split, "test": eval_cfg.test_split,
-                         "train": cfg.train_split if "probe" in tasks else None},
-              "n": {"val_volumes": len(val.ids), "test_volumes": len(test.ids),
-                    "test_scans": len(set(test.scans)), "test_patients": len(set(test.patients))},
-              "protocol": {"name": cfg.protocol, "labels": labels, "skipped": skipped},
-              "prompts": {"file": cfg.prompts, "style": eval_cfg.prompt_style},
-              "bootstrap": {"n": cfg.n_bootstrap, "level": cfg.level, "seed": cfg.seed, "unit": "patient"}}
-    result.metrics = {**header, **m, "seconds": {**seconds, "total": time.perf_counter() - start}}
+    result.metrics = {**_header(cache, eval_cfg, cfg, req, val, test), **m,
+                      "seconds": {**seconds, "total": time.perf_counter() - start}}
+    if result.scores is not None and cfg.volumes:
+        result.volumes = report_volumes(cache, result, cfg.volumes)
+    return result
+
+
+@contextlib.contextmanager
+def _restore_mode(model, was_training: bool):
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _header(cache: Cache, eval_cfg: EvalConfig, cfg: SuiteConfig, req: _Request, val: Encoded, test: Encoded) -> dict:
+    """The keys of metrics.json that say what was evaluated, how (docs/eval-metrics.md)."""
+    return {"schema_version": SCHEMA_VERSION, "ctvlp_version": __version__, "recipe": None, "step": None,
+            "checkpoint": None, "tasks": list(req.tasks), "cache": str(cache.root),
+            "splits": {"val": eval_cfg.val_split, "test": eval_cfg.test_split,
+                       "train": cfg.train_split if "probe" in req.tasks else None},
+            "n": {"val_volumes": len(val.ids), "test_volumes": len(test.ids),
+                  "test_scans": len(set(test.scans)), "test_patients": len(set(test.patients))},
+            "protocol": {"name": cfg.protocol, "labels": req.labels, "skipped": req.skipped},
+            "prompts": {"file": cfg.prompts, "style": eval_cfg.prompt_style},
+            "bootstrap": {"n": cfg.n_bootstrap, "level": cfg.level, "seed": cfg.seed, "unit": "patient"}}
+
+
+def report_volumes(cache: Cache, result: SuiteResult, n: int) -> list[dict]:
+    """The first ``n`` test volumes of ``result`` for the report: id, the windowed image (D, H, W), the report
+    and the labels whose volume-level zero-shot score reaches the label's validation threshold."""
+    test, labels = result.test, result.metrics["protocol"]["labels"]
+    per_label = result.metrics["zeroshot"]["volume"]["per_label"]
+    thresholds = np.array([per_label[name]["threshold"] for name in labels], dtype=float)  # (L,) NaN: none
+    lo, hi = cache.config.hu_window
+    out = []
+    for i in range(min(n, len(test.ids))):
+        volume = cache.volume(test.ids[i])
+        out.append({"id": test.ids[i], "image": window(volume.slab(0, volume.shape[0]), lo, hi),
+                    "report": test.texts[i],
+                    "predicted": [name for name, s, t in zip(labels, result.scores[i], thresholds)
+                                  if np.isfinite(t) and s >= t]})
+    return out
+
+
+def evaluate_cell(model, cache: Cache, eval_cfg: EvalConfig, device: torch.device | str = "cpu",
+                  protocol: str = "18", prompts: str | None = None) -> tuple[dict, Encoded]:
+    """One slice-count robustness cell (:mod:`ctvlp.eval.robustness`): :func:`run_suite` on zero-shot, retrieval
+    and ``eval_cfg.tasks`` without intervals; (its ``n``, ``zeroshot``, ``retrieval``, task and ``seconds`` keys,
+    the test split encoded)."""
+    cfg = SuiteConfig(tasks=("zeroshot", "retrieval", *eval_cfg.tasks), protocol=protocol, prompts=prompts,
+                      n_bootstrap=0, volumes=0)
+    result = run_suite(model, cache, eval_cfg, cfg, device)
+    keep = ("n", "zeroshot", "retrieval", *eval_cfg.tasks, "seconds")
+    return {k: result.metrics[k] for k in keep if k in result.metrics}, result.test
+
+
+def describe_run(result: SuiteResult, recipe: str, step: int, checkpoint: str | None,
+                 training: dict | None = None) -> SuiteResult:
+    """``result`` with what was evaluated filled in -- ``recipe``, ``step``, ``checkpoint``, ``training`` (after a
+    training run) -- and the recipe's paper table (``paper_rows``, :func:`ctvlp.eval.paper.paper_rows`)."""
+    metrics = {**result.metrics, "recipe": recipe, "step": step, "checkpoint": checkpoint}
+    if training is not None:
+        metrics["training"] = training
+    metrics["paper_rows"] = paper_rows(recipe, metrics)
+    result.metrics = metrics
     return result
 
 

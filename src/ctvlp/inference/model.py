@@ -9,7 +9,7 @@ therefore those of ``ctvlp.eval`` for the same volume in a prepared cache:
 * ``encode_volume``: ``model.encode_image`` as ``ctvlp.eval.run.encode_split`` calls it;
 * ``zero_shot``: the label's (positive, negative) prompt pair in the checkpoint's prompt style
   (:func:`ctvlp.data.prompts.build_prompts`), p = softmax over the pair at the model's logit scale
-  (:func:`ctvlp.models.prompting.prompt_scorer`), as ``ctvlp.eval.run.evaluate_model``;
+  (:func:`ctvlp.models.prompting.prompt_scorer`), as the evaluator (``ctvlp.eval.suite.run_suite``);
 * ``segment``: SegVL's P = (cos(voxel embedding, anchor of "This is <prompt>.") + 1) / 2 on the windows
   of ``ctvlp.eval.segmentation`` (:func:`ctvlp.data.sampling.volume_windows`), mapped back onto the input's grid (:mod:`ctvlp.inference.geometry`);
 * ``generate_report``: the report decoder (greedy or beam search) on the vision tokens.
@@ -144,7 +144,7 @@ class CtvlpModel:
         emb = self.encode_volume(volume)
         style = self.spec.prompt_style
         prompts = prompt_set(style, labels, stored=self.model.prompts)  # the mined corpus style travels with the model
-        prob = prompt_scorer(self.model, labels, style, prompts)(emb[None])[0]  # (L,), as evaluate_model
+        prob = prompt_scorer(self.model, labels, style, prompts)(emb[None])[0]  # (L,), as run_suite
         return {label: float(p) for label, p in zip(labels, prob)}
 
     @torch.no_grad()
