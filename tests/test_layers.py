@@ -7,9 +7,9 @@ Each layer imports only layers below it; layers of one rank are siblings and do 
       -> api (ctvlp/__init__.py's lazy public API: load_volume, load_model, Volume; ctvlp/__main__.py)
 
 Every ``import ctvlp...`` / ``from ctvlp... import`` / relative import counts, at module level and inside
-functions alike (a function-local import is a dependency all the same). ``KNOWN_UPWARD`` and
-``KNOWN_LOCAL`` hold the violations of today: they are issue 18's remaining work, and each test fails both
-on a new violation and on a listed one that no longer occurs, so the lists only shrink and stay true.
+functions alike (a function-local import is a dependency all the same). No exception is listed: an upward
+or sibling import fails, and so does a function-local import of a ctvlp module outside cli/ unless a comment
+says it defers a heavy optional dependency on purpose.
 """
 
 from __future__ import annotations
@@ -33,17 +33,6 @@ BASE_ROOT_NAMES = {"__version__"}
 DEFERRED = "deferred on purpose"
 """The marker (in a comment on the import's line or the line above) of a function-local import that defers a
 heavy optional dependency on purpose."""
-
-KNOWN_UPWARD = {
-    # issue 18's remaining work: each pair is an import of a higher or sibling layer; remove a pair when fixed.
-}
-"""(importer, imported) module pairs that break the layer order today."""
-
-KNOWN_LOCAL = {
-    # issue 18's remaining work: function-local imports of ctvlp modules outside cli/ with no reason given.
-}
-"""(importer, imported) module pairs imported inside a function today without the DEFERRED marker."""
-
 
 @dataclass(frozen=True)
 class Import:
@@ -158,18 +147,10 @@ def _describe(items: list[Import]) -> str:
     )
 
 
-def _check_against(found: list[Import], known: set[tuple[str, str]], what: str, fix: str) -> None:
-    pairs = {(i.importer, i.imported) for i in found}
-    new = [i for i in found if (i.importer, i.imported) not in known]
-    gone = sorted(known - pairs)
-    message = []
-    if new:
-        message.append(f"{len(new)} new {what} ({fix}):\n{_describe(new)}")
-    if gone:
-        listed = "\n".join(f"  {a} -> {b}" for a, b in gone)
-        message.append(f"{len(gone)} listed {what} no longer occur; remove them from the list:\n{listed}")
-    if message:
-        pytest.fail("\n".join(message), pytrace=False)
+def _fail_on(violations: list[Import], what: str, fix: str) -> None:
+    """Fail naming every violation (file:line, importer and imported with their layers) and the fix."""
+    if violations:
+        pytest.fail(f"{len(violations)} {what} ({fix}):\n{_describe(violations)}", pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -184,18 +165,16 @@ def test_every_module_has_a_layer(found):
 
 
 def test_imports_go_down_the_layers(found):
-    _check_against(
+    _fail_on(
         upward(found),
-        KNOWN_UPWARD,
         "upward or sibling imports",
         "import only lower layers; move what siblings share down (docs/architecture.md, Layers)",
     )
 
 
 def test_no_function_local_imports_of_ctvlp_modules(found):
-    _check_against(
+    _fail_on(
         undeclared_local(found),
-        KNOWN_LOCAL,
         "function-local imports of ctvlp modules",
         f"import at module level, or say why in a comment containing {DEFERRED!r}",
     )
@@ -239,8 +218,7 @@ def test_the_checker_catches_upward_and_sibling_imports_only():
     ]
     assert [(i.line, i.imported) for i in undeclared_local(found)] == [(11, "ctvlp.io.load")]
     with pytest.raises(pytest.fail.Exception, match=r"synthetic.py:3: ctvlp.models.mae \(models\) -> ctvlp.eval.run \(eval\)"):
-        _check_against(upward(found), {("ctvlp.models.mae", "ctvlp.losses.clip")}, "upward imports", "fix")
-    with pytest.raises(pytest.fail.Exception, match="no longer occur"):
-        _check_against([], {("ctvlp.models.mae", "ctvlp.losses.clip")}, "upward imports", "fix")
+        _fail_on(upward(found), "upward imports", "fix")
+    _fail_on([], "upward imports", "fix")  # nothing to report: passes
     assert layer("ctvlp.__main__") == "api" and layer("ctvlp.fsutil") == "base"
     assert allowed("ctvlp.cli.train", "ctvlp.recipes.demo") and not allowed("ctvlp.train.loop", "ctvlp.inference")
