@@ -28,6 +28,7 @@ import torch
 
 from machine import save_result
 
+import ctvlp
 from ctvlp.cli import main as cli
 from ctvlp.errors import CtvlpError
 from ctvlp.recipes import NAMES, get_recipe
@@ -69,7 +70,9 @@ def main() -> None:
     torch.set_num_threads(1)  # the shared 2-core machine: a second thread mostly waits for a core
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="trainer-step-"))
     cache = make_cache(work, args.volumes)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    package = Path(ctvlp.__file__).parent  # the code measured (a worktree of another commit on PYTHONPATH)
+    commit = subprocess.run(["git", "-C", str(package), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
     rows = []
     for name in args.recipes:
         try:

@@ -16,7 +16,7 @@ from ctvlp.data.osl_pairs import OslPairs
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.data.text import TextProducts, osl_tensors, sentence_id, sentence_key, sentence_tensors
 from ctvlp.recipes import get_recipe
-from ctvlp.train.data import BATCH_TARGETS, MODEL_INPUTS, set_epoch
+from ctvlp.train.data import MODEL_INPUTS, set_epoch
 from ctvlp.train.loop import Trainer, batches
 from conftest import make_synthetic_cache
 from test_losses_colipri import REPORTS
@@ -135,7 +135,7 @@ def test_forward_on_a_collated_batch_matches_the_old_path(cache, tmp_path, name)
     with torch.no_grad():
         out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, mask_names=batch.get("mask_names"),
                     label_names=trainer.label_names(), outputs=objective.outputs)
-        parts = objective(**{k: batch[k] for k in BATCH_TARGETS if k in batch}, **out)
+        parts = objective(**{k: batch[k] for k in objective.batch_keys if k in batch}, **out)
     for term, value in OLD_PATH[name].items():
         assert float(parts[term]) == pytest.approx(value, rel=1e-5), term
 

@@ -39,10 +39,8 @@ READ_ERROR = "read_error"
 the training process as text only)."""
 MODEL_INPUTS = ("image", "slice_mask", "masks", "mask_available", *MODEL_TEXT)
 """The batch tensors a training step hands the model (``VisionLanguageModel.forward``)."""
-BATCH_TARGETS = ("labels", "label_mask", "label_targets", "label_available")
-"""The batch tensors a training step hands the objective besides the model's outputs (label-aware losses)."""
 
-__all__ = ["BATCH_TARGETS", "MODEL_INPUTS", "READ_ERROR", "ShardedBatches", "TrainCollate", "TrainingSamples",
+__all__ = ["MODEL_INPUTS", "READ_ERROR", "ShardedBatches", "TrainCollate", "TrainingSamples",
            "checked", "drop_bad_samples", "require_split", "set_epoch", "train_loader"]
 
 

@@ -28,8 +28,7 @@ from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.train import distributed
 from ctvlp.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from ctvlp.train.config import TrainConfig
-from ctvlp.train.data import (BATCH_TARGETS, MODEL_INPUTS, checked, drop_bad_samples, require_split, set_epoch,
-                              train_loader)
+from ctvlp.train.data import MODEL_INPUTS, checked, drop_bad_samples, require_split, set_epoch, train_loader
 from ctvlp.train.metrics_log import MetricsLog
 from ctvlp.train.objective import Objective
 from ctvlp.train.requirements import check_frozen, check_preprocessing, check_requirements
@@ -151,7 +150,7 @@ class Trainer:
 
     def _micro_step(self, batch: dict, kind: str, sync: bool) -> dict[str, torch.Tensor]:
         """The batch's tensors (the collate made every text-derived one, ``ctvlp.data.text``) to the model,
-        its outputs and the batch's label targets to the objective, backward."""
+        its outputs and the batch keys its losses declare (``Loss.batch_keys``) to the objective, backward."""
         dev, objective = self.place.device, self.objectives[kind]
         inputs = {k: batch[k].to(dev, non_blocking=True) for k in MODEL_INPUTS if k in batch}
         ctx = contextlib.nullcontext() if sync or self.ddp is self.model else self.ddp.no_sync()
@@ -159,7 +158,7 @@ class Trainer:
             with autocast(self.cfg, dev):
                 out = self.ddp(**inputs, mask_names=batch.get("mask_names"), label_names=self.label_names(),
                                outputs=objective.outputs)
-                targets = {k: batch[k].to(dev) for k in BATCH_TARGETS if k in batch}
+                targets = {k: batch[k].to(dev) for k in objective.batch_keys if k in batch}  # the registry's
                 parts = objective(**targets, **{k: v.float() if v.is_floating_point() else v for k, v in out.items()})
             (parts["loss"] / self.cfg.grad_accum).backward()
         return {k: v.detach() for k, v in parts.items()}
