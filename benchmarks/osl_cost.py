@@ -61,7 +61,8 @@ from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.recipes import get_recipe
 from ctvlp.recipes.cohort import cohort_variant
 from ctvlp.train.config import LossConfig
-from ctvlp.train.data import set_epoch, train_loader
+from ctvlp.data.loader import set_epoch
+from ctvlp.train.data import train_loader
 from ctvlp.train.objective import Objective
 from ctvlp.train.optim import build_optimizer
 

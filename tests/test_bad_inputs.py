@@ -32,7 +32,7 @@ from ctvlp.data.manifest import Manifest
 from ctvlp.errors import BadDatasetError
 from ctvlp.eval.html import curve_figure
 from ctvlp.recipes import get_recipe
-from ctvlp.train.data import set_epoch
+from ctvlp.data.loader import set_epoch
 from ctvlp.train.loop import Trainer
 from ctvlp.train.metrics_log import read_metrics
 from conftest import make_synthetic_cache

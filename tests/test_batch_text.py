@@ -16,7 +16,8 @@ from ctvlp.data.osl_pairs import OslPairs
 from ctvlp.data.sampling import SamplerConfig
 from ctvlp.data.text import TextProducts, osl_tensors, sentence_id, sentence_key, sentence_tensors
 from ctvlp.recipes import get_recipe
-from ctvlp.train.data import MODEL_INPUTS, set_epoch
+from ctvlp.data.loader import set_epoch
+from ctvlp.train.data import MODEL_INPUTS
 from ctvlp.train.loop import Trainer, batches
 from conftest import make_synthetic_cache
 from test_losses_colipri import REPORTS

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ctvlp.data.cache import BadVolume, Cache
 from ctvlp.data.loader import (Collate, CTDataset, LengthBucketBatchSampler, SampleKey, listing, require_split,
-                               seed_worker, set_epoch)
+                               seed_worker)
 from ctvlp.data.manifest import save_table
 from ctvlp.data.text import MODEL_TEXT, TextProducts
 from ctvlp.errors import BadDatasetError, CtvlpError
@@ -41,7 +41,7 @@ MODEL_INPUTS = ("image", "slice_mask", "masks", "mask_available", *MODEL_TEXT)
 """The batch tensors a training step hands the model (``VisionLanguageModel.forward``)."""
 
 __all__ = ["MODEL_INPUTS", "READ_ERROR", "ShardedBatches", "TrainCollate", "TrainingSamples",
-           "checked", "drop_bad_samples", "require_split", "set_epoch", "train_loader"]
+           "checked", "drop_bad_samples", "train_loader"]
 
 
 class ShardedBatches(Sampler[list[SampleKey]]):
@@ -137,7 +137,7 @@ def drop_bad_samples(cache: Cache, cfg: DataConfig, out: Path | None) -> list[Ba
 def train_loader(cache: Cache, cfg: DataConfig, text: TextProducts | None, seed: int, rank: int = 0,
                  world: int = 1, exclude: Collection[str] = ()) -> DataLoader:
     """The training DataLoader without the volumes ``exclude`` names; its ``batch_sampler`` is a
-    :class:`ShardedBatches` (call :func:`set_epoch`). With ``text`` the workers also make the batch's
+    :class:`ShardedBatches` (call :func:`ctvlp.data.loader.set_epoch`). With ``text`` the workers also make the batch's
     text-derived tensors (see ``ctvlp.data.text``). Pass its batches through :func:`checked`."""
     require_split(cache, cfg.train_split)
     dataset = TrainingSamples(cache, cfg.sampler, split=cfg.train_split, seed=seed, exclude=exclude)

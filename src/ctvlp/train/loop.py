@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ctvlp.config import to_dict
 from ctvlp.data.cache import Cache
+from ctvlp.data.loader import require_split, set_epoch
 from ctvlp.data.manifest import label_names_of
 from ctvlp.data.prompt_names import CORPUS
 from ctvlp.data.prompts import prompt_set, split_reports
@@ -28,7 +29,7 @@ from ctvlp.models.vlp import VisionLanguageModel
 from ctvlp.train import distributed
 from ctvlp.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from ctvlp.train.config import TrainConfig
-from ctvlp.train.data import MODEL_INPUTS, checked, drop_bad_samples, require_split, set_epoch, train_loader
+from ctvlp.train.data import MODEL_INPUTS, checked, drop_bad_samples, train_loader
 from ctvlp.train.metrics_log import MetricsLog
 from ctvlp.train.objective import Objective
 from ctvlp.train.requirements import check_frozen, check_preprocessing, check_requirements
